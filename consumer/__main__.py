@@ -1,0 +1,41 @@
+"""``python -m consumer``: one competing consumer, with ``/metrics`` and health endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from consumer.worker import Worker
+from pubsub import dbschema, http, service
+from pubsub.settings import Settings
+
+log = logging.getLogger("pubsub.consumer")
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    await dbschema.ensure(settings)
+    worker = Worker(settings)
+    await worker.start()
+
+    async def ready() -> Mapping[str, bool]:
+        conn = worker.connection
+        return {
+            "broker": conn is not None and not conn.is_closed and conn.connected.is_set(),
+            "database": worker.store.connected,
+        }
+
+    app = http.new_app()
+    http.add_health(app, ready)
+    runner, port = await http.serve(app, settings.http_host, settings.consumer_port)
+    log.info("consumer listening on http://%s:%d (metrics, health)", settings.http_host, port)
+    try:
+        await worker.run(stop)
+    finally:
+        log.info("consumer stopping")
+        await worker.close()
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    service.run(main)

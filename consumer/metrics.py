@@ -1,0 +1,42 @@
+"""Prometheus metrics of a consumer process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from consumer.store import Stored
+
+EVENTS_RECEIVED = Counter(
+    "pubsub_consumer_events_received", "Events taken from the queue and stored or dropped."
+)
+EVENTS_STORED = Counter("pubsub_consumer_events_stored", "Unique events inserted.")
+EVENTS_DUPLICATE = Counter("pubsub_consumer_events_duplicate", "Duplicate events dropped.")
+MESSAGES = Counter("pubsub_consumer_messages", "Broker messages stored and acknowledged.")
+REDELIVERED = Counter(
+    "pubsub_consumer_messages_redelivered", "Messages skipped because they were stored before."
+)
+DEAD_LETTERED = Counter(
+    "pubsub_consumer_messages_dead_lettered", "Messages rejected to the dead-letter queue."
+)
+STORE_ERRORS = Counter(
+    "pubsub_consumer_store_errors", "Batches that failed for want of the database."
+)
+BATCH_EVENTS = Histogram(
+    "pubsub_consumer_batch_events",
+    "Events per stored batch.",
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000),
+)
+STORE_SECONDS = Histogram(
+    "pubsub_consumer_store_seconds",
+    "Time to store and commit one batch.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def record(stored: Stored, messages: int) -> None:
+    EVENTS_RECEIVED.inc(stored.received)
+    EVENTS_STORED.inc(stored.inserted)
+    EVENTS_DUPLICATE.inc(stored.duplicates)
+    MESSAGES.inc(messages)
+    REDELIVERED.inc(stored.redelivered)
+    BATCH_EVENTS.observe(stored.received)

@@ -1,0 +1,207 @@
+"""The consume loop: gather deliveries into batches, store each batch, then acknowledge it.
+
+Nothing is acknowledged before its transaction committed, so a crash anywhere leads to a
+redelivery, which the message ledger in :mod:`consumer.store` makes harmless. While PostgreSQL
+is unreachable the batch in hand is retried with capped exponential backoff; the deliveries
+stay unacknowledged (not rejected), so an outage neither loops nor fills the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import aio_pika
+import psycopg
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from consumer import metrics
+from consumer.store import Store, Stored
+from pubsub import topology, wire
+from pubsub.settings import Settings
+
+log = logging.getLogger("pubsub.consumer.worker")
+
+_BACKOFF_START, _BACKOFF_MAX = 0.1, 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    message: AbstractIncomingMessage
+    message_id: str
+    rows: list[wire.Row]
+
+
+class Worker:
+    """A competing consumer of the events queue."""
+
+    def __init__(self, settings: Settings, *, shard: int | None = None) -> None:
+        self.settings = settings
+        self.store = Store(settings, shard=random.randrange(1 << 16) if shard is None else shard)
+        self.connection: AbstractRobustConnection | None = None
+        self._pending: deque[Delivery] = deque()
+        self._pending_events = 0
+        self._arrived = asyncio.Event()
+        self._consumer_tag: str | None = None
+        self._queue: aio_pika.abc.AbstractQueue | None = None
+
+    async def start(self) -> None:
+        self.connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=self.settings.prefetch)
+        topo = await topology.declare(channel, self.settings)
+        self._queue = topo.queue
+        self._consumer_tag = await topo.queue.consume(self._on_message)
+        await self._connect_store()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        headers = message.headers or {}
+        received_at = headers.get(wire.RECEIVED_AT)
+        try:
+            if not message.message_id or not isinstance(received_at, str):
+                raise wire.Undecodable("message lacks message_id or received-at header")
+            rows = wire.decode(message.body, received_at)
+        except wire.Undecodable as exc:
+            log.warning(
+                "dead-lettering message %s: %s", message.message_id or message.delivery_tag, exc
+            )
+            metrics.DEAD_LETTERED.inc()
+            await message.reject(requeue=False)
+            return
+        self._pending.append(Delivery(message, message.message_id, rows))
+        self._pending_events += len(rows)
+        self._arrived.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Store batches until ``stop`` is set, then drain what was already delivered."""
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                arrived = asyncio.ensure_future(self._arrived.wait())
+                await asyncio.wait({arrived, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                arrived.cancel()
+                if stop.is_set():
+                    break
+                await self._linger(stopping)
+                await self._flush()
+        finally:
+            stopping.cancel()
+        await self._stop_consuming()
+        while self._pending:
+            await self._flush()
+
+    async def _linger(self, stopping: asyncio.Future[object]) -> None:
+        # A short wait lets a batch fill up under load; an idle system pays it once per burst.
+        deadline = time.monotonic() + self.settings.batch_max_wait
+        while self._pending_events < self.settings.batch_max_events and not stopping.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[Delivery]:
+        batch: list[Delivery] = []
+        events = 0
+        while self._pending and (not batch or events < self.settings.batch_max_events):
+            delivery = self._pending.popleft()
+            batch.append(delivery)
+            events += len(delivery.rows)
+        self._pending_events -= events
+        if not self._pending:
+            self._arrived.clear()
+        return batch
+
+    async def _flush(self) -> None:
+        batch = self._take_batch()
+        if not batch:
+            return
+        stored = await self._store_with_retry(batch)
+        await self._ack(batch)
+        if stored is not None:
+            metrics.record(stored, len(batch))
+            if stored.redelivered:
+                log.info("skipped %d redelivered message(s) stored before", stored.redelivered)
+
+    async def _store_with_retry(self, batch: list[Delivery]) -> Stored | None:
+        delay = _BACKOFF_START
+        while True:
+            started = time.perf_counter()
+            try:
+                stored = await self.store.store([(d.message_id, d.rows) for d in batch])
+            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+                # Not a connectivity problem: retrying the same rows would fail forever.
+                log.error("batch of %d message(s) refused: %s", len(batch), exc)
+                await self._store_one_by_one(batch)
+                return None
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+                metrics.STORE_ERRORS.inc()
+                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
+                await self.store.close()
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+            return stored
+
+    async def _store_one_by_one(self, batch: list[Delivery]) -> None:
+        for delivery in batch:
+            try:
+                stored = await self.store.store([(delivery.message_id, delivery.rows)])
+            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+                log.error("dead-lettering message %s: %s", delivery.message_id, exc)
+                metrics.DEAD_LETTERED.inc()
+                await _settle(delivery.message.reject(requeue=False))
+            else:
+                metrics.record(stored, 1)
+
+    async def _ack(self, batch: list[Delivery]) -> None:
+        # One multiple-ack per channel: deliveries are taken in arrival order, so every
+        # earlier tag on that channel is in this batch or was settled before.
+        last: dict[int, AbstractIncomingMessage] = {}
+        for delivery in batch:
+            if not delivery.message.processed:
+                last[id(delivery.message.channel)] = delivery.message
+        for message in last.values():
+            await _settle(message.ack(multiple=True))
+
+    async def _stop_consuming(self) -> None:
+        if self._queue is not None and self._consumer_tag is not None:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except Exception as exc:  # noqa: BLE001 - the broker may already be gone
+                log.info("could not cancel consumer: %s", exc)
+            self._consumer_tag = None
+
+    async def _connect_store(self) -> None:
+        delay = _BACKOFF_START
+        while True:
+            try:
+                await self.store.connect()
+                return
+            except (psycopg.OperationalError, OSError) as exc:
+                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+
+    async def close(self) -> None:
+        await self.store.close()
+        if self.connection is not None:
+            await self.connection.close()
+
+
+async def _settle(settlement: Awaitable[None]) -> None:
+    try:
+        await settlement
+    except Exception as exc:  # noqa: BLE001
+        # The channel closed since the delivery: the broker redelivers the message, and the
+        # ledger recognises it as stored.
+        log.info("could not settle a delivery (%s); it will be redelivered", exc)

@@ -1,0 +1,93 @@
+"""The ingest HTTP service: ``POST /publish`` -> validate -> broker (confirmed) -> ``202``."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from ingest import metrics
+from ingest.broker import BrokerUnavailable, Publisher
+from pubsub import http, wire
+from pubsub.event import BadInput, parse_events
+from pubsub.settings import Settings
+
+log = logging.getLogger("pubsub.ingest.app")
+
+PUBLISHER = web.AppKey("publisher", Publisher)
+SETTINGS = web.AppKey("settings", Settings)
+
+_JSON_TYPES = frozenset({"application/json"})
+
+
+async def publish(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    headers = {"X-Request-Id": request_id}
+    try:
+        _check_content_type(request)
+        length = request.content_length
+        if length is not None and length > settings.max_body_bytes:
+            raise BadInput(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
+        body = await request.read()
+        events = parse_events(
+            body,
+            max_events=settings.max_batch_events,
+            max_problems=settings.max_errors_reported,
+        )
+    except BadInput as exc:
+        metrics.REQUESTS.labels(str(exc.status)).inc()
+        return http.json_response(exc.body(), status=exc.status, headers=headers)
+    received_at = datetime.now(UTC)
+    fragments = [wire.encode_event(event, received_at) for event in events]
+    try:
+        await request.app[PUBLISHER].publish(fragments, request_id=request_id)
+    except BrokerUnavailable as exc:
+        metrics.REQUESTS.labels("503").inc()
+        log.warning("request %s: %d event(s) not accepted: %s", request_id, len(events), exc)
+        return http.json_response(
+            {"error": f"broker unavailable: {exc}; nothing was accepted, retry later"},
+            status=503,
+            headers={**headers, "Retry-After": str(settings.retry_after)},
+        )
+    metrics.REQUESTS.labels("202").inc()
+    metrics.EVENTS_ACCEPTED.inc(len(events))
+    return http.json_response(
+        {"accepted": len(events), "request_id": request_id}, status=202, headers=headers
+    )
+
+
+def _check_content_type(request: web.Request) -> None:
+    if request.content_type not in _JSON_TYPES:
+        raise BadInput(
+            415,
+            f"unsupported content type {request.content_type!r}: send application/json",
+        )
+    charset = request.charset
+    if charset is not None and charset.lower().replace("-", "") != "utf8":
+        raise BadInput(415, f"unsupported charset {charset!r}: send UTF-8")
+
+
+async def index(_: web.Request) -> web.Response:
+    return http.json_response(
+        {"service": "pubsub ingest", "endpoints": ["POST /publish", "/healthz", "/readyz",
+                                                    "/metrics"]}
+    )
+
+
+def make_app(settings: Settings, publisher: Publisher) -> web.Application:
+    # aiohttp itself refuses chunked bodies past client_max_size with 413.
+    app = http.new_app(max_body_bytes=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[PUBLISHER] = publisher
+
+    async def ready() -> Mapping[str, bool]:
+        return {"broker": publisher.connected}
+
+    app.router.add_get("/", index)
+    app.router.add_post("/publish", publish)
+    http.add_health(app, ready)
+    return app

@@ -1,0 +1,21 @@
+"""Prometheus metrics of an ingest process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("pubsub_ingest_requests", "POST /publish requests by answer.", ["status"])
+EVENTS_ACCEPTED = Counter("pubsub_ingest_events_accepted", "Events confirmed by the broker.")
+PUBLISH_FAILURES = Counter(
+    "pubsub_ingest_publish_failures", "Broker messages that were not confirmed."
+)
+CONFIRM_SECONDS = Histogram(
+    "pubsub_ingest_confirm_seconds",
+    "Time from publishing a message to the broker's confirm.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+MESSAGE_EVENTS = Histogram(
+    "pubsub_ingest_message_events",
+    "Events packed into one broker message.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+)

@@ -1,0 +1,67 @@
+"""PostgreSQL schema: the events table, the message ledger and the shared counters.
+
+``ensure`` is safe to run from every process at once: an advisory lock serialises the
+``CREATE ... IF NOT EXISTS`` statements, which otherwise race on the catalog.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pubsub.settings import Settings
+
+_LOCK_KEY = 0x70756273  # any constant shared by every process of the project
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS events (
+    topic       text        NOT NULL,
+    event_id    text        NOT NULL,
+    ts          timestamptz NOT NULL,
+    source      text        NOT NULL,
+    payload     jsonb       NOT NULL,
+    received_at timestamptz NOT NULL,
+    stored_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (topic, event_id)
+);
+CREATE INDEX IF NOT EXISTS events_topic_ts ON events (topic, ts, event_id);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts, topic, event_id);
+
+-- One row per broker message ever stored: a redelivered message is recognised and skipped.
+CREATE TABLE IF NOT EXISTS messages (
+    message_id text        PRIMARY KEY,
+    seen_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS messages_seen_at ON messages (seen_at);
+
+-- Sharded so that concurrent consumers rarely wait on each other's counter row.
+CREATE TABLE IF NOT EXISTS counters (
+    shard             integer PRIMARY KEY,
+    received          bigint  NOT NULL DEFAULT 0,
+    unique_processed  bigint  NOT NULL DEFAULT 0,
+    duplicate_dropped bigint  NOT NULL DEFAULT 0
+);
+"""
+
+
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection options that point unqualified table names at the project's schema."""
+    return {"options": f"-c search_path={settings.db_schema}", "application_name": "pubsub"}
+
+
+async def ensure(settings: Settings) -> None:
+    """Create the schema and tables if they do not exist."""
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            await conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(settings.db_schema)
+                )
+            )
+            await conn.execute(
+                sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
+            )
+            await conn.execute(_DDL)

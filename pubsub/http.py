@@ -1,0 +1,91 @@
+"""HTTP plumbing shared by the services: JSON replies and errors, health, metrics, serving."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+log = logging.getLogger("pubsub.http")
+
+ReadyCheck = Callable[[], Awaitable[Mapping[str, bool]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def bad_request(message: str) -> web.HTTPBadRequest:
+    """An exception that answers 400 with ``{"error": message}``."""
+    return web.HTTPBadRequest(body=orjson.dumps({"error": message}), content_type="application/json")
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    return json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure answers in JSON; an unexpected exception is logged with its request."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        message = exc.reason
+        if exc.status == 413:
+            message = f"body exceeds the limit of {request.app['max_body_bytes']} bytes"
+        return error(exc.status, message)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error(500, "internal error; the request was not processed")
+
+
+def new_app(*, max_body_bytes: int = 1024 * 1024) -> web.Application:
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[json_errors])
+    app["max_body_bytes"] = max_body_bytes
+    return app
+
+
+def add_health(app: web.Application, ready: ReadyCheck) -> None:
+    """``/healthz`` (the process answers), ``/readyz`` (its dependencies answer), ``/metrics``."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        checks = dict(await ready())
+        ok = all(checks.values())
+        return json_response(
+            {"status": "ready" if ok else "unavailable", "checks": checks},
+            status=200 if ok else 503,
+        )
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler())
+
+
+async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start serving ``app``; return the runner and the bound port (useful with port 0)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    server = site._server  # noqa: SLF001 - the only way to learn the port picked for 0
+    bound = port
+    if server is not None and getattr(server, "sockets", None):
+        bound = server.sockets[0].getsockname()[1]
+    return runner, bound

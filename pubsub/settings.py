@@ -1,0 +1,134 @@
+"""Settings shared by every service, read from ``PUBSUB_*`` environment variables.
+
+One frozen dataclass holds every knob; each field's metadata carries the help text that the
+README's configuration table is generated from (``python -m pubsub.settings``), so the two
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "PUBSUB_"
+
+
+def _opt(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of the ingest, consumer and read API services."""
+
+    amqp_url: str = _opt("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ URL.")
+    database_url: str = _opt(
+        "postgresql://postgres@127.0.0.1:5432/test", "PostgreSQL URL (libpq syntax)."
+    )
+    db_schema: str = _opt("pubsub", "PostgreSQL schema that holds the tables.")
+    queue: str = _opt(
+        "pubsub.events",
+        "Name of the durable queue; the exchange and dead-letter names derive from it.",
+    )
+    http_host: str = _opt("127.0.0.1", "Address the HTTP services bind to.")
+    ingest_port: int = _opt(8080, "Port of the ingest service (`POST /publish`).")
+    read_port: int = _opt(8081, "Port of the read API (`/events`, `/stats`).")
+    consumer_port: int = _opt(
+        9100, "Port of a consumer's `/metrics` and health endpoints; 0 picks a free one."
+    )
+    max_body_bytes: int = _opt(16 * 1024 * 1024, "Largest accepted request body (413 above).")
+    max_batch_events: int = _opt(20_000, "Most events in one request (413 above).")
+    max_errors_reported: int = _opt(20, "Most validation problems listed in one 422 reply.")
+    publish_timeout: float = _opt(
+        5.0, "Seconds ingest waits for the broker's confirms before answering 503."
+    )
+    retry_after: int = _opt(2, "Seconds suggested in `Retry-After` when answering 503.")
+    message_max_events: int = _opt(
+        1000, "Most events packed into one broker message (the broker's cost is per message)."
+    )
+    publish_in_flight: int = _opt(
+        8, "Broker messages ingest keeps awaiting confirms at once; later requests coalesce."
+    )
+    prefetch: int = _opt(64, "Unacknowledged messages one consumer may hold.")
+    batch_max_events: int = _opt(5000, "Most events a consumer stores in one transaction.")
+    batch_max_wait: float = _opt(
+        0.02, "Seconds a consumer waits for more messages before storing a partial batch."
+    )
+    delivery_limit: int = _opt(
+        5, "Deliveries of one message before the broker dead-letters it (quorum queue)."
+    )
+    db_pool_size: int = _opt(4, "Connections in each read API's PostgreSQL pool.")
+    events_max_limit: int = _opt(1000, "Largest `limit` accepted by `GET /events`.")
+    events_default_limit: int = _opt(100, "`limit` of `GET /events` when none is given.")
+    stats_max_topics: int = _opt(1000, "Most topic names listed by `GET /stats`.")
+    log_level: str = _opt("INFO", "Log level of every service.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``PUBSUB_<FIELD>`` variables, then apply ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, raw, type(f.default))
+        values.update(overrides)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.db_schema):
+            raise ValueError(
+                f"PUBSUB_DB_SCHEMA={self.db_schema!r}: use lower-case letters, digits and '_'"
+            )
+        for name in (
+            "max_body_bytes",
+            "max_batch_events",
+            "message_max_events",
+            "publish_in_flight",
+            "prefetch",
+            "batch_max_events",
+            "delivery_limit",
+            "db_pool_size",
+            "events_max_limit",
+            "events_default_limit",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+        if self.events_default_limit > self.events_max_limit:
+            raise ValueError("PUBSUB_EVENTS_DEFAULT_LIMIT exceeds PUBSUB_EVENTS_MAX_LIMIT")
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict, with passwords in URLs masked, for logging."""
+        out = dataclasses.asdict(self)
+        for key in ("amqp_url", "database_url"):
+            out[key] = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", out[key])
+        return out
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError:
+        raise ValueError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}"
+        ) from None
+
+
+def markdown_table() -> str:
+    """The configuration table of the README."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        lines.append(f"| `{ENV_PREFIX}{f.name.upper()}` | `{f.default}` | {f.metadata['doc']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

@@ -1,0 +1,69 @@
+"""Broker topology: one durable quorum queue, its exchange, and a dead-letter queue.
+
+Every service declares the same topology through :func:`declare`, so whichever starts first
+creates it and the others find it as expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from pubsub.settings import Settings
+
+ROUTING_KEY = "events"
+
+
+@dataclass(frozen=True)
+class Names:
+    exchange: str
+    queue: str
+    dead_exchange: str
+    dead_queue: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Names:
+        base = settings.queue
+        return cls(base, base, f"{base}.dlx", f"{base}.dead")
+
+
+def queue_arguments(settings: Settings) -> dict[str, object]:
+    names = Names.of(settings)
+    # Quorum queues on RabbitMQ 3.10 have no default delivery limit: without one a poison
+    # message would loop forever. at-least-once dead-lettering needs reject-publish overflow.
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.delivery_limit,
+        "x-dead-letter-exchange": names.dead_exchange,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+@dataclass(frozen=True)
+class Topology:
+    exchange: AbstractExchange
+    queue: AbstractQueue
+    dead_queue: AbstractQueue
+
+
+async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
+    """Declare (idempotently) and return the exchange, the queue and the dead-letter queue."""
+    names = Names.of(settings)
+    dead_exchange = await channel.declare_exchange(
+        names.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead_queue = await channel.declare_queue(
+        names.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead_queue.bind(dead_exchange)
+    exchange = await channel.declare_exchange(
+        names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    queue = await channel.declare_queue(
+        names.queue, durable=True, arguments=queue_arguments(settings)
+    )
+    await queue.bind(exchange, ROUTING_KEY)
+    return Topology(exchange, queue, dead_queue)

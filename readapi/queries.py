@@ -1,0 +1,148 @@
+"""SQL of the read API: pages of events (keyset pagination) and the statistics."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import psycopg
+
+
+class BadCursor(ValueError):
+    """A pagination cursor that this service did not produce."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position after the last event of a page: ``(timestamp, topic, event_id)``."""
+
+    ts: datetime
+    topic: str
+    event_id: str
+
+    def encode(self) -> str:
+        raw = orjson.dumps([self.ts.isoformat(), self.topic, self.event_id])
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            ts, topic, event_id = orjson.loads(raw)
+            if not (isinstance(ts, str) and isinstance(topic, str) and isinstance(event_id, str)):
+                raise ValueError
+            parsed = datetime.fromisoformat(ts)
+        except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+            raise BadCursor("cursor is not one this service produced") from None
+        if parsed.tzinfo is None or "\x00" in topic or "\x00" in event_id:
+            raise BadCursor("cursor is not one this service produced")
+        return cls(parsed, topic, event_id)
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    topic: str | None
+    since: datetime | None
+    until: datetime | None
+    after: Cursor | None
+    limit: int
+
+
+_EPOCH_MIN = datetime(1, 1, 1, tzinfo=UTC)
+
+
+async def events_page(
+    conn: psycopg.AsyncConnection[Any], q: EventQuery
+) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """One page of events ordered by ``(timestamp, topic, event_id)``, and the next cursor."""
+    where = ["TRUE"]
+    params: list[Any] = []
+    if q.topic is not None:
+        where.append("topic = %s")
+        params.append(q.topic)
+    if q.since is not None:
+        where.append("ts >= %s")
+        params.append(q.since)
+    if q.until is not None:
+        where.append("ts < %s")
+        params.append(q.until)
+    if q.after is not None:
+        if q.topic is not None:
+            # Within one topic the index (topic, ts, event_id) orders the page.
+            where.append("(ts, event_id) > (%s, %s)")
+            params += [q.after.ts, q.after.event_id]
+        else:
+            where.append("(ts, topic, event_id) > (%s, %s, %s)")
+            params += [q.after.ts, q.after.topic, q.after.event_id]
+    order = "ts, event_id" if q.topic is not None else "ts, topic, event_id"
+    query = (
+        "SELECT topic, event_id, ts, source, payload::text FROM events"
+        f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT %s"
+    )
+    params.append(q.limit + 1)
+    cur = await conn.execute(query, params)
+    rows = await cur.fetchall()
+    page = rows[: q.limit]
+    events = [
+        {
+            "topic": topic,
+            "event_id": event_id,
+            "timestamp": rfc3339(ts),
+            "source": source,
+            "payload": orjson.Fragment(payload),
+        }
+        for topic, event_id, ts, source, payload in page
+    ]
+    after = None
+    if len(rows) > q.limit:
+        topic, event_id, ts, _, _ = page[-1]
+        after = Cursor(ts, topic, event_id)
+    return events, after
+
+
+def rfc3339(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_COUNTERS = """
+SELECT coalesce(sum(received), 0), coalesce(sum(unique_processed), 0),
+       coalesce(sum(duplicate_dropped), 0)
+FROM counters
+"""
+# A loose index scan over the primary key: one probe per topic, not a scan of every event.
+_TOPICS = """
+WITH RECURSIVE t(topic) AS (
+    (SELECT topic FROM events ORDER BY topic LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.topic FROM events e WHERE e.topic > t.topic ORDER BY e.topic LIMIT 1)
+    FROM t WHERE t.topic IS NOT NULL
+)
+SELECT topic FROM t WHERE topic IS NOT NULL LIMIT %s
+"""
+
+
+@dataclass(frozen=True)
+class Counts:
+    received: int
+    unique_processed: int
+    duplicate_dropped: int
+    topics: list[str]
+    topics_truncated: bool
+
+
+async def counts(conn: psycopg.AsyncConnection[Any], *, max_topics: int) -> Counts:
+    # One snapshot for both reads, so the numbers agree with each other.
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        cur = await conn.execute(_COUNTERS)
+        row = await cur.fetchone()
+        assert row is not None
+        cur = await conn.execute(_TOPICS, (max_topics + 1,))
+        topics = [t for (t,) in await cur.fetchall()]
+    return Counts(
+        int(row[0]), int(row[1]), int(row[2]), topics[:max_topics], len(topics) > max_topics
+    )
