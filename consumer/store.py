@@ -119,8 +119,14 @@ class Store:
                         for key in keys:
                             r = unique[key]
                             await copy.write_row(
-                                (r.topic, r.event_id, r.timestamp, r.source, r.payload,
-                                 r.received_at)
+                                (
+                                    r.topic,
+                                    r.event_id,
+                                    r.timestamp,
+                                    r.source,
+                                    r.payload,
+                                    r.received_at,
+                                )
                             )
                     await cur.execute(_INSERT_EVENTS)
                     inserted = cur.rowcount

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import psycopg
@@ -95,7 +96,7 @@ class Worker:
         while self._pending:
             await self._flush()
 
-    async def _linger(self, stopping: asyncio.Future[object]) -> None:
+    async def _linger(self, stopping: asyncio.Future[Any]) -> None:
         # A short wait lets a batch fill up under load; an idle system pays it once per burst.
         deadline = time.monotonic() + self.settings.batch_max_wait
         while self._pending_events < self.settings.batch_max_events and not stopping.done():

@@ -44,7 +44,9 @@ async def publish(request: web.Request) -> web.Response:
     received_at = datetime.now(UTC)
     fragments = [wire.encode_event(event, received_at) for event in events]
     try:
-        await request.app[PUBLISHER].publish(fragments, request_id=request_id)
+        await request.app[PUBLISHER].publish(
+            fragments, received_at=received_at, request_id=request_id
+        )
     except BrokerUnavailable as exc:
         metrics.REQUESTS.labels("503").inc()
         log.warning("request %s: %d event(s) not accepted: %s", request_id, len(events), exc)
@@ -73,8 +75,10 @@ def _check_content_type(request: web.Request) -> None:
 
 async def index(_: web.Request) -> web.Response:
     return http.json_response(
-        {"service": "pubsub ingest", "endpoints": ["POST /publish", "/healthz", "/readyz",
-                                                    "/metrics"]}
+        {
+            "service": "pubsub ingest",
+            "endpoints": ["POST /publish", "/healthz", "/readyz", "/metrics"],
+        }
     )
 
 

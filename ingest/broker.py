@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
@@ -30,7 +30,7 @@ class BrokerUnavailable(Exception):
 
 
 class _Group:
-    __slots__ = ("fragments", "done", "request_ids", "received_at")
+    __slots__ = ("done", "fragments", "received_at", "request_ids")
 
     def __init__(self, received_at: str) -> None:
         self.fragments: list[bytes] = []
@@ -62,26 +62,28 @@ class Publisher:
         conn = self.connection
         return conn is not None and not conn.is_closed and conn.connected.is_set()
 
-    async def publish(self, fragments: Sequence[bytes], *, request_id: str) -> None:
+    async def publish(
+        self, fragments: Sequence[bytes], *, received_at: datetime, request_id: str
+    ) -> None:
         """Send encoded events; return once all are confirmed or raise BrokerUnavailable."""
         if not self.connected:
             raise BrokerUnavailable("not connected to the broker")
         if self._in_flight >= self._max_in_flight:
             raise BrokerUnavailable("the broker is not keeping up; too many unconfirmed messages")
-        received_at = datetime.now(UTC).isoformat()
+        received = received_at.isoformat()
         limit = self.settings.message_max_events
         waits: list[asyncio.Future[None]] = []
         start = 0
         # Whole messages leave at once; only the remainder joins the shared group.
         while len(fragments) - start >= limit:
-            group = _Group(received_at)
+            group = _Group(received)
             group.fragments = list(fragments[start : start + limit])
             group.request_ids.append(request_id)
             self._send(group)
             waits.append(group.done)
             start += limit
         if start < len(fragments):
-            group = self._open or _Group(received_at)
+            group = self._open or _Group(received)
             self._open = group
             room = limit - len(group.fragments)
             rest = fragments[start:]
@@ -91,7 +93,7 @@ class Publisher:
                 waits.append(group.done)
                 self._open = None
                 self._send(group)
-                group = _Group(received_at)
+                group = _Group(received)
                 self._open = group
                 rest = rest[room:]
             group.fragments.extend(rest)

@@ -15,18 +15,35 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     p.add_argument("--ingest-url", default=d.ingest_url, help="where POST /publish is")
     p.add_argument("--read-url", default=d.read_url, help="where GET /stats is")
     p.add_argument("-n", "--events", type=int, default=d.events, help="events to send")
-    p.add_argument("-d", "--duplicates", type=float, default=d.duplicates,
-                   help="share of duplicate events, 0 to 1")
-    p.add_argument("--mode", choices=("batch", "single"), default=d.mode,
-                   help="JSON arrays of --batch-size events, or one event per request")
+    p.add_argument(
+        "-d",
+        "--duplicates",
+        type=float,
+        default=d.duplicates,
+        help="share of duplicate events, 0 to 1",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("batch", "single"),
+        default=d.mode,
+        help="JSON arrays of --batch-size events, or one event per request",
+    )
     p.add_argument("-b", "--batch-size", type=int, default=d.batch_size)
-    p.add_argument("-c", "--concurrency", type=int, default=d.concurrency,
-                   help="requests in flight at once")
+    p.add_argument(
+        "-c", "--concurrency", type=int, default=d.concurrency, help="requests in flight at once"
+    )
     p.add_argument("--topic", default=d.topic)
-    p.add_argument("--run-id", default=d.run_id,
-                   help="prefix of the event ids; reuse one to resend the same events")
-    p.add_argument("--settle-timeout", type=float, default=d.settle_timeout,
-                   help="seconds to wait for the consumers to store everything")
+    p.add_argument(
+        "--run-id",
+        default=d.run_id,
+        help="prefix of the event ids; reuse one to resend the same events",
+    )
+    p.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=d.settle_timeout,
+        help="seconds to wait for the consumers to store everything",
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if not 0 <= a.duplicates < 1:
@@ -34,10 +51,17 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     if a.events < 1 or a.batch_size < 1 or a.concurrency < 1:
         p.error("--events, --batch-size and --concurrency must be positive")
     return LoadConfig(
-        ingest_url=a.ingest_url.rstrip("/"), read_url=a.read_url.rstrip("/"), events=a.events,
-        duplicates=a.duplicates, mode=a.mode, batch_size=a.batch_size,
-        concurrency=a.concurrency, topic=a.topic, run_id=a.run_id,
-        settle_timeout=a.settle_timeout, progress=not a.no_progress and sys.stderr.isatty(),
+        ingest_url=a.ingest_url.rstrip("/"),
+        read_url=a.read_url.rstrip("/"),
+        events=a.events,
+        duplicates=a.duplicates,
+        mode=a.mode,
+        batch_size=a.batch_size,
+        concurrency=a.concurrency,
+        topic=a.topic,
+        run_id=a.run_id,
+        settle_timeout=a.settle_timeout,
+        progress=not a.no_progress and sys.stderr.isatty(),
     )
 
 
@@ -45,7 +69,8 @@ def render(cfg: LoadConfig, r: Report) -> str:
     rate = r.expected["received"] / r.settle_seconds if r.settle_seconds else 0.0
     lines = [
         f"run {cfg.run_id}: {cfg.events} events, {cfg.duplicates:.0%} duplicates, mode "
-        f"{cfg.mode}" + (f" (batches of {cfg.batch_size})" if cfg.mode == "batch" else "")
+        f"{cfg.mode}"
+        + (f" (batches of {cfg.batch_size})" if cfg.mode == "batch" else "")
         + f", concurrency {cfg.concurrency}",
         f"sent in {r.send_seconds:.3f}s; all stored after {r.settle_seconds:.3f}s "
         f"({rate:,.0f} events/s end to end)",

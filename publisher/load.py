@@ -91,11 +91,13 @@ def _chunks(events: Sequence[dict[str, Any]], size: int) -> Iterator[Sequence[di
 
 async def run_load(cfg: LoadConfig) -> Report:
     events, unique = make_events(cfg)
-    report = Report(expected={
-        "received": len(events),
-        "unique_processed": unique,
-        "duplicate_dropped": len(events) - unique,
-    })
+    report = Report(
+        expected={
+            "received": len(events),
+            "unique_processed": unique,
+            "duplicate_dropped": len(events) - unique,
+        }
+    )
     connector = aiohttp.TCPConnector(limit=cfg.concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

@@ -53,15 +53,13 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
 
 async def ensure(settings: Settings) -> None:
     """Create the schema and tables if they do not exist."""
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            await conn.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(settings.db_schema)
-                )
-            )
-            await conn.execute(
-                sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
-            )
-            await conn.execute(_DDL)
+    conn = await psycopg.AsyncConnection.connect(settings.database_url)
+    async with conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        await conn.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema))
+        )
+        await conn.execute(
+            sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
+        )
+        await conn.execute(_DDL)

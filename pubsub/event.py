@@ -51,7 +51,7 @@ class Event(BaseModel):
     @classmethod
     def _timestamp_is_text(cls, value: Any) -> Any:
         # Lax mode would read a bare number as Unix time; ask for what the docs promise.
-        if value is not None and not isinstance(value, str):
+        if value is not None and not isinstance(value, str | datetime):
             raise ValueError("timestamp must be an RFC 3339 string")
         return value
 
@@ -86,9 +86,8 @@ def _check_json(value: Any, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("payload numbers must be finite")
-    elif isinstance(value, int) and not isinstance(value, bool):
-        if not _INT64_MIN <= value <= _UINT64_MAX:
-            raise ValueError("payload integers must fit in 64 bits")
+    elif isinstance(value, int) and not _INT64_MIN <= value <= _UINT64_MAX:
+        raise ValueError("payload integers must fit in 64 bits")
 
 
 _ONE = TypeAdapter(Event)

@@ -29,7 +29,9 @@ def json_response(
 
 def bad_request(message: str) -> web.HTTPBadRequest:
     """An exception that answers 400 with ``{"error": message}``."""
-    return web.HTTPBadRequest(body=orjson.dumps({"error": message}), content_type="application/json")
+    return web.HTTPBadRequest(
+        body=orjson.dumps({"error": message}), content_type="application/json"
+    )
 
 
 def error(status: int, message: str, **extra: Any) -> web.Response:
@@ -84,8 +86,5 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
-    server = site._server  # noqa: SLF001 - the only way to learn the port picked for 0
-    bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
+    bound: int = runner.addresses[0][1] if runner.addresses else port
     return runner, bound

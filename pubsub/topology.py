@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from pamqp.common import FieldTable
 
 from pubsub.settings import Settings
 
@@ -29,7 +30,7 @@ class Names:
         return cls(base, base, f"{base}.dlx", f"{base}.dead")
 
 
-def queue_arguments(settings: Settings) -> dict[str, object]:
+def queue_arguments(settings: Settings) -> FieldTable:
     names = Names.of(settings)
     # Quorum queues on RabbitMQ 3.10 have no default delivery limit: without one a poison
     # message would loop forever. at-least-once dead-lettering needs reject-publish overflow.

@@ -11,8 +11,8 @@ from urllib.parse import urlencode
 
 import aio_pika
 import psycopg
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiohttp import web
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pubsub import dbschema, http
@@ -40,7 +40,7 @@ class Backend:
             open=False,
         )
         self.connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
 
     async def start(self) -> None:
         await self.pool.open(wait=False)
@@ -65,9 +65,14 @@ class Backend:
         try:
             if self._channel is None or self._channel.is_closed:
                 self._channel = await self.connection.channel()
-            for key, name in (("queued_messages", names.queue),
-                              ("dead_letter_messages", names.dead_queue)):
-                queue = await self._channel.declare_queue(name, passive=True, timeout=2)
+            for key, name in (
+                ("queued_messages", names.queue),
+                ("dead_letter_messages", names.dead_queue),
+            ):
+                # robust=False: a robust channel answers passive declares from a cache.
+                queue = await self._channel.declare_queue(
+                    name, passive=True, timeout=2, robust=False
+                )
                 out[key] = queue.declaration_result.message_count
         except Exception as exc:  # noqa: BLE001 - depth is informative, never fatal
             log.info("queue depth unavailable: %r", exc)

@@ -83,8 +83,9 @@ async def main(settings: Settings, stop: asyncio.Event, consumers: int) -> None:
     ]
     for i in range(consumers):
         port = settings.consumer_port + i if settings.consumer_port else 0
-        children.append(Child(f"consumer {i + 1}", "consumer", port,
-                              {"PUBSUB_CONSUMER_PORT": str(port)}))
+        children.append(
+            Child(f"consumer {i + 1}", "consumer", port, {"PUBSUB_CONSUMER_PORT": str(port)})
+        )
     for child in children:
         await child.start()
     host = settings.http_host
@@ -109,8 +110,12 @@ async def main(settings: Settings, stop: asyncio.Event, consumers: int) -> None:
                 return
             child.restarts += 1
             delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6))
-            log.error("%s exited with code %s; restarting in %.1fs",
-                      child.name, child.proc.returncode, delay)
+            log.error(
+                "%s exited with code %s; restarting in %.1fs",
+                child.name,
+                child.proc.returncode,
+                delay,
+            )
             try:
                 await asyncio.wait_for(stop.wait(), delay)
                 return
@@ -133,7 +138,9 @@ def _banner(settings: Settings, children: list[Child]) -> str:
     lines.append(f"  GET  http://{shown}:{settings.read_port}/stats")
     for child in children:
         if child.port:
-            lines.append(f"  {child.name:<11} http://{shown}:{child.port}/metrics  /healthz  /readyz")
+            lines.append(
+                f"  {child.name:<11} http://{shown}:{child.port}/metrics  /healthz  /readyz"
+            )
     lines.append("Send the demo load with: python -m publisher   (Ctrl-C here stops everything)")
     return "\n".join(lines)
 

@@ -1,0 +1,27 @@
+# Sourced by the scripts: a virtualenv with the project installed, and the local services up.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import pubsub, pytest, mypy" 2>/dev/null \
+    || [ pyproject.toml -nt .venv/.installed ]; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test,dev]'
+    touch .venv/.installed
+fi
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Start the machine's own RabbitMQ and PostgreSQL when they are installed but down.
+if ! port_open 5432 && command -v pg_ctlcluster >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+fi
+if ! port_open 5672 && command -v rabbitmq-server >/dev/null 2>&1; then
+    rabbitmq-server -detached || true
+fi
+for _ in $(seq 1 60); do
+    if port_open 5432 && port_open 5672; then break; fi
+    sleep 1
+done

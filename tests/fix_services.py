@@ -1,0 +1,102 @@
+"""Broker and database for the tests: URLs from the environment, else testcontainers.
+
+``PUBSUB_TEST_AMQP_URL`` and ``PUBSUB_TEST_DATABASE_URL`` point the tests at running servers.
+Without them, a reachable Docker engine starts RabbitMQ and PostgreSQL containers; with
+neither, the tests fail and say what to set: integration tests never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pubsub import dbschema
+from pubsub.settings import Settings
+from tests.support import delete_topology, free_port, run_async
+
+AMQP_ENV = "PUBSUB_TEST_AMQP_URL"
+DB_ENV = "PUBSUB_TEST_DATABASE_URL"
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception:  # noqa: BLE001 - any failure means "no engine"
+        return False
+    return True
+
+
+def _missing(what: str, env: str, example: str) -> str:
+    return (
+        f"no {what} for the tests: set {env} (e.g. {env}={example}) "
+        "or make a Docker engine reachable so testcontainers can start one"
+    )
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    url = os.environ.get(AMQP_ENV)
+    if url:
+        yield url
+        return
+    if not _docker_engine_answers():
+        pytest.fail(_missing("RabbitMQ", AMQP_ENV, "amqp://guest:guest@127.0.0.1:5672/"))
+    from testcontainers.community.rabbitmq import RabbitMqContainer
+
+    with RabbitMqContainer("rabbitmq:3.13-management") as broker:
+        host, port = broker.get_container_host_ip(), broker.get_exposed_port(5672)
+        yield f"amqp://{broker.username}:{broker.password}@{host}:{port}/"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    url = os.environ.get(DB_ENV)
+    if url:
+        yield url
+        return
+    if not _docker_engine_answers():
+        pytest.fail(_missing("PostgreSQL", DB_ENV, "postgresql://postgres@127.0.0.1:5432/test"))
+    from testcontainers.community.postgres import PostgresContainer
+
+    with PostgresContainer("postgres:15-alpine") as pg:
+        yield pg.get_connection_url(driver=None)
+
+
+@pytest.fixture(scope="session")
+def settings(amqp_url: str, database_url: str) -> Iterator[Settings]:
+    """Settings private to this test run: its own schema, queue names and ports."""
+    run = uuid.uuid4().hex[:10]
+    s = Settings.from_env(
+        {},
+        amqp_url=amqp_url,
+        database_url=database_url,
+        db_schema=f"test_{run}",
+        queue=f"test.{run}.events",
+        ingest_port=free_port(),
+        read_port=free_port(),
+        consumer_port=0,
+        log_level="INFO",
+    )
+    run_async(dbschema.ensure(s))
+    yield s
+    run_async(delete_topology(s))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(s.db_schema))
+        )
+
+
+@pytest.fixture(scope="session")
+def db(settings: Settings) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A direct connection to the run's schema, for checking what was stored."""
+    with psycopg.connect(
+        settings.database_url, autocommit=True, **dbschema.connect_kwargs(settings)
+    ) as conn:
+        yield conn

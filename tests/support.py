@@ -1,0 +1,125 @@
+"""Helpers shared by the tests: ports, polling with a deadline, broker inspection."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aio_pika
+import aiohttp
+
+from pubsub.settings import Settings
+from pubsub.topology import Names
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_async(coro: Awaitable[T]) -> T:
+    async def _run() -> T:
+        return await coro
+
+    return asyncio.run(_run())
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until ``accept`` holds for its result; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s; last value: {value!r}")
+        await asyncio.sleep(interval)
+
+
+async def queue_depth(settings: Settings, name: str) -> int:
+    async with await aio_pika.connect(settings.amqp_url) as conn:
+        channel = await conn.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        count = queue.declaration_result.message_count
+        return int(count or 0)
+
+
+async def delete_topology(settings: Settings) -> None:
+    names = Names.of(settings)
+    async with await aio_pika.connect(settings.amqp_url) as conn:
+        channel = await conn.channel()
+        for queue in (names.queue, names.dead_queue):
+            await channel.queue_delete(queue)
+        for exchange in (names.exchange, names.dead_exchange):
+            await channel.exchange_delete(exchange)
+
+
+async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url) as resp:
+        assert resp.status == 200, f"GET {url}: {resp.status} {await resp.text()}"
+        return await resp.json()
+
+
+def event(topic: str, event_id: str, **over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "topic": topic,
+        "event_id": event_id,
+        "timestamp": "2025-10-21T10:00:00Z",
+        "source": "tests",
+        "payload": {"msg": f"event {event_id}"},
+    }
+    body.update(over)
+    return body
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    data: Any,
+    *,
+    raw: bytes | None = None,
+    content_type: str = "application/json",
+) -> tuple[int, Any, dict[str, str]]:
+    import orjson
+
+    body = raw if raw is not None else orjson.dumps(data)
+    async with session.post(
+        f"{url}/publish", data=body, headers={"Content-Type": content_type}
+    ) as resp:
+        text = await resp.read()
+        try:
+            parsed = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            parsed = text.decode(errors="replace")
+        return resp.status, parsed, dict(resp.headers)
+
+
+async def stats(session: aiohttp.ClientSession, read_url: str) -> dict[str, Any]:
+    result: dict[str, Any] = await get_json(session, f"{read_url}/stats")
+    return result
+
+
+async def settled(
+    session: aiohttp.ClientSession, read_url: str, received: int, *, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Wait until ``received`` reaches the given total and the queue is empty."""
+    return await eventually(
+        lambda: stats(session, read_url),
+        lambda s: s["received"] >= received and s["queued_messages"] == 0,
+        timeout=timeout,
+        what=f"received >= {received}",
+    )

@@ -1,0 +1,70 @@
+"""The consumer's storage against the real PostgreSQL: races, redeliveries, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import psycopg
+
+from consumer.store import Store
+from pubsub.settings import Settings
+from pubsub.wire import Row
+
+NOW = "2025-10-21T10:00:00+00:00"
+
+
+def rows(topic: str, ids: list[int]) -> list[Row]:
+    return [Row(topic, f"e{i}", NOW, "tests", f'{{"i": {i}}}', NOW) for i in ids]
+
+
+def counters(db: psycopg.Connection[Any]) -> tuple[int, int, int]:
+    row = db.execute(
+        "SELECT coalesce(sum(received),0), coalesce(sum(unique_processed),0),"
+        " coalesce(sum(duplicate_dropped),0) FROM counters"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+async def test_overlapping_batches_in_opposite_orders_never_deadlock(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    topic = f"race-{uuid.uuid4().hex[:6]}"
+    stores = [Store(settings, shard=1), Store(settings, shard=2)]
+    before = counters(db)
+    forward, backward = list(range(2000)), list(range(2000))[::-1]
+    try:
+        for rnd in range(10):
+            results = await asyncio.gather(
+                stores[0].store([(f"{topic}-a{rnd}", rows(topic, forward))]),
+                stores[1].store([(f"{topic}-b{rnd}", rows(topic, backward))]),
+            )
+            assert sum(r.received for r in results) == 4000
+    finally:
+        for s in stores:
+            await s.close()
+    count = db.execute("SELECT count(*) FROM events WHERE topic = %s", (topic,)).fetchone()
+    assert count == (2000,)
+    received, unique, dropped = (a - b for a, b in zip(counters(db), before, strict=True))
+    assert (received, unique, dropped) == (40_000, 2000, 38_000)
+
+
+async def test_a_redelivered_message_is_not_counted_twice(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    topic = f"redeliver-{uuid.uuid4().hex[:6]}"
+    store = Store(settings, shard=3)
+    before = counters(db)
+    try:
+        first = await store.store([("m-" + topic, rows(topic, [1, 2, 2]))])
+        again = await store.store(
+            [("m-" + topic, rows(topic, [1, 2, 2])), ("n-" + topic, rows(topic, [2, 3]))]
+        )
+    finally:
+        await store.close()
+    assert (first.received, first.inserted, first.redelivered) == (3, 2, 0)
+    assert (again.received, again.inserted, again.redelivered) == (2, 1, 1)
+    delta = tuple(a - b for a, b in zip(counters(db), before, strict=True))
+    assert delta == (5, 3, 2)
