@@ -18,7 +18,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     publisher = Publisher(settings)
     await publisher.start()
     app = make_app(settings, publisher)
-    runner, port = await serve(app, settings.http_host, settings.ingest_port)
+    runner, port = await serve(app, settings.http_host, settings.ingest_port, reuse_port=True)
     log.info("ingest listening on http://%s:%d", settings.http_host, port)
     await stop.wait()
     log.info("ingest stopping: refusing new requests, finishing confirms in flight")

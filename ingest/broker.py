@@ -29,14 +29,44 @@ class BrokerUnavailable(Exception):
     """The broker did not confirm in time, refused, or is not connected."""
 
 
-class _Group:
-    __slots__ = ("done", "fragments", "received_at", "request_ids")
+class _Waiter:
+    """One request's wait for the confirms of every message that holds its events."""
 
-    def __init__(self, received_at: str) -> None:
+    __slots__ = ("future", "remaining")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.remaining = 0
+
+    def confirmed(self) -> None:
+        self.remaining -= 1
+        if not self.remaining and not self.future.done():
+            self.future.set_result(None)
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+            self.future.exception()  # retrieved: the request may have timed out already
+
+
+class _Group:
+    """Events that will travel in one broker message."""
+
+    __slots__ = ("deadline", "fragments", "received_at", "request_ids", "waiters")
+
+    def __init__(self, received_at: str, deadline: float) -> None:
+        # Set when the first request joins: whatever waits on this group is answered by then.
+        self.deadline = deadline
         self.fragments: list[bytes] = []
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters: list[_Waiter] = []
         self.request_ids: list[str] = []
         self.received_at = received_at
+
+    def join(self, waiter: _Waiter, request_id: str) -> None:
+        waiter.remaining += 1
+        self.waiters.append(waiter)
+        if len(self.request_ids) < 16:
+            self.request_ids.append(request_id)
 
 
 class Publisher:
@@ -49,6 +79,7 @@ class Publisher:
         self._open: _Group | None = None
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()  # construct inside the running loop
         # Past this many unconfirmed messages, answer 503 instead of holding more in memory.
         self._max_in_flight = settings.publish_in_flight * 16
 
@@ -70,46 +101,25 @@ class Publisher:
             raise BrokerUnavailable("not connected to the broker")
         if self._in_flight >= self._max_in_flight:
             raise BrokerUnavailable("the broker is not keeping up; too many unconfirmed messages")
-        received = received_at.isoformat()
         limit = self.settings.message_max_events
-        waits: list[asyncio.Future[None]] = []
+        waiter = _Waiter()
+        received = received_at.isoformat()
         start = 0
-        # Whole messages leave at once; only the remainder joins the shared group.
-        while len(fragments) - start >= limit:
-            group = _Group(received)
-            group.fragments = list(fragments[start : start + limit])
-            group.request_ids.append(request_id)
-            self._send(group)
-            waits.append(group.done)
-            start += limit
-        if start < len(fragments):
-            group = self._open or _Group(received)
-            self._open = group
-            room = limit - len(group.fragments)
-            rest = fragments[start:]
-            if len(rest) > room:
-                group.fragments.extend(rest[:room])
-                group.request_ids.append(request_id)
-                waits.append(group.done)
-                self._open = None
-                self._send(group)
-                group = _Group(received)
-                self._open = group
-                rest = rest[room:]
-            group.fragments.extend(rest)
-            group.request_ids.append(request_id)
-            waits.append(group.done)
-            if self._in_flight < self.settings.publish_in_flight:
-                self._flush_open()
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(asyncio.shield(w) for w in waits)),
-                self.settings.publish_timeout,
-            )
-        except TimeoutError:
-            raise BrokerUnavailable(
-                f"no confirm from the broker within {self.settings.publish_timeout}s"
-            ) from None
+        while start < len(fragments):
+            group = self._open
+            if group is None:
+                deadline = self._loop.time() + self.settings.publish_timeout
+                group = self._open = _Group(received, deadline)
+            take = fragments[start : start + limit - len(group.fragments)]
+            group.fragments.extend(take)
+            group.join(waiter, request_id)
+            start += len(take)
+            if len(group.fragments) >= limit:
+                self._flush_open()  # a full message leaves whatever is in flight
+        if self._in_flight < self.settings.publish_in_flight:
+            self._flush_open()
+        # No timer per request: every group is settled by its deadline (see _publish_group).
+        await waiter.future
 
     def _flush_open(self) -> None:
         group, self._open = self._open, None
@@ -135,25 +145,30 @@ class Publisher:
                 type=wire.MESSAGE_TYPE,
                 headers={
                     wire.RECEIVED_AT: group.received_at,
-                    wire.REQUEST_ID: ",".join(group.request_ids[:16]),
+                    wire.REQUEST_ID: ",".join(group.request_ids),
                 },
             )
             # publish() bounds the write, not a blocked connection: add our own deadline.
+            remaining = group.deadline - self._loop.time()
+            if remaining <= 0:
+                raise TimeoutError("waited too long for a free publishing slot")
             await asyncio.wait_for(
-                self._exchange.publish(message, topology.ROUTING_KEY, mandatory=True),
-                self.settings.publish_timeout,
+                self._exchange.publish(message, topology.ROUTING_KEY, mandatory=True), remaining
             )
         except Exception as exc:  # noqa: BLE001 - every failure means "not confirmed"
             metrics.PUBLISH_FAILURES.inc()
             log.warning("publish of %d event(s) failed: %r", len(group.fragments), exc)
-            if not group.done.done():
-                group.done.set_exception(BrokerUnavailable(str(exc) or type(exc).__name__))
-            group.done.exception()  # mark retrieved: the waiter may have timed out already
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                reason = f"no confirm from the broker within {self.settings.publish_timeout}s"
+            failure = BrokerUnavailable(reason)
+            for waiter in group.waiters:
+                waiter.failed(failure)
         else:
             metrics.CONFIRM_SECONDS.observe(time.perf_counter() - started)
             metrics.MESSAGE_EVENTS.observe(len(group.fragments))
-            if not group.done.done():
-                group.done.set_result(None)
+            for waiter in group.waiters:
+                waiter.confirmed()
         finally:
             self._in_flight -= 1
             if self._open is not None and self._open.fragments:

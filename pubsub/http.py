@@ -80,11 +80,16 @@ def add_health(app: web.Application, ready: ReadyCheck) -> None:
     app.router.add_get("/metrics", make_aiohttp_handler())
 
 
-async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start serving ``app``; return the runner and the bound port (useful with port 0)."""
+async def serve(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Start serving ``app``; return the runner and the bound port (useful with port 0).
+
+    With ``reuse_port`` several processes share the port and the kernel spreads connections.
+    """
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
     await site.start()
     bound: int = runner.addresses[0][1] if runner.addresses else port
     return runner, bound
