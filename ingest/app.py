@@ -13,7 +13,7 @@ from aiohttp import web
 from ingest import metrics
 from ingest.broker import BrokerUnavailable, Publisher
 from pubsub import http, wire
-from pubsub.event import BadInput, parse_events
+from pubsub.event import BadInput, check_payloads, parse_events
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.ingest.app")
@@ -35,6 +35,7 @@ async def publish(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     request_id = request.headers.get("X-Request-Id", "")[:64] or _new_request_id()
     headers = {"X-Request-Id": request_id}
+    received_at = datetime.now(UTC)
     try:
         _check_content_type(request)
         length = request.content_length
@@ -43,18 +44,20 @@ async def publish(request: web.Request) -> web.Response:
         body = await request.read()
         events = parse_events(
             body,
+            received_at=received_at,
             max_events=settings.max_batch_events,
             max_problems=settings.max_errors_reported,
         )
+        try:
+            pieces = wire.encode(events, per_piece=settings.message_max_events)
+        except TypeError:
+            check_payloads(events)  # raises BadInput naming the event
+            raise
     except BadInput as exc:
         metrics.REQUESTS.labels(str(exc.status)).inc()
         return http.json_response(exc.body(), status=exc.status, headers=headers)
-    received_at = datetime.now(UTC)
-    fragments = [wire.encode_event(event, received_at) for event in events]
     try:
-        await request.app[PUBLISHER].publish(
-            fragments, received_at=received_at, request_id=request_id
-        )
+        await request.app[PUBLISHER].publish(pieces, received_at=received_at, request_id=request_id)
     except BrokerUnavailable as exc:
         metrics.REQUESTS_503.inc()
         log.warning("request %s: %d event(s) not accepted: %s", request_id, len(events), exc)

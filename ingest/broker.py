@@ -52,12 +52,13 @@ class _Waiter:
 class _Group:
     """Events that will travel in one broker message."""
 
-    __slots__ = ("deadline", "fragments", "received_at", "request_ids", "waiters")
+    __slots__ = ("count", "deadline", "pieces", "received_at", "request_ids", "waiters")
 
     def __init__(self, received_at: str, deadline: float) -> None:
         # Set when the first request joins: whatever waits on this group is answered by then.
         self.deadline = deadline
-        self.fragments: list[bytes] = []
+        self.pieces: list[bytes] = []
+        self.count = 0
         self.waiters: list[_Waiter] = []
         self.request_ids: list[str] = []
         self.received_at = received_at
@@ -94,7 +95,7 @@ class Publisher:
         return conn is not None and not conn.is_closed and conn.connected.is_set()
 
     async def publish(
-        self, fragments: Sequence[bytes], *, received_at: datetime, request_id: str
+        self, pieces: Sequence[wire.Piece], *, received_at: datetime, request_id: str
     ) -> None:
         """Send encoded events; return once all are confirmed or raise BrokerUnavailable."""
         if not self.connected:
@@ -104,18 +105,17 @@ class Publisher:
         limit = self.settings.message_max_events
         waiter = _Waiter()
         received = received_at.isoformat()
-        start = 0
-        while start < len(fragments):
+        for piece in pieces:
             group = self._open
+            if group is not None and group.count + piece.count > limit:
+                self._flush_open()  # a full message leaves whatever is in flight
+                group = None
             if group is None:
                 deadline = self._loop.time() + self.settings.publish_timeout
                 group = self._open = _Group(received, deadline)
-            take = fragments[start : start + limit - len(group.fragments)]
-            group.fragments.extend(take)
+            group.pieces.append(piece.data)
+            group.count += piece.count
             group.join(waiter, request_id)
-            start += len(take)
-            if len(group.fragments) >= limit:
-                self._flush_open()  # a full message leaves whatever is in flight
         if self._in_flight < self.settings.publish_in_flight:
             self._flush_open()
         # No timer per request: every group is settled by its deadline (see _publish_group).
@@ -123,7 +123,7 @@ class Publisher:
 
     def _flush_open(self) -> None:
         group, self._open = self._open, None
-        if group is not None and group.fragments:
+        if group is not None and group.pieces:
             self._send(group)
 
     def _send(self, group: _Group) -> None:
@@ -138,7 +138,7 @@ class Publisher:
             if self._exchange is None:
                 raise BrokerUnavailable("publisher not started")
             message = aio_pika.Message(
-                wire.pack(group.fragments),
+                wire.pack(group.pieces),
                 content_type=wire.CONTENT_TYPE,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=wire.new_message_id(),
@@ -157,7 +157,7 @@ class Publisher:
             )
         except Exception as exc:  # noqa: BLE001 - every failure means "not confirmed"
             metrics.PUBLISH_FAILURES.inc()
-            log.warning("publish of %d event(s) failed: %r", len(group.fragments), exc)
+            log.warning("publish of %d event(s) failed: %r", group.count, exc)
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 reason = f"no confirm from the broker within {self.settings.publish_timeout}s"
@@ -166,12 +166,12 @@ class Publisher:
                 waiter.failed(failure)
         else:
             metrics.CONFIRM_SECONDS.observe(time.perf_counter() - started)
-            metrics.MESSAGE_EVENTS.observe(len(group.fragments))
+            metrics.MESSAGE_EVENTS.observe(group.count)
             for waiter in group.waiters:
                 waiter.confirmed()
         finally:
             self._in_flight -= 1
-            if self._open is not None and self._open.fragments:
+            if self._open is not None and self._open.pieces:
                 self._flush_open()
 
     async def close(self) -> None:

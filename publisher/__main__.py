@@ -32,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     p.add_argument(
         "-c", "--concurrency", type=int, default=d.concurrency, help="requests in flight at once"
     )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="send for this many seconds instead of --events",
+    )
     p.add_argument("--topic", default=d.topic)
     p.add_argument(
         "--run-id",
@@ -59,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         batch_size=a.batch_size,
         concurrency=a.concurrency,
         topic=a.topic,
+        duration=a.duration,
         run_id=a.run_id,
         settle_timeout=a.settle_timeout,
         progress=not a.no_progress and sys.stderr.isatty(),
@@ -68,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
 def render(cfg: LoadConfig, r: Report) -> str:
     rate = r.expected["received"] / r.settle_seconds if r.settle_seconds else 0.0
     lines = [
-        f"run {cfg.run_id}: {cfg.events} events, {cfg.duplicates:.0%} duplicates, mode "
+        f"run {cfg.run_id}: {r.expected['received']} events, {cfg.duplicates:.0%} duplicates, mode "
         f"{cfg.mode}"
         + (f" (batches of {cfg.batch_size})" if cfg.mode == "batch" else "")
         + f", concurrency {cfg.concurrency}",

@@ -7,7 +7,6 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +25,7 @@ class LoadConfig:
     batch_size: int = 5000
     concurrency: int = 16
     topic: str = "stress.logs"
+    duration: float | None = None  # seconds of sustained load instead of a count of events
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     seed: int = 0
     retries: int = 20
@@ -56,25 +56,44 @@ class Report:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def make_events(cfg: LoadConfig) -> tuple[list[dict[str, Any]], int]:
-    """The events to send and how many of them are unique."""
-    rng = random.Random(cfg.seed)
-    unique = max(1, round(cfg.events * (1 - cfg.duplicates))) if cfg.events else 0
-    ids = [f"{cfg.run_id}-{i}" for i in range(unique)]
-    ids += rng.choices(ids, k=cfg.events - unique) if ids else []
-    rng.shuffle(ids)
-    now = datetime.now(UTC).isoformat()
-    events = [
-        {
-            "topic": cfg.topic,
-            "event_id": event_id,
-            "timestamp": now,
+class EventSource:
+    """Events of one run, made on demand: event ``k`` repeats an earlier id exactly when
+    ``floor((k + 1) * duplicates)`` steps up, so ``duplicates`` is met exactly, not on average
+    (at 20% every fifth event is a duplicate, as in the seeds)."""
+
+    def __init__(self, cfg: LoadConfig) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.made = 0
+        self.unique = 0
+        self.now = datetime.now(UTC).isoformat()
+
+    def next(self) -> dict[str, Any]:
+        k, d = self.made, self.cfg.duplicates
+        self.made += 1
+        if self.unique and int((k + 1) * d) != int(k * d):
+            n = self.rng.randrange(self.unique)
+        else:
+            n = self.unique
+            self.unique += 1
+        return {
+            "topic": self.cfg.topic,
+            "event_id": f"{self.cfg.run_id}-{n}",
+            "timestamp": self.now,
             "source": "publisher",
-            "payload": {"msg": f"Event {n}", "run": cfg.run_id},
+            "payload": {"msg": f"Event {k}", "run": self.cfg.run_id},
         }
-        for n, event_id in enumerate(ids)
-    ]
-    return events, unique
+
+    def body(self, limit: int | None) -> tuple[bytes, int] | None:
+        """The next request body and its event count; None once ``limit`` events were made."""
+        size = 1 if self.cfg.mode == "single" else self.cfg.batch_size
+        if limit is not None:
+            size = min(size, limit - self.made)
+        if size <= 0:
+            return None
+        if self.cfg.mode == "single":
+            return orjson.dumps(self.next()), 1
+        return orjson.dumps([self.next() for _ in range(size)]), size
 
 
 async def fetch_stats(session: aiohttp.ClientSession, read_url: str) -> dict[str, Any]:
@@ -84,47 +103,51 @@ async def fetch_stats(session: aiohttp.ClientSession, read_url: str) -> dict[str
         return stats
 
 
-def _chunks(events: Sequence[dict[str, Any]], size: int) -> Iterator[Sequence[dict[str, Any]]]:
-    for start in range(0, len(events), size):
-        yield events[start : start + size]
+async def send_load(
+    session: aiohttp.ClientSession, cfg: LoadConfig, source: EventSource, report: Report
+) -> None:
+    """Send the configured events (or for ``cfg.duration`` seconds); record into ``report``."""
+    limit = None if cfg.duration else cfg.events
+    progress = _Progress(cfg.events if limit else 0, enabled=cfg.progress)
+    started = time.perf_counter()
+    stop_at = started + cfg.duration if cfg.duration else None
+
+    async def sender() -> None:
+        while stop_at is None or time.perf_counter() < stop_at:
+            item = source.body(limit)
+            if item is None:
+                return
+            body, count = item
+            if await _send(session, cfg, body, report):
+                report.sent += count
+            else:
+                report.failed_events += count
+            progress.update(report.sent + report.failed_events)
+
+    await asyncio.gather(*(sender() for _ in range(max(1, cfg.concurrency))))
+    report.send_seconds = time.perf_counter() - started
+    progress.done()
+    report.expected = {
+        "received": source.made,
+        "unique_processed": source.unique,
+        "duplicate_dropped": source.made - source.unique,
+    }
+
+
+def new_session(cfg: LoadConfig) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=cfg.concurrency),
+        timeout=aiohttp.ClientTimeout(total=60),
+    )
 
 
 async def run_load(cfg: LoadConfig) -> Report:
-    events, unique = make_events(cfg)
-    report = Report(
-        expected={
-            "received": len(events),
-            "unique_processed": unique,
-            "duplicate_dropped": len(events) - unique,
-        }
-    )
-    connector = aiohttp.TCPConnector(limit=cfg.concurrency)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    """Send the configured load, wait until the system stored it, compare the counts."""
+    report = Report()
+    async with new_session(cfg) as session:
         before = await fetch_stats(session, cfg.read_url)
-        if cfg.mode == "single":
-            bodies = [orjson.dumps(e) for e in events]
-        else:
-            bodies = [orjson.dumps(list(c)) for c in _chunks(events, cfg.batch_size)]
-        per_body = 1 if cfg.mode == "single" else cfg.batch_size
-        queue: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
-        for i, body in enumerate(bodies):
-            queue.put_nowait((body, min(per_body, len(events) - i * per_body)))
-        progress = _Progress(len(events), enabled=cfg.progress)
         started = time.perf_counter()
-
-        async def sender() -> None:
-            while not queue.empty():
-                body, count = queue.get_nowait()
-                if await _send(session, cfg, body, report):
-                    report.sent += count
-                else:
-                    report.failed_events += count
-                progress.update(report.sent + report.failed_events)
-
-        await asyncio.gather(*(sender() for _ in range(max(1, cfg.concurrency))))
-        report.send_seconds = time.perf_counter() - started
-        progress.done()
+        await send_load(session, cfg, EventSource(cfg), report)
         deadline = time.monotonic() + cfg.settle_timeout
         target = before["received"] + report.sent
         while True:

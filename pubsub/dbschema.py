@@ -63,3 +63,12 @@ async def ensure(settings: Settings) -> None:
             sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
         )
         await conn.execute(_DDL)
+
+
+async def drop(settings: Settings) -> None:
+    """Remove the schema and everything in it (benchmarks and tests clean up with this)."""
+    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+    async with conn:
+        await conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.db_schema))
+        )

@@ -68,3 +68,12 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     )
     await queue.bind(exchange, ROUTING_KEY)
     return Topology(exchange, queue, dead_queue)
+
+
+async def delete(channel: AbstractChannel, settings: Settings) -> None:
+    """Remove the queues and exchanges (tests and benchmarks clean up with this)."""
+    names = Names.of(settings)
+    for queue in (names.queue, names.dead_queue):
+        await channel.queue_delete(queue)
+    for exchange in (names.exchange, names.dead_exchange):
+        await channel.exchange_delete(exchange)

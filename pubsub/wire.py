@@ -9,9 +9,8 @@ in the same transaction as the events, so a redelivery after a crash is not coun
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import orjson
 
@@ -23,22 +22,26 @@ RECEIVED_AT = "x-received-at"  # header: when ingest accepted the request (RFC 3
 REQUEST_ID = "x-request-id"  # header: the HTTP request the events came in
 
 
-def encode_event(event: Event, received_at: datetime) -> bytes:
-    """One event as a JSON object, the receive time standing in for a missing timestamp."""
-    return orjson.dumps(
-        {
-            "topic": event.topic,
-            "event_id": event.event_id,
-            "timestamp": event.timestamp or received_at,
-            "source": event.source,
-            "payload": event.payload,
-        }
-    )
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Encoded events, the inside of a JSON array (no brackets), ready to join into a body."""
+
+    data: bytes
+    count: int
 
 
-def pack(fragments: Iterable[bytes]) -> bytes:
-    """Join encoded events into one message body."""
-    return b"[" + b",".join(fragments) + b"]"
+def encode(events: Sequence[Event], *, per_piece: int) -> list[Piece]:
+    """Encode events in pieces of at most ``per_piece``; TypeError if one cannot be encoded
+    (see :func:`pubsub.event.check_payloads` for which)."""
+    return [
+        Piece(orjson.dumps(events[i : i + per_piece])[1:-1], len(events[i : i + per_piece]))
+        for i in range(0, len(events), per_piece)
+    ]
+
+
+def pack(pieces: Iterable[bytes]) -> bytes:
+    """Join pieces into one message body: a JSON array of events."""
+    return b"[" + b",".join(pieces) + b"]"
 
 
 def new_message_id() -> str:

@@ -17,7 +17,8 @@ from psycopg import sql
 
 from pubsub import dbschema
 from pubsub.settings import Settings
-from tests.support import delete_topology, free_port, run_async
+from stack.processes import free_port
+from tests.support import delete_topology, run_async
 
 AMQP_ENV = "PUBSUB_TEST_AMQP_URL"
 DB_ENV = "PUBSUB_TEST_DATABASE_URL"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -11,17 +10,10 @@ from typing import Any, TypeVar
 import aio_pika
 import aiohttp
 
+from pubsub import topology
 from pubsub.settings import Settings
-from pubsub.topology import Names
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run_async(coro: Awaitable[T]) -> T:
@@ -59,13 +51,8 @@ async def queue_depth(settings: Settings, name: str) -> int:
 
 
 async def delete_topology(settings: Settings) -> None:
-    names = Names.of(settings)
     async with await aio_pika.connect(settings.amqp_url) as conn:
-        channel = await conn.channel()
-        for queue in (names.queue, names.dead_queue):
-            await channel.queue_delete(queue)
-        for exchange in (names.exchange, names.dead_exchange):
-            await channel.exchange_delete(exchange)
+        await topology.delete(await conn.channel(), settings)
 
 
 async def get_json(session: aiohttp.ClientSession, url: str) -> Any:

@@ -18,8 +18,8 @@ import yarl
 
 from pubsub.settings import Settings
 from pubsub.topology import ROUTING_KEY, Names
-from tests.fix_stack import Stack
-from tests.support import event, eventually, free_port, post_json, queue_depth, settled, stats
+from stack.processes import Stack, free_port
+from tests.support import event, eventually, post_json, queue_depth, settled, stats
 from tests.tcpproxy import TCPProxy, proxy
 
 

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.fix_stack import Stack
+from stack.processes import Stack
 from tests.support import event, post_json, settled, stats
 
 

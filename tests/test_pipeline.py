@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from publisher.load import LoadConfig, run_load
-from tests.fix_stack import Stack
+from stack.processes import Stack
 from tests.support import event, get_json, post_json, settled, stats
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fix_stack import Stack
+from stack.processes import Stack
 from tests.support import event, post_json, settled, stats
 
 

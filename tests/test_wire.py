@@ -13,17 +13,24 @@ from pubsub.event import Event
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-def test_round_trip_fills_missing_timestamp() -> None:
-    events = [
-        Event(topic="t", event_id="1", source="s", payload={"a": [1, "x"]}),
-        Event(topic="t", event_id="2", source="s", timestamp=NOW, payload={}),
+def test_round_trip_in_pieces() -> None:
+    events: list[Event] = [
+        {"topic": "t", "event_id": str(i), "source": "s", "timestamp": NOW, "payload": {"a": [i]}}
+        for i in range(5)
     ]
-    body = wire.pack(wire.encode_event(e, NOW) for e in events)
-    rows = wire.decode(body, NOW.isoformat())
-    assert [r.event_id for r in rows] == ["1", "2"]
+    pieces = wire.encode(events, per_piece=2)
+    assert [p.count for p in pieces] == [2, 2, 1]
+    rows = wire.decode(wire.pack(p.data for p in pieces), NOW.isoformat())
+    assert [r.event_id for r in rows] == ["0", "1", "2", "3", "4"]
     assert datetime.fromisoformat(rows[0].timestamp) == NOW
-    assert orjson.loads(rows[0].payload) == {"a": [1, "x"]}
+    assert orjson.loads(rows[3].payload) == {"a": [3]}
     assert rows[1].received_at == NOW.isoformat()
+
+
+def test_unencodable_payload_raises() -> None:
+    event: Event = {"topic": "t", "event_id": "e", "source": "s", "payload": {"n": 2**70}}
+    with pytest.raises(TypeError):
+        wire.encode([event], per_piece=10)
 
 
 @pytest.mark.parametrize(

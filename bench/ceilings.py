@@ -1,0 +1,116 @@
+"""Raw ceilings on this machine, with the system's own event shape and message packing.
+
+* broker: persistent messages of ``message_max_events`` events published with confirms (16 in
+  flight) while a consumer takes them with the system's prefetch and multiple-acks;
+* database: the consumer's idempotent batch upsert (:class:`consumer.store.Store`) alone, in
+  batches of ``batch_max_events`` with 20% duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import aio_pika
+import orjson
+
+from consumer.store import Store
+from pubsub import dbschema, topology
+from pubsub.settings import Settings
+from pubsub.wire import Row
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    broker_events_per_s: float
+    database_events_per_s: float
+
+    @property
+    def slowest(self) -> float:
+        return min(self.broker_events_per_s, self.database_events_per_s)
+
+
+def _event(run: str, n: int) -> bytes:
+    return orjson.dumps(
+        {
+            "topic": "ceiling",
+            "event_id": f"{run}-{n}",
+            "timestamp": datetime.now(UTC),
+            "source": "bench",
+            "payload": {"msg": f"event {n}", "n": n},
+        }
+    )
+
+
+async def broker_ceiling(settings: Settings, *, messages: int = 300) -> float:
+    per = settings.message_max_events
+    body = b"[" + b",".join(_event("c", n) for n in range(per)) + b"]"
+    own = replace(settings, queue=f"{settings.queue}.ceiling")
+    async with await aio_pika.connect(settings.amqp_url) as conn:
+        pub = await conn.channel(publisher_confirms=True)
+        topo = await topology.declare(pub, own)
+        sub = await conn.channel()
+        await sub.set_qos(prefetch_count=settings.prefetch)
+        queue = await sub.get_queue(topo.queue.name)
+        done = asyncio.Event()
+        got = 0
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal got
+            orjson.loads(message.body)
+            got += 1
+            if got % 16 == 0 or got == messages:
+                await message.ack(multiple=True)
+            if got == messages:
+                done.set()
+
+        tag = await queue.consume(on_message)
+        window = asyncio.Semaphore(16)
+        started = time.perf_counter()
+
+        async def publish() -> None:
+            async with window:
+                await topo.exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    topology.ROUTING_KEY,
+                )
+
+        await asyncio.gather(*(publish() for _ in range(messages)))
+        await asyncio.wait_for(done.wait(), 120)
+        elapsed = time.perf_counter() - started
+        await queue.cancel(tag)
+        await topology.delete(pub, own)
+    return messages * per / elapsed
+
+
+async def database_ceiling(settings: Settings, *, events: int = 200_000) -> float:
+    own = replace(settings, db_schema=f"{settings.db_schema}_ceiling")
+    await dbschema.ensure(own)
+    run = uuid.uuid4().hex[:8]
+    now = datetime.now(UTC).isoformat()
+    size = settings.batch_max_events
+    batches = []
+    for b in range(events // size):
+        rows = []
+        for k in range(b * size, (b + 1) * size):
+            n = k - 1 if k % 5 == 4 else k  # every fifth a duplicate, as in the seeds
+            rows.append(Row("ceiling", f"{run}-{n}", now, "bench", f'{{"n": {n}}}', now))
+        batches.append((f"{run}-m{b}", rows))
+    store = Store(own, shard=0)
+    await store.connect()
+    try:
+        started = time.perf_counter()
+        for batch in batches:
+            await store.store([batch])
+        elapsed = time.perf_counter() - started
+    finally:
+        await store.close()
+        await dbschema.drop(own)
+    return events / elapsed
+
+
+async def measure(settings: Settings) -> Ceilings:
+    return Ceilings(await broker_ceiling(settings), await database_ceiling(settings))

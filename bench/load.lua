@@ -1,0 +1,64 @@
+-- wrk script: POST /publish with BENCH_BATCH events per request (1 = a single JSON object),
+-- a BENCH_DUP share of them repeating an earlier id of the same thread (every fifth at 0.2).
+-- Prints one JSON line at the end: requests, non-2xx answers, latency percentiles in us.
+local run = os.getenv("BENCH_RUN") or "run"
+local dup = tonumber(os.getenv("BENCH_DUP") or "0.2")
+local batch = tonumber(os.getenv("BENCH_BATCH") or "1")
+local topic = os.getenv("BENCH_TOPIC") or "bench"
+local threads = {}
+local next_thread = 0
+made, unique = 0, 0
+
+function setup(thread)
+  thread:set("tid", next_thread)
+  next_thread = next_thread + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  math.randomseed(tid * 7919 + 17)
+end
+
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+
+local function event()
+  local n
+  if unique > 0 and math.floor((made + 1) * dup) ~= math.floor(made * dup) then
+    n = math.random(0, unique - 1)
+  else
+    n = unique
+    unique = unique + 1
+  end
+  made = made + 1
+  return string.format(
+    '{"topic":"%s","event_id":"%s-%d-%d","timestamp":"2025-10-21T10:00:00Z",' ..
+    '"source":"wrk","payload":{"msg":"event %d","n":%d}}', topic, run, tid, n, n, n)
+end
+
+request = function()
+  local body
+  if batch == 1 then
+    body = event()
+  else
+    local parts = {}
+    for i = 1, batch do parts[i] = event() end
+    body = "[" .. table.concat(parts, ",") .. "]"
+  end
+  return wrk.format(nil, "/publish", nil, body)
+end
+
+non2xx = 0  -- global: done() reads it from every thread
+response = function(status, headers, body)
+  if status < 200 or status > 299 then non2xx = non2xx + 1 end
+end
+
+function done(summary, latency, requests)
+  local bad = 0
+  for _, t in ipairs(threads) do bad = bad + t:get("non2xx") end
+  io.write(string.format(
+    '{"requests":%d,"non2xx":%d,"errors":%d,"p50_us":%d,"p99_us":%d,"duration_us":%d}\n',
+    summary.requests, bad, summary.errors.connect + summary.errors.read +
+    summary.errors.write + summary.errors.timeout + summary.errors.status,
+    latency:percentile(50), latency:percentile(99), summary.duration))
+end
