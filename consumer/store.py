@@ -103,31 +103,24 @@ class Store:
             cur = await conn.execute(_RECORD_MESSAGES, ([mid for mid, _ in batch],))
             fresh = {mid for (mid,) in await cur.fetchall()}
             received = 0
-            unique: dict[tuple[str, str], Row] = {}
+            unique: dict[tuple[str, str], str] = {}
+            taken: set[str] = set()
             for mid, rows in batch:
-                if mid not in fresh:
-                    continue
-                received += len(rows)
-                for row in rows:
-                    unique.setdefault((row.topic, row.event_id), row)
+                # A redelivery can meet its first copy in one batch: count each message once.
+                if mid in fresh and mid not in taken:
+                    taken.add(mid)
+                    received += len(rows)
+                    for key, line in rows:
+                        unique.setdefault(key, line)  # the first copy in delivery order wins
             inserted = 0
             if unique:
-                keys = sorted(unique)
+                # Python orders str by code point, as COLLATE "C" orders UTF-8: the COPY arrives
+                # in the order the INSERT takes its locks.
+                lines = [unique[key] for key in sorted(unique)]
+                data = ("\n".join(lines) + "\n").replace("\\", "\\\\")
                 async with conn.cursor() as cur:
-                    async with cur.copy("COPY incoming FROM STDIN (FORMAT BINARY)") as copy:
-                        copy.set_types(["text"] * 6)
-                        for key in keys:
-                            r = unique[key]
-                            await copy.write_row(
-                                (
-                                    r.topic,
-                                    r.event_id,
-                                    r.timestamp,
-                                    r.source,
-                                    r.payload,
-                                    r.received_at,
-                                )
-                            )
+                    async with cur.copy("COPY incoming FROM STDIN") as copy:
+                        await copy.write(data)
                     await cur.execute(_INSERT_EVENTS)
                     inserted = cur.rowcount
             if received:

@@ -6,9 +6,11 @@ import asyncio
 import uuid
 from typing import Any
 
+import orjson
 import psycopg
 
 from consumer.store import Store
+from pubsub import wire
 from pubsub.settings import Settings
 from pubsub.wire import Row
 
@@ -16,7 +18,19 @@ NOW = "2025-10-21T10:00:00+00:00"
 
 
 def rows(topic: str, ids: list[int]) -> list[Row]:
-    return [Row(topic, f"e{i}", NOW, "tests", f'{{"i": {i}}}', NOW) for i in ids]
+    body = orjson.dumps(
+        [
+            {
+                "topic": topic,
+                "event_id": f"e{i}",
+                "timestamp": NOW,
+                "source": "tests",
+                "payload": {"i": i, "text": "back\\slash"},
+            }
+            for i in ids
+        ]
+    )
+    return wire.decode(body, NOW)
 
 
 def counters(db: psycopg.Connection[Any]) -> tuple[int, int, int]:
@@ -68,3 +82,36 @@ async def test_a_redelivered_message_is_not_counted_twice(
     assert (again.received, again.inserted, again.redelivered) == (2, 1, 1)
     delta = tuple(a - b for a, b in zip(counters(db), before, strict=True))
     assert delta == (5, 3, 2)
+
+
+async def test_awkward_text_survives_the_copy_exactly(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    topic = f"text-{uuid.uuid4().hex[:6]}"
+    payload = {
+        "q": 'say "hi"',
+        "b": "a\\b\\\\c",
+        "u": "日本語 🎉",
+        "nl": "line\nbreak\ttab",
+        "n": [1.5, -2, None, True],
+    }
+    body = orjson.dumps(
+        [
+            {
+                "topic": topic,
+                "event_id": "x\\y",
+                "timestamp": NOW,
+                "source": "src\\",
+                "payload": payload,
+            }
+        ]
+    )
+    store = Store(settings, shard=4)
+    try:
+        await store.store([("m-" + topic, wire.decode(body, NOW))])
+    finally:
+        await store.close()
+    row = db.execute(
+        "SELECT event_id, source, payload FROM events WHERE topic = %s", (topic,)
+    ).fetchone()
+    assert row == ("x\\y", "src\\", payload)

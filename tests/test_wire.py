@@ -20,11 +20,12 @@ def test_round_trip_in_pieces() -> None:
     ]
     pieces = wire.encode(events, per_piece=2)
     assert [p.count for p in pieces] == [2, 2, 1]
-    rows = wire.decode(wire.pack(p.data for p in pieces), NOW.isoformat())
-    assert [r.event_id for r in rows] == ["0", "1", "2", "3", "4"]
-    assert datetime.fromisoformat(rows[0].timestamp) == NOW
-    assert orjson.loads(rows[3].payload) == {"a": [3]}
-    assert rows[1].received_at == NOW.isoformat()
+    rows = wire.decode(wire.pack(p.data for p in pieces), "received")
+    assert [key for key, _ in rows] == [("t", str(i)) for i in range(5)]
+    topic, event_id, ts, source, payload, received = rows[3][1].split("\t")
+    assert (topic, event_id, source, received) == ("t", "3", "s", "received")
+    assert datetime.fromisoformat(ts) == NOW
+    assert orjson.loads(payload) == {"a": [3]}
 
 
 def test_unencodable_payload_raises() -> None:
@@ -42,6 +43,8 @@ def test_unencodable_payload_raises() -> None:
         b'[{"topic": "t"}]',
         b'[{"topic":1,"event_id":"e","timestamp":"t","source":"s","payload":{}}]',
         b'[{"topic":"t","event_id":"e","timestamp":"t","source":"s","payload":[]}]',
+        b'[{"topic":"t\\tx","event_id":"e","timestamp":"t","source":"s","payload":{}}]',
+        b'[{"topic":"t","event_id":"e\\n","timestamp":"t","source":"s","payload":{}}]',
     ],
 )
 def test_undecodable_bodies(body: bytes) -> None:
