@@ -15,7 +15,14 @@ from pubsub.settings import Settings
 
 _LOCK_KEY = 0x70756273  # any constant shared by every process of the project
 
+SCHEMA_VERSION = 1
+
 _DDL = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    integer     PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE IF NOT EXISTS events (
     topic       text        NOT NULL,
     event_id    text        NOT NULL,
@@ -52,10 +59,18 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 async def ensure(settings: Settings) -> None:
-    """Create the schema and tables if they do not exist."""
+    """Create the schema and tables unless this version of them exists already.
+
+    The check comes first because ``CREATE INDEX IF NOT EXISTS`` locks the table even when the
+    index exists: a process starting next to busy consumers must not take that lock.
+    """
     conn = await psycopg.AsyncConnection.connect(settings.database_url)
     async with conn, conn.transaction():
+        if await _current(conn, settings):
+            return
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        if await _current(conn, settings):
+            return  # another process created it while this one waited for the lock
         await conn.execute(
             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema))
         )
@@ -63,6 +78,22 @@ async def ensure(settings: Settings) -> None:
             sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
         )
         await conn.execute(_DDL)
+        await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+
+
+async def _current(conn: psycopg.AsyncConnection[Any], settings: Settings) -> bool:
+    table = f"{settings.db_schema}.schema_version"
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return False
+    cur = await conn.execute(
+        sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(
+            sql.Identifier(settings.db_schema, "schema_version")
+        )
+    )
+    row = await cur.fetchone()
+    return row is not None and int(row[0]) >= SCHEMA_VERSION
 
 
 async def drop(settings: Settings) -> None:
