@@ -12,8 +12,9 @@ from aiohttp import web
 
 from ingest import metrics
 from ingest.broker import BrokerUnavailable, Publisher
-from pubsub import http, wire
-from pubsub.event import BadInput, check_payloads, parse_events
+from ingest.validate import validate
+from pubsub import http
+from pubsub.event import BadInput
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.ingest.app")
@@ -42,17 +43,7 @@ async def publish(request: web.Request) -> web.Response:
         if length is not None and length > settings.max_body_bytes:
             raise BadInput(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
         body = await request.read()
-        events = parse_events(
-            body,
-            received_at=received_at,
-            max_events=settings.max_batch_events,
-            max_problems=settings.max_errors_reported,
-        )
-        try:
-            pieces = wire.encode(events, per_piece=settings.message_max_events)
-        except TypeError:
-            check_payloads(events)  # raises BadInput naming the event
-            raise
+        pieces = validate(body, received_at=received_at, settings=settings)
     except BadInput as exc:
         metrics.REQUESTS.labels(str(exc.status)).inc()
         return http.json_response(exc.body(), status=exc.status, headers=headers)
@@ -60,16 +51,17 @@ async def publish(request: web.Request) -> web.Response:
         await request.app[PUBLISHER].publish(pieces, received_at=received_at, request_id=request_id)
     except BrokerUnavailable as exc:
         metrics.REQUESTS_503.inc()
-        log.warning("request %s: %d event(s) not accepted: %s", request_id, len(events), exc)
+        log.warning("request %s: events not accepted: %s", request_id, exc)
         return http.json_response(
             {"error": f"broker unavailable: {exc}; nothing was accepted, retry later"},
             status=503,
             headers={**headers, "Retry-After": str(settings.retry_after)},
         )
     metrics.REQUESTS_202.inc()
-    metrics.EVENTS_ACCEPTED.inc(len(events))
+    accepted = sum(piece.count for piece in pieces)
+    metrics.EVENTS_ACCEPTED.inc(accepted)
     return http.json_response(
-        {"accepted": len(events), "request_id": request_id}, status=202, headers=headers
+        {"accepted": accepted, "request_id": request_id}, status=202, headers=headers
     )
 
 

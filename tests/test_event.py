@@ -8,7 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pubsub.event import BadInput, Event, check_payloads, parse_events
+from ingest.validate import validate
+from pubsub.event import BadInput, Event, parse_events
+from pubsub.settings import Settings
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -27,7 +29,10 @@ def ev(**over: Any) -> dict[str, Any]:
 
 def parse(body: Any, max_events: int = 100) -> list[Event]:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    return parse_events(raw, received_at=NOW, max_events=max_events)
+    events = parse_events(raw, received_at=NOW, max_events=max_events)
+    # What ingest runs next: encoding, with its own checks.
+    validate(raw, received_at=NOW, settings=Settings(max_batch_events=max_events))
+    return events
 
 
 def refused(body: Any, max_events: int = 100) -> BadInput:
@@ -127,10 +132,20 @@ def test_integers_beyond_64_bits_are_named_by_the_payload_check() -> None:
         b'[{"topic":"t","event_id":"a","source":"s"},{"topic":"t","event_id":"e","source":"s","payload":{"x":[%d]}}]'
         % 2**70
     )
-    events = parse(raw)
     with pytest.raises(BadInput) as info:
-        check_payloads(events)
+        parse(raw)
     assert info.value.status == 422
     assert info.value.problems == (
         {"index": 1, "field": "payload", "problem": "integers must fit in 64 bits"},
     )
+
+
+def test_infinity_is_found_among_real_nulls() -> None:
+    ok = b'[{"topic":"t","event_id":"a","source":"s","timestamp":null,"payload":{"n":null}}]'
+    assert len(parse(ok)) == 1
+    bad = (
+        b'[{"topic":"t","event_id":"a","source":"s","payload":{"n":null,"s":"null"}},'
+        b'{"topic":"t","event_id":"b","source":"s","payload":{"x":[null,-1e999]}}]'
+    )
+    err = refused(bad)
+    assert (err.status, err.problems[0]["index"]) == (422, 1)
