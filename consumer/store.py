@@ -33,20 +33,25 @@ RETURNING message_id
 """
 # Competing consumers must take row locks in one global order, or overlapping batches
 # deadlock; the rows are copied pre-sorted so this sort is cheap.
+# The counters move in the same statement (one round trip less per batch), after the events.
 _INSERT_EVENTS = """
-INSERT INTO events (topic, event_id, ts, source, payload, received_at)
-SELECT topic, event_id, ts::timestamptz, source, payload::jsonb, received_at::timestamptz
-FROM incoming
-ORDER BY topic COLLATE "C", event_id COLLATE "C"
-ON CONFLICT DO NOTHING
-"""
-_ADD_COUNTERS = """
+WITH inserted AS (
+    INSERT INTO events (topic, event_id, ts, source, payload, received_at)
+    SELECT topic, event_id, ts::timestamptz, source, payload::jsonb, received_at::timestamptz
+    FROM incoming
+    ORDER BY topic COLLATE "C", event_id COLLATE "C"
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), n AS (
+    SELECT count(*) AS n FROM inserted
+)
 INSERT INTO counters AS c (shard, received, unique_processed, duplicate_dropped)
-VALUES (%s, %s, %s, %s)
+SELECT %(shard)s, %(received)s, n, %(received)s - n FROM n
 ON CONFLICT (shard) DO UPDATE SET
     received = c.received + excluded.received,
     unique_processed = c.unique_processed + excluded.unique_processed,
     duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped
+RETURNING (SELECT n FROM n)
 """
 
 
@@ -121,10 +126,8 @@ class Store:
                 async with conn.cursor() as cur:
                     async with cur.copy("COPY incoming FROM STDIN") as copy:
                         await copy.write(data)
-                    await cur.execute(_INSERT_EVENTS)
-                    inserted = cur.rowcount
-            if received:
-                await conn.execute(
-                    _ADD_COUNTERS, (self._shard, received, inserted, received - inserted)
-                )
+                    await cur.execute(_INSERT_EVENTS, {"shard": self._shard, "received": received})
+                    row = await cur.fetchone()
+                    assert row is not None and isinstance(row[0], int)
+                    inserted = row[0]
         return Stored(len(batch), len(batch) - len(fresh), received, inserted)

@@ -47,7 +47,8 @@ class Worker:
         self.connection: AbstractRobustConnection | None = None
         self._pending: deque[Delivery] = deque()
         self._pending_events = 0
-        self._arrived = asyncio.Event()
+        self._arrived = asyncio.Event()  # something is pending
+        self._full = asyncio.Event()  # a whole batch is pending
         self._consumer_tag: str | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
 
@@ -77,37 +78,27 @@ class Worker:
         self._pending.append(Delivery(message, message.message_id, rows))
         self._pending_events += len(rows)
         self._arrived.set()
+        if self._pending_events >= self.settings.batch_max_events:
+            self._full.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Store batches until ``stop`` is set, then drain what was already delivered."""
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                arrived = asyncio.ensure_future(self._arrived.wait())
-                await asyncio.wait({arrived, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                arrived.cancel()
-                if stop.is_set():
-                    break
-                await self._linger(stopping)
+                if not self._pending:
+                    await _first(self._arrived.wait(), stopping)
+                    if stop.is_set():
+                        break
+                if not self._full.is_set():
+                    # A short wait lets a batch fill up under load; one timer per batch.
+                    await _first(self._full.wait(), stopping, timeout=self.settings.batch_max_wait)
                 await self._flush()
         finally:
             stopping.cancel()
         await self._stop_consuming()
         while self._pending:
             await self._flush()
-
-    async def _linger(self, stopping: asyncio.Future[Any]) -> None:
-        # A short wait lets a batch fill up under load; an idle system pays it once per burst.
-        deadline = time.monotonic() + self.settings.batch_max_wait
-        while self._pending_events < self.settings.batch_max_events and not stopping.done():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                return
 
     def _take_batch(self) -> list[Delivery]:
         batch: list[Delivery] = []
@@ -119,6 +110,8 @@ class Worker:
         self._pending_events -= events
         if not self._pending:
             self._arrived.clear()
+        if self._pending_events < self.settings.batch_max_events:
+            self._full.clear()
         return batch
 
     async def _flush(self) -> None:
@@ -197,6 +190,15 @@ class Worker:
         await self.store.close()
         if self.connection is not None:
             await self.connection.close()
+
+
+async def _first(
+    awaitable: Awaitable[Any], stopping: asyncio.Future[Any], *, timeout: float | None = None
+) -> None:
+    """Wait for ``awaitable``, for ``stopping`` or for ``timeout``, whichever comes first."""
+    task = asyncio.ensure_future(awaitable)
+    await asyncio.wait({task, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()
 
 
 async def _settle(settlement: Awaitable[None]) -> None:

@@ -52,7 +52,7 @@ class Settings:
         1000, "Most events packed into one broker message (the broker's cost is per message)."
     )
     publish_in_flight: int = _opt(
-        8, "Broker messages ingest keeps awaiting confirms at once; later requests coalesce."
+        2, "Broker messages ingest keeps awaiting confirms at once; later requests coalesce."
     )
     prefetch: int = _opt(64, "Unacknowledged messages one consumer may hold.")
     batch_max_events: int = _opt(5000, "Most events a consumer stores in one transaction.")
