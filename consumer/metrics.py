@@ -13,7 +13,8 @@ EVENTS_STORED = Counter("pubsub_consumer_events_stored", "Unique events inserted
 EVENTS_DUPLICATE = Counter("pubsub_consumer_events_duplicate", "Duplicate events dropped.")
 MESSAGES = Counter("pubsub_consumer_messages", "Broker messages stored and acknowledged.")
 REDELIVERED = Counter(
-    "pubsub_consumer_messages_redelivered", "Messages skipped because they were stored before."
+    "pubsub_consumer_units_repeated",
+    "Pieces skipped because they were stored before (redeliveries, client retries).",
 )
 DEAD_LETTERED = Counter(
     "pubsub_consumer_messages_dead_lettered", "Messages rejected to the dead-letter queue."

@@ -1,6 +1,7 @@
 """Idempotent storage of a batch of broker messages in one PostgreSQL transaction.
 
-Per batch: record the message ids (skipping messages stored before, i.e. redeliveries), copy
+Per batch: record the ledger keys of its units (skipping units stored before: redeliveries and
+client retries, see :mod:`pubsub.wire`), copy
 the new events into a temporary table, insert them into ``events`` in a stable key order with
 ``ON CONFLICT DO NOTHING``, add to the shared counters, commit. Statements, not rows, cost here,
 so a batch of thousands of events takes five round trips.
@@ -25,11 +26,11 @@ CREATE TEMP TABLE IF NOT EXISTS incoming (
     topic text, event_id text, ts text, source text, payload text, received_at text
 ) ON COMMIT DELETE ROWS
 """
-_RECORD_MESSAGES = """
-INSERT INTO messages (message_id)
-SELECT id FROM unnest(%s::text[]) AS id ORDER BY id COLLATE "C"
+_RECORD_UNITS = """
+INSERT INTO ledger (key)
+SELECT key FROM unnest(%s::text[]) AS key ORDER BY key COLLATE "C"
 ON CONFLICT DO NOTHING
-RETURNING message_id
+RETURNING key
 """
 # Competing consumers must take row locks in one global order, or overlapping batches
 # deadlock; the rows are copied pre-sorted so this sort is cheap.
@@ -59,7 +60,7 @@ RETURNING (SELECT n FROM n)
 class Stored:
     """What one committed batch changed."""
 
-    messages: int
+    units: int
     redelivered: int
     received: int
     inserted: int
@@ -99,21 +100,24 @@ class Store:
         return self.connected
 
     async def store(self, batch: Sequence[tuple[str, Sequence[Row]]]) -> Stored:
-        """Store ``(message_id, rows)`` pairs atomically; return what changed."""
+        """Store ``(ledger key, rows)`` units atomically; return what changed.
+
+        A unit whose key is in the ledger already was stored before: it is skipped, events and
+        counters alike."""
         if self._conn is None or self._conn.closed:
             await self.connect()
         conn = self._conn
         assert conn is not None
         async with conn.transaction():
-            cur = await conn.execute(_RECORD_MESSAGES, ([mid for mid, _ in batch],))
-            fresh = {mid for (mid,) in await cur.fetchall()}
+            cur = await conn.execute(_RECORD_UNITS, ([key for key, _ in batch],))
+            fresh = {key for (key,) in await cur.fetchall()}
             received = 0
             unique: dict[tuple[str, str], str] = {}
             taken: set[str] = set()
-            for mid, rows in batch:
-                # A redelivery can meet its first copy in one batch: count each message once.
-                if mid in fresh and mid not in taken:
-                    taken.add(mid)
+            for unit_key, rows in batch:
+                # A redelivery can meet its first copy in one batch: count each unit once.
+                if unit_key in fresh and unit_key not in taken:
+                    taken.add(unit_key)
                     received += len(rows)
                     for key, line in rows:
                         unique.setdefault(key, line)  # the first copy in delivery order wins
@@ -131,3 +135,16 @@ class Store:
                     assert row is not None and isinstance(row[0], int)
                     inserted = row[0]
         return Stored(len(batch), len(batch) - len(fresh), received, inserted)
+
+    async def prune(self, *, older_than_hours: float) -> int:
+        """Forget ledger keys older than the retention; return how many."""
+        if self._conn is None or self._conn.closed:
+            await self.connect()
+        conn = self._conn
+        assert conn is not None
+        async with conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM ledger WHERE seen_at < now() - make_interval(secs => %s)",
+                (older_than_hours * 3600,),
+            )
+            return cur.rowcount

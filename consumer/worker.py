@@ -29,13 +29,14 @@ from pubsub.settings import Settings
 log = logging.getLogger("pubsub.consumer.worker")
 
 _BACKOFF_START, _BACKOFF_MAX = 0.1, 5.0
+_PRUNE_EVERY = 600.0  # seconds between ledger clean-ups (spread over the consumers)
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
     message: AbstractIncomingMessage
-    message_id: str
-    rows: list[wire.Row]
+    units: list[wire.Unit]
+    events: int
 
 
 class Worker:
@@ -67,7 +68,12 @@ class Worker:
         try:
             if not message.message_id or not isinstance(received_at, str):
                 raise wire.Undecodable("message lacks message_id or received-at header")
-            rows = wire.decode(message.body, received_at)
+            units = wire.decode_message(
+                message.body,
+                message_id=message.message_id,
+                received_at=received_at,
+                pieces=headers.get(wire.PIECES),
+            )
         except wire.Undecodable as exc:
             log.warning(
                 "dead-lettering message %s: %s", message.message_id or message.delivery_tag, exc
@@ -75,8 +81,9 @@ class Worker:
             metrics.DEAD_LETTERED.inc()
             await message.reject(requeue=False)
             return
-        self._pending.append(Delivery(message, message.message_id, rows))
-        self._pending_events += len(rows)
+        events = sum(len(rows) for _, rows in units)
+        self._pending.append(Delivery(message, units, events))
+        self._pending_events += events
         self._arrived.set()
         if self._pending_events >= self.settings.batch_max_events:
             self._full.set()
@@ -84,6 +91,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Store batches until ``stop`` is set, then drain what was already delivered."""
         stopping = asyncio.ensure_future(stop.wait())
+        next_prune = time.monotonic() + random.uniform(0, _PRUNE_EVERY)
         try:
             while not stop.is_set():
                 if not self._pending:
@@ -94,11 +102,24 @@ class Worker:
                     # A short wait lets a batch fill up under load; one timer per batch.
                     await _first(self._full.wait(), stopping, timeout=self.settings.batch_max_wait)
                 await self._flush()
+                if time.monotonic() > next_prune:
+                    next_prune = time.monotonic() + _PRUNE_EVERY
+                    await self._prune()
         finally:
             stopping.cancel()
         await self._stop_consuming()
         while self._pending:
             await self._flush()
+
+    async def _prune(self) -> None:
+        try:
+            pruned = await self.store.prune(older_than_hours=self.settings.ledger_retention_hours)
+        except psycopg.Error as exc:
+            log.warning("could not prune the ledger: %s", exc)
+            await self.store.close()
+        else:
+            if pruned:
+                log.info("forgot %d ledger key(s) past the retention", pruned)
 
     def _take_batch(self) -> list[Delivery]:
         batch: list[Delivery] = []
@@ -106,7 +127,7 @@ class Worker:
         while self._pending and (not batch or events < self.settings.batch_max_events):
             delivery = self._pending.popleft()
             batch.append(delivery)
-            events += len(delivery.rows)
+            events += delivery.events
         self._pending_events -= events
         if not self._pending:
             self._arrived.clear()
@@ -123,14 +144,16 @@ class Worker:
         if stored is not None:
             metrics.record(stored, len(batch))
             if stored.redelivered:
-                log.info("skipped %d redelivered message(s) stored before", stored.redelivered)
+                log.info(
+                    "skipped %d piece(s) stored before (redelivery or retry)", stored.redelivered
+                )
 
     async def _store_with_retry(self, batch: list[Delivery]) -> Stored | None:
         delay = _BACKOFF_START
         while True:
             started = time.perf_counter()
             try:
-                stored = await self.store.store([(d.message_id, d.rows) for d in batch])
+                stored = await self.store.store([u for d in batch for u in d.units])
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 # Not a connectivity problem: retrying the same rows would fail forever.
                 log.error("batch of %d message(s) refused: %s", len(batch), exc)
@@ -149,9 +172,9 @@ class Worker:
     async def _store_one_by_one(self, batch: list[Delivery]) -> None:
         for delivery in batch:
             try:
-                stored = await self.store.store([(delivery.message_id, delivery.rows)])
+                stored = await self.store.store(delivery.units)
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-                log.error("dead-lettering message %s: %s", delivery.message_id, exc)
+                log.error("dead-lettering message %s: %s", delivery.message.message_id, exc)
                 metrics.DEAD_LETTERED.inc()
                 await _settle(delivery.message.reject(requeue=False))
             else:

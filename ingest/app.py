@@ -42,8 +42,9 @@ async def publish(request: web.Request) -> web.Response:
         length = request.content_length
         if length is not None and length > settings.max_body_bytes:
             raise BadInput(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
+        key = _idempotency_key(request)
         body = await request.read()
-        pieces = validate(body, received_at=received_at, settings=settings)
+        pieces = validate(body, received_at=received_at, settings=settings, key=key)
     except BadInput as exc:
         metrics.REQUESTS.labels(str(exc.status)).inc()
         return http.json_response(exc.body(), status=exc.status, headers=headers)
@@ -66,6 +67,15 @@ async def publish(request: web.Request) -> web.Response:
 
 
 _FAST_TYPES = frozenset({"application/json", "application/json; charset=utf-8"})
+
+
+def _idempotency_key(request: web.Request) -> str:
+    # A retry with the same key is counted once even if the first attempt reached the broker
+    # and only its answer was lost. A client promises the same body for the same key.
+    key = request.headers.get("Idempotency-Key", "")
+    if key and (len(key) > 200 or not key.isprintable()):
+        raise BadInput(400, "Idempotency-Key must be 1 to 200 printable characters")
+    return key
 
 
 def _check_content_type(request: web.Request) -> None:

@@ -17,6 +17,7 @@ from datetime import datetime
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from pamqp.common import FieldArray
 
 from ingest import metrics
 from pubsub import topology, wire
@@ -52,12 +53,13 @@ class _Waiter:
 class _Group:
     """Events that will travel in one broker message."""
 
-    __slots__ = ("count", "deadline", "pieces", "received_at", "request_ids", "waiters")
+    __slots__ = ("count", "deadline", "keys", "pieces", "received_at", "request_ids", "waiters")
 
     def __init__(self, received_at: str, deadline: float) -> None:
         # Set when the first request joins: whatever waits on this group is answered by then.
         self.deadline = deadline
         self.pieces: list[bytes] = []
+        self.keys: FieldArray = []  # [[idempotency key, count], ...] as in pubsub.wire
         self.count = 0
         self.waiters: list[_Waiter] = []
         self.request_ids: list[str] = []
@@ -114,6 +116,7 @@ class Publisher:
                 deadline = self._loop.time() + self.settings.publish_timeout
                 group = self._open = _Group(received, deadline)
             group.pieces.append(piece.data)
+            group.keys.append([piece.key, piece.count])
             group.count += piece.count
             group.join(waiter, request_id)
         if self._in_flight < self.settings.publish_in_flight:
@@ -146,6 +149,7 @@ class Publisher:
                 headers={
                     wire.RECEIVED_AT: group.received_at,
                     wire.REQUEST_ID: ",".join(group.request_ids),
+                    wire.PIECES: group.keys,
                 },
             )
             # publish() bounds the write, not a blocked connection: add our own deadline.

@@ -9,7 +9,9 @@ from pubsub.event import BadInput, check_encoded, check_payloads, parse_events
 from pubsub.settings import Settings
 
 
-def validate(body: bytes, *, received_at: datetime, settings: Settings) -> list[wire.Piece]:
+def validate(
+    body: bytes, *, received_at: datetime, settings: Settings, key: str = ""
+) -> list[wire.Piece]:
     """Everything a ``POST /publish`` body must pass before a byte goes to the broker.
 
     Raises :class:`BadInput` with the HTTP status and a message for the client.
@@ -21,7 +23,7 @@ def validate(body: bytes, *, received_at: datetime, settings: Settings) -> list[
         max_problems=settings.max_errors_reported,
     )
     try:
-        pieces = wire.encode(events, per_piece=settings.message_max_events)
+        pieces = wire.encode(events, per_piece=settings.message_max_events, key=key)
     except TypeError:  # an integer beyond 64 bits
         check_payloads(events)  # raises BadInput naming the event
         raise BadInput(422, "an event cannot be encoded; nothing was accepted") from None

@@ -118,7 +118,10 @@ async def send_load(
             if item is None:
                 return
             body, count = item
-            if await _send(session, cfg, body, report):
+            # One key per body, kept across its retries: a retry whose first attempt did
+            # reach the broker is then not counted twice.
+            key = f"{cfg.run_id}:{source.made}"
+            if await _send(session, cfg, body, report, key):
                 report.sent += count
             else:
                 report.failed_events += count
@@ -162,7 +165,7 @@ async def run_load(cfg: LoadConfig) -> Report:
 
 
 async def _send(
-    session: aiohttp.ClientSession, cfg: LoadConfig, body: bytes, report: Report
+    session: aiohttp.ClientSession, cfg: LoadConfig, body: bytes, report: Report, key: str
 ) -> bool:
     delay = 0.1
     for attempt in range(cfg.retries + 1):
@@ -173,7 +176,7 @@ async def _send(
             async with session.post(
                 f"{cfg.ingest_url}/publish",
                 data=body,
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", "Idempotency-Key": key},
             ) as resp:
                 await resp.read()
                 status = resp.status

@@ -36,12 +36,13 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_topic_ts ON events (topic, ts, event_id);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts, topic, event_id);
 
--- One row per broker message ever stored: a redelivered message is recognised and skipped.
-CREATE TABLE IF NOT EXISTS messages (
-    message_id text        PRIMARY KEY,
-    seen_at    timestamptz NOT NULL DEFAULT now()
+-- One row per stored piece of a message (see pubsub.wire): a redelivered message, or a client's
+-- retry under the same Idempotency-Key, is recognised and not counted again.
+CREATE TABLE IF NOT EXISTS ledger (
+    key     text        PRIMARY KEY,
+    seen_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS messages_seen_at ON messages (seen_at);
+CREATE INDEX IF NOT EXISTS ledger_seen_at ON ledger (seen_at);
 
 -- Sharded so that concurrent consumers rarely wait on each other's counter row.
 CREATE TABLE IF NOT EXISTS counters (

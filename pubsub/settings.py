@@ -62,6 +62,11 @@ class Settings:
     delivery_limit: int = _opt(
         5, "Deliveries of one message before the broker dead-letters it (quorum queue)."
     )
+    ledger_retention_hours: float = _opt(
+        168.0,
+        "How long consumers remember stored pieces (see pubsub/wire.py): a redelivery or a "
+        "client retry later than this would be counted again.",
+    )
     db_pool_size: int = _opt(4, "Connections in each read API's PostgreSQL pool.")
     events_max_limit: int = _opt(1000, "Largest `limit` accepted by `GET /events`.")
     events_default_limit: int = _opt(100, "`limit` of `GET /events` when none is given.")

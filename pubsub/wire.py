@@ -1,9 +1,16 @@
 """The broker message format: many events per persistent message.
 
 The broker's cost is per message, not per byte, so ingest packs up to
-``Settings.message_max_events`` events into one JSON array body. Each message carries a fresh
-``message_id`` (never the event id: duplicates are normal traffic) that the consumer records
-in the same transaction as the events, so a redelivery after a crash is not counted twice.
+``Settings.message_max_events`` events into one JSON array body, joining the events of
+concurrent requests. Each message carries a fresh ``message_id`` (never the event id:
+duplicates are normal traffic) and an ``x-pieces`` header that says which run of events came
+from which request: ``[[key, count], ...]``, ``key`` being the request's ``Idempotency-Key``
+(empty when the client sent none).
+
+The consumer records a *ledger key* per piece in the same transaction as the events: the
+client's key, or the message id for pieces without one. A redelivery after a crash, or a
+client's retry of a request whose first answer was lost, is then recognised and not counted
+twice.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from pubsub.event import Event
 CONTENT_TYPE = "application/json"
 MESSAGE_TYPE = "pubsub.events.v1"
 RECEIVED_AT = "x-received-at"  # header: when ingest accepted the request (RFC 3339)
-REQUEST_ID = "x-request-id"  # header: the HTTP request the events came in
+REQUEST_ID = "x-request-id"  # header: the HTTP requests the events came in (for logs)
+PIECES = "x-pieces"  # header: [[idempotency key or "", event count], ...] in body order
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,14 +36,21 @@ class Piece:
 
     data: bytes
     count: int
+    key: str = ""
 
 
-def encode(events: Sequence[Event], *, per_piece: int) -> list[Piece]:
+def encode(events: Sequence[Event], *, per_piece: int, key: str = "") -> list[Piece]:
     """Encode events in pieces of at most ``per_piece``; TypeError if one cannot be encoded
-    (see :func:`pubsub.event.check_payloads` for which)."""
+    (see :func:`pubsub.event.check_payloads` for which). ``key``, the request's idempotency
+    key, names the pieces (``key#1``, ``key#2``... when there are several)."""
+    chunks = [events[i : i + per_piece] for i in range(0, len(events), per_piece)]
     return [
-        Piece(orjson.dumps(events[i : i + per_piece])[1:-1], len(events[i : i + per_piece]))
-        for i in range(0, len(events), per_piece)
+        Piece(
+            orjson.dumps(chunk)[1:-1],
+            len(chunk),
+            f"{key}#{n}" if key and len(chunks) > 1 else key,
+        )
+        for n, chunk in enumerate(chunks)
     ]
 
 
@@ -95,3 +110,38 @@ def decode(body: bytes, received_at: str) -> list[Row]:
     if blob.count("\t") != 5 * len(rows) or blob.count("\n") != len(rows) - 1 or "\r" in blob:
         raise Undecodable("a field holds a tab, newline or carriage return")
     return rows
+
+
+Unit = tuple[str, list[Row]]  # (ledger key, rows): counted once, whatever its deliveries
+
+
+def decode_message(body: bytes, *, message_id: str, received_at: str, pieces: object) -> list[Unit]:
+    """Rows of a message grouped by ledger key; raise :class:`Undecodable` if malformed."""
+    rows = decode(body, received_at)
+    if pieces is None:
+        return [("m:" + message_id, rows)]
+    if not isinstance(pieces, list | tuple):
+        raise Undecodable(f"{PIECES} header is not a list")
+    units: list[Unit] = []
+    anonymous: list[Row] = []
+    start = 0
+    for entry in pieces:
+        try:
+            key, count = entry
+            if isinstance(key, bytes):
+                key = key.decode()
+            if not isinstance(key, str) or not isinstance(count, int) or count < 0:
+                raise ValueError
+        except (TypeError, ValueError, UnicodeDecodeError):
+            raise Undecodable(f"{PIECES} header entry {entry!r} is not [key, count]") from None
+        part = rows[start : start + count]
+        start += count
+        if key:
+            units.append(("k:" + key, part))
+        else:
+            anonymous.extend(part)
+    if start != len(rows):
+        raise Undecodable(f"{PIECES} header counts {start} events, the body holds {len(rows)}")
+    if anonymous:
+        units.append(("m:" + message_id, anonymous))
+    return units

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 import psycopg
 import pytest
 
@@ -159,3 +160,32 @@ async def test_counters_always_add_up(stack: Stack, http: aiohttp.ClientSession)
     assert s["received"] == s["unique_processed"] + s["duplicate_dropped"]
     assert s["uptime"] > 0
     assert {"queued_messages", "dead_letter_messages", "topics"} <= set(s)
+
+
+async def test_a_retry_under_the_same_idempotency_key_is_counted_once(
+    stack: Stack, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
+) -> None:
+    topic = new_topic()
+    key = uuid.uuid4().hex
+    before = await stats(http, stack.read_url)
+    # 2,500 events travel as three pieces (1,000 events a message): key#0, key#1, key#2.
+    batch = orjson.dumps([event(topic, f"e{i}") for i in range(2500)])
+    for _ in range(2):  # the client did not see the first answer and sends again
+        async with http.post(
+            f"{stack.ingest_url}/publish",
+            data=batch,
+            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+        ) as resp:
+            assert resp.status == 202
+    sentinel = event(topic, "sentinel")
+    assert (await post_json(http, stack.ingest_url, sentinel))[0] == 202
+    after = await settled(http, stack.read_url, before["received"] + 2501)
+    assert after["received"] - before["received"] == 2501
+    assert after["unique_processed"] - before["unique_processed"] == 2501
+    assert len(stored(db, topic)) == 2501
+    async with http.post(
+        f"{stack.ingest_url}/publish",
+        data=batch,
+        headers={"Content-Type": "application/json", "Idempotency-Key": "k" * 201},
+    ) as resp:
+        assert resp.status == 400

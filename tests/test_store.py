@@ -74,12 +74,16 @@ async def test_a_redelivered_message_is_not_counted_twice(
     try:
         first = await store.store([("m-" + topic, rows(topic, [1, 2, 2]))])
         again = await store.store(
-            [("m-" + topic, rows(topic, [1, 2, 2])), ("n-" + topic, rows(topic, [2, 3]))]
+            [
+                ("m-" + topic, rows(topic, [1, 2, 2])),
+                ("n-" + topic, rows(topic, [2, 3])),
+                ("n-" + topic, rows(topic, [2, 3])),  # its redelivery, in the same batch
+            ]
         )
     finally:
         await store.close()
     assert (first.received, first.inserted, first.redelivered) == (3, 2, 0)
-    assert (again.received, again.inserted, again.redelivered) == (2, 1, 1)
+    assert (again.received, again.inserted, again.redelivered) == (2, 1, 2)
     delta = tuple(a - b for a, b in zip(counters(db), before, strict=True))
     assert delta == (5, 3, 2)
 
@@ -115,3 +119,21 @@ async def test_awkward_text_survives_the_copy_exactly(
         "SELECT event_id, source, payload FROM events WHERE topic = %s", (topic,)
     ).fetchone()
     assert row == ("x\\y", "src\\", payload)
+
+
+async def test_ledger_keys_past_the_retention_are_forgotten(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    topic = f"prune-{uuid.uuid4().hex[:6]}"
+    store = Store(settings, shard=5)
+    try:
+        await store.store([("old-" + topic, rows(topic, [1])), ("new-" + topic, rows(topic, [2]))])
+        db.execute(
+            "UPDATE ledger SET seen_at = now() - interval '2 hours' WHERE key = %s",
+            ("old-" + topic,),
+        )
+        assert await store.prune(older_than_hours=1) >= 1
+    finally:
+        await store.close()
+    keys = {k for (k,) in db.execute("SELECT key FROM ledger WHERE key LIKE %s", (f"%{topic}",))}
+    assert keys == {"new-" + topic}
