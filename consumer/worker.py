@@ -54,7 +54,7 @@ class Worker:
         self._queue: aio_pika.abc.AbstractQueue | None = None
 
     async def start(self) -> None:
-        self.connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        self.connection = await topology.connect(self.settings, name="consumer")
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=self.settings.prefetch)
         topo = await topology.declare(channel, self.settings)

@@ -87,7 +87,7 @@ class Publisher:
         self._max_in_flight = settings.publish_in_flight * 16
 
     async def start(self) -> None:
-        self.connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        self.connection = await topology.connect(self.settings, name="ingest")
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         self._exchange = (await topology.declare(channel, self.settings)).exchange
 

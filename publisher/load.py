@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +42,8 @@ class Report:
     retried_requests: int = 0
     failed_events: int = 0
     latencies: list[float] = field(default_factory=list)
+    answers: collections.Counter[int] = field(default_factory=collections.Counter)  # 0: none
+    slowest_refusal: float = 0.0  # seconds until a 503 (or no answer) came back
     send_seconds: float = 0.0
     settle_seconds: float = 0.0
     expected: dict[str, int] = field(default_factory=dict)
@@ -104,16 +108,24 @@ async def fetch_stats(session: aiohttp.ClientSession, read_url: str) -> dict[str
 
 
 async def send_load(
-    session: aiohttp.ClientSession, cfg: LoadConfig, source: EventSource, report: Report
+    session: aiohttp.ClientSession,
+    cfg: LoadConfig,
+    source: EventSource,
+    report: Report,
+    *,
+    until: Callable[[], bool] | None = None,
 ) -> None:
-    """Send the configured events (or for ``cfg.duration`` seconds); record into ``report``."""
-    limit = None if cfg.duration else cfg.events
+    """Send the configured events (for ``cfg.duration`` seconds, or until ``until()`` holds);
+    record into ``report``."""
+    limit = None if cfg.duration or until else cfg.events
     progress = _Progress(cfg.events if limit else 0, enabled=cfg.progress)
     started = time.perf_counter()
     stop_at = started + cfg.duration if cfg.duration else None
 
     async def sender() -> None:
         while stop_at is None or time.perf_counter() < stop_at:
+            if until is not None and until():
+                return
             item = source.body(limit)
             if item is None:
                 return
@@ -184,9 +196,12 @@ async def _send(
         except (aiohttp.ClientError, TimeoutError):
             status, retry_after = 0, None
         report.requests += 1
+        report.answers[status] += 1
+        elapsed = time.perf_counter() - t0
         if 200 <= status < 300:
-            report.latencies.append(time.perf_counter() - t0)
+            report.latencies.append(elapsed)
             return True
+        report.slowest_refusal = max(report.slowest_refusal, elapsed)
         if status and status != 503 and status < 500:
             return False  # the request itself is wrong: resending cannot help
         wait = float(retry_after) if retry_after and retry_after.isdigit() else delay

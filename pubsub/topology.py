@@ -9,12 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from pamqp.common import FieldTable
 
 from pubsub.settings import Settings
 
 ROUTING_KEY = "events"
+RECONNECT_INTERVAL = 1.0  # seconds; aio-pika's default of 5 s stretches every broker outage
+
+
+async def connect(settings: Settings, *, name: str) -> AbstractRobustConnection:
+    """A connection that reconnects by itself and restores its channels and consumers."""
+    return await aio_pika.connect_robust(
+        settings.amqp_url,
+        reconnect_interval=RECONNECT_INTERVAL,
+        client_properties={"connection_name": f"pubsub {name}"},
+    )
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-import aio_pika
 import psycopg
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from pubsub import dbschema, http
+from pubsub import dbschema, http, topology
 from pubsub.settings import Settings
 from pubsub.topology import Names
 from readapi import queries
@@ -37,6 +36,8 @@ class Backend:
             max_size=settings.db_pool_size,
             kwargs=dbschema.connect_kwargs(settings),
             timeout=5.0,
+            # A database restart leaves dead connections in the pool: check before lending.
+            check=AsyncConnectionPool.check_connection,
             open=False,
         )
         self.connection: AbstractRobustConnection | None = None
@@ -44,7 +45,7 @@ class Backend:
 
     async def start(self) -> None:
         await self.pool.open(wait=False)
-        self.connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        self.connection = await topology.connect(self.settings, name="read API")
 
     async def close(self) -> None:
         await self.pool.close()

@@ -94,7 +94,7 @@ def settings(amqp_url: str, database_url: str) -> Iterator[Settings]:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def db(settings: Settings) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A direct connection to the run's schema, for checking what was stored."""
     with psycopg.connect(

@@ -1,0 +1,298 @@
+"""Nothing lost, nothing doubled: a stream of events through kills, restarts and cut links.
+
+One stack of its own (ingest, two consumers, read API) with ingest's broker link and the
+consumers' database link running through TCP proxies. Each phase streams at least 20,000 events (20%
+duplicates, batches of 50, idempotency keys and retries as the publisher sends them) and
+injects one fault mid-stream; afterwards every accepted event must be stored exactly once
+and the counters must match what was accepted. The table is printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+import yarl
+
+from publisher.load import EventSource, LoadConfig, Report, send_load
+from pubsub import dbschema
+from pubsub.settings import Settings
+from pubsub.topology import Names
+from stack.processes import Stack, free_port
+from tests.support import delete_topology, eventually, queue_depth, run_async
+from tests.tcpproxy import TCPProxy
+
+EVENTS_PER_PHASE = 20_000
+HOLD = 2.0  # seconds each fault lasts
+
+
+@dataclass
+class FaultStack:
+    stack: Stack
+    broker_link: TCPProxy  # ingest <-> RabbitMQ
+    database_link: TCPProxy  # consumers <-> PostgreSQL
+
+
+def _local_control() -> tuple[str, str, str]:
+    """The commands that restart this machine's RabbitMQ and PostgreSQL."""
+    rabbitmqctl, pg_ctlcluster = shutil.which("rabbitmqctl"), shutil.which("pg_ctlcluster")
+    if not rabbitmqctl or not pg_ctlcluster:
+        pytest.fail(
+            "the fault suite restarts RabbitMQ and PostgreSQL and needs both on this machine "
+            "(rabbitmqctl, pg_ctlcluster); run the tests where they are installed"
+        )
+    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
+    return rabbitmqctl, pg_ctlcluster, version
+
+
+@pytest.fixture(scope="module")
+def faults(
+    amqp_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FaultStack]:
+    run = uuid.uuid4().hex[:8]
+    settings = Settings.from_env(
+        {},
+        amqp_url=amqp_url,
+        database_url=database_url,
+        db_schema=f"faults_{run}",
+        queue=f"faults.{run}.events",
+        ingest_port=free_port(),
+        read_port=free_port(),
+        publish_timeout=2.0,
+    )
+    run_async(dbschema.ensure(settings))
+    broker, db = yarl.URL(amqp_url), psycopg.conninfo.conninfo_to_dict(database_url)
+    broker_link = TCPProxy(broker.host or "127.0.0.1", broker.port or 5672).start()
+    database_link = TCPProxy(
+        str(db.get("host", "127.0.0.1")), int(str(db.get("port", 5432)))
+    ).start()
+    stack = Stack(settings, tmp_path_factory.mktemp("fault-logs"))
+    via_proxy = str(broker.with_host("127.0.0.1").with_port(broker_link.port))
+    stack.overrides["ingest"] = {"amqp_url": via_proxy}
+    db_via_proxy = psycopg.conninfo.make_conninfo(
+        database_url, host="127.0.0.1", port=database_link.port
+    )
+    for name in stack.consumers:
+        stack.overrides[name] = {"database_url": db_via_proxy}
+    stack.start_all()
+    yield FaultStack(stack, broker_link, database_link)
+    stack.stop_all()
+    broker_link.close()
+    database_link.close()
+    run_async(delete_topology(settings))
+    run_async(dbschema.drop(settings))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def _stats(http: aiohttp.ClientSession, stack: Stack) -> dict[str, Any]:
+    """``/stats``, waiting out the moments the read API cannot answer (database restarting)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            async with http.get(stack.read_url + "/stats") as resp:
+                if resp.status == 200:
+                    stats: dict[str, Any] = await resp.json()
+                    return stats
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("/stats did not answer for 60 s")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Phase:
+    fault: str
+    sent: int = 0
+    lost: int = 0
+    doubled: int = 0
+    recovery: float = 0.0
+    refusals: int = 0
+    slowest_refusal: float = 0.0
+    dead_letters: int = 0
+    store_errors: float = 0.0
+
+
+async def _consumer_store_errors(http: aiohttp.ClientSession, stack: Stack) -> float:
+    total = 0.0
+    for name in stack.consumers:
+        try:
+            async with http.get(stack.url(name) + "/metrics") as resp:
+                for line in (await resp.text()).splitlines():
+                    if line.startswith("pubsub_consumer_store_errors_total "):
+                        total += float(line.split()[1])
+        except aiohttp.ClientError:
+            pass
+    return total
+
+
+async def _phase(
+    faults: FaultStack,
+    http: aiohttp.ClientSession,
+    name: str,
+    inject: Callable[[], Awaitable[None]],
+    restore: Callable[[], Awaitable[None]],
+) -> Phase:
+    stack = faults.stack
+    topic = f"fault-{uuid.uuid4().hex[:8]}"
+    before = await _stats(http, stack)
+    errors_before = await _consumer_store_errors(http, stack)
+    dead_before = await queue_depth(stack.settings, Names.of(stack.settings).dead_queue)
+    cfg = LoadConfig(
+        ingest_url=stack.ingest_url,
+        read_url=stack.read_url,
+        events=EVENTS_PER_PHASE,
+        batch_size=50,
+        concurrency=2,
+        topic=topic,
+        retries=200,
+    )
+    source, report = EventSource(cfg), Report()
+    restored = 0.0
+
+    def done() -> bool:
+        # At least EVENTS_PER_PHASE, and the stream runs on past the end of the fault.
+        return source.made >= EVENTS_PER_PHASE and 0 < restored < time.monotonic() - 0.5
+
+    sending = asyncio.create_task(send_load(http, cfg, source, report, until=done))
+
+    async def sent() -> int:
+        return report.sent
+
+    await eventually(sent, lambda n: n >= EVENTS_PER_PHASE // 4, interval=0.01, what="stream")
+    await inject()
+    await asyncio.sleep(HOLD)
+    await restore()
+    restored = time.monotonic()
+    await sending
+    assert report.failed_events == 0, f"{name}: events never accepted"
+    target = before["received"] + report.sent
+    deadline = time.monotonic() + 120
+    while True:
+        after = await _stats(http, stack)
+        if after["received"] >= target and not after["queued_messages"]:
+            break
+        assert time.monotonic() < deadline, f"{name}: not settled: {after}"
+        await asyncio.sleep(0.05)
+    recovery = time.monotonic() - restored
+    with psycopg.connect(
+        stack.settings.database_url, **dbschema.connect_kwargs(stack.settings)
+    ) as conn:
+        (rows,) = conn.execute(
+            "SELECT count(*) FROM events WHERE topic = %s", (topic,)
+        ).fetchone() or (0,)
+    received = after["received"] - before["received"]
+    unique = after["unique_processed"] - before["unique_processed"]
+    return Phase(
+        fault=name,
+        sent=report.sent,
+        lost=source.unique - rows,
+        doubled=(received - report.sent) + (unique - rows),
+        recovery=recovery,
+        refusals=sum(n for status, n in report.answers.items() if status != 202),
+        slowest_refusal=report.slowest_refusal,
+        dead_letters=await queue_depth(stack.settings, Names.of(stack.settings).dead_queue)
+        - dead_before,
+        store_errors=await _consumer_store_errors(http, stack) - errors_before,
+    )
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+
+async def test_nothing_lost_nothing_doubled_through_faults(
+    faults: FaultStack, http: aiohttp.ClientSession, request: pytest.FixtureRequest
+) -> None:
+    rabbitmqctl, pg_ctlcluster, version = _local_control()
+    stack = faults.stack
+
+    def kill(name: str) -> Callable[[], Awaitable[None]]:
+        async def inject() -> None:
+            stack.stop(name, sig=signal.SIGKILL)
+
+        return inject
+
+    def start(name: str) -> Callable[[], Awaitable[None]]:
+        async def restore() -> None:
+            await asyncio.to_thread(stack.start, name)
+
+        return restore
+
+    def call(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            await asyncio.to_thread(fn)
+
+        return run
+
+    schedule: list[tuple[str, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = [
+        ("SIGKILL a consumer, restart it", kill("consumer-1"), start("consumer-1")),
+        ("SIGKILL ingest, restart it", kill("ingest"), start("ingest")),
+        (
+            "stop and restart RabbitMQ",
+            call(lambda: _run(rabbitmqctl, "stop_app")),
+            call(lambda: _run(rabbitmqctl, "start_app")),
+        ),
+        (
+            "restart PostgreSQL",
+            call(lambda: _run(pg_ctlcluster, "--skip-systemctl-redirect", version, "main",
+                              "restart", "-m", "fast")),
+            call(lambda: None),
+        ),
+        ("cut consumers <-> PostgreSQL", call(faults.database_link.cut),
+         call(faults.database_link.restore)),
+        ("cut ingest <-> RabbitMQ", call(faults.broker_link.cut),
+         call(faults.broker_link.restore)),
+    ]  # fmt: skip
+    phases = [await _phase(faults, http, *step) for step in schedule]
+
+    # Consumers stopped, nothing may wait unacknowledged in the queue: it all went back to
+    # "ready" and would be counted there.
+    for name in stack.consumers:
+        stack.stop(name)
+    assert await queue_depth(stack.settings, Names.of(stack.settings).queue) == 0
+    for name in stack.consumers:
+        stack.start(name)
+
+    table = _table(phases)
+    request.config.stash.setdefault(REPORTS, []).append(table)
+    for p in phases:
+        assert (p.lost, p.doubled) == (0, 0), table
+        assert p.dead_letters == 0, table
+        # Backoff, not a hot loop: a few retries per consumer during a 2 s outage.
+        assert p.store_errors < 40, table
+        assert p.slowest_refusal < stack.settings.publish_timeout + 3, table
+    assert sum(p.sent for p in phases) >= 100_000
+
+
+def _table(phases: list[Phase]) -> str:
+    lines = [
+        "| fault | events sent | lost | doubled | recovery s | refused requests"
+        " | slowest refusal s | dead letters | store retries |",
+        "|" + " --- |" * 9,
+    ]
+    for p in phases:
+        lines.append(
+            f"| {p.fault} | {p.sent:,} | {p.lost} | {p.doubled} | {p.recovery:.1f} | {p.refusals}"
+            f" | {p.slowest_refusal:.1f} | {p.dead_letters} | {p.store_errors:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+REPORTS = pytest.StashKey[list[str]]()
