@@ -12,10 +12,13 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import orjson
 import psycopg
 import pytest
 import yarl
 
+from consumer import deadletters
+from pubsub import topology
 from pubsub.settings import Settings
 from pubsub.topology import ROUTING_KEY, Names
 from stack.processes import Stack, free_port
@@ -201,3 +204,74 @@ async def test_health_endpoints_and_metrics_of_every_service(
             assert resp.status == 200
             assert metric in await resp.text(), (name, metric)
     await asyncio.sleep(0)
+
+
+async def test_dead_letters_are_listed_and_replayed(
+    settings: Settings, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    names = Names.of(settings)
+    topic = f"replay-{uuid.uuid4().hex[:6]}"
+    before = await stats(http, stack.read_url)
+    dead_before = await queue_depth(settings, names.dead_queue)
+    good = orjson.dumps([event(topic, "revived")])
+    async with await aio_pika.connect(settings.amqp_url) as conn:
+        channel = await conn.channel()
+        # As if PostgreSQL had refused it once: straight into the dead-letter exchange.
+        dlx = await channel.get_exchange(names.dead_exchange)
+        await dlx.publish(
+            aio_pika.Message(
+                good,
+                message_id=uuid.uuid4().hex,
+                headers={"x-received-at": "2025-01-01T00:00:00+00:00"},
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            ROUTING_KEY,
+        )
+    await eventually(
+        lambda: queue_depth(settings, names.dead_queue),
+        lambda n: n == dead_before + 1,
+        what="dead letter",
+    )
+    letters = await deadletters.list_dead(settings, limit=1000)
+    assert any(d.preview.startswith('[{"topic"') and topic in d.preview for d in letters)
+    assert await queue_depth(settings, names.dead_queue) == dead_before + 1  # list keeps them
+    moved = await deadletters.replay(settings, limit=1000)
+    assert moved == dead_before + 1
+    # The poison ones from other tests come back to the dead-letter queue; the good one is stored.
+    after = await settled(http, stack.read_url, before["received"] + 1)
+    assert after["unique_processed"] == before["unique_processed"] + 1
+    await eventually(
+        lambda: queue_depth(settings, names.dead_queue),
+        lambda n: n == dead_before,
+        what="poison back in the dead-letter queue",
+    )
+
+
+async def test_delivery_limit_dead_letters_a_message_that_keeps_failing(
+    settings: Settings,
+) -> None:
+    own = Settings.from_env(
+        {}, **{**settings.__dict__, "queue": f"{settings.queue}.limit", "delivery_limit": 2}
+    )
+    async with await aio_pika.connect(settings.amqp_url) as conn:
+        channel = await conn.channel()
+        topo = await topology.declare(channel, own)
+        try:
+            await topo.exchange.publish(
+                aio_pika.Message(b"[]", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                ROUTING_KEY,
+            )
+            for _ in range(3):  # as a consumer crashing on it would: delivered, never settled
+                message = await eventually(
+                    lambda: topo.queue.get(fail=False), lambda m: m is not None, what="delivery"
+                )
+                assert message is not None
+                await message.nack(requeue=True)
+            await eventually(
+                lambda: queue_depth(own, topo.dead_queue.name),
+                lambda n: n == 1,
+                what="dead-lettered after the limit",
+            )
+            assert await queue_depth(own, topo.queue.name) == 0
+        finally:
+            await topology.delete(channel, own)
