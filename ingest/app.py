@@ -13,7 +13,7 @@ from aiohttp import web
 from ingest import metrics
 from ingest.broker import BrokerUnavailable, Publisher
 from ingest.validate import validate
-from pubsub import http
+from pubsub import http, openapi
 from pubsub.event import BadInput
 from pubsub.settings import Settings
 
@@ -95,7 +95,14 @@ async def index(_: web.Request) -> web.Response:
     return http.json_response(
         {
             "service": "pubsub ingest",
-            "endpoints": ["POST /publish", "/healthz", "/readyz", "/metrics"],
+            "endpoints": [
+                "POST /publish",
+                "/docs",
+                "/openapi.json",
+                "/healthz",
+                "/readyz",
+                "/metrics",
+            ],
         }
     )
 
@@ -112,4 +119,5 @@ def make_app(settings: Settings, publisher: Publisher) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_post("/publish", publish)
     http.add_health(app, ready)
+    openapi.add_docs(app, openapi.ingest_document())
     return app

@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from pubsub import dbschema, http, topology
+from pubsub import dbschema, http, openapi, topology
 from pubsub.settings import Settings
 from pubsub.topology import Names
 from readapi import queries
@@ -178,7 +178,15 @@ async def index(_: web.Request) -> web.Response:
     return http.json_response(
         {
             "service": "pubsub read API",
-            "endpoints": ["GET /events", "GET /stats", "/healthz", "/readyz", "/metrics"],
+            "endpoints": [
+                "GET /events",
+                "GET /stats",
+                "/docs",
+                "/openapi.json",
+                "/healthz",
+                "/readyz",
+                "/metrics",
+            ],
         }
     )
 
@@ -194,4 +202,5 @@ def make_app(backend: Backend) -> web.Application:
     app.router.add_get("/events", get_events)
     app.router.add_get("/stats", get_stats)
     http.add_health(app, ready)
+    openapi.add_docs(app, openapi.read_document(max_limit=backend.settings.events_max_limit))
     return app

@@ -1,0 +1,201 @@
+"""OpenAPI 3.1 documents of the HTTP services, generated from the same pydantic types that
+validate the requests, and Swagger UI served from a package (no CDN: it works offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NotRequired
+
+from aiohttp import web
+from pydantic import TypeAdapter
+from typing_extensions import TypedDict
+
+from pubsub import http
+from pubsub.event import Event
+
+_REF = "#/components/schemas/{model}"
+
+
+class Accepted(TypedDict):
+    accepted: int
+    request_id: str
+
+
+class Problem(TypedDict):
+    index: NotRequired[int]
+    field: str | None
+    problem: str
+
+
+class ErrorReply(TypedDict):
+    error: str
+    problems: NotRequired[list[Problem]]
+    problem_count: NotRequired[int]
+
+
+class Stats(TypedDict):
+    received: int
+    unique_processed: int
+    duplicate_dropped: int
+    topics: list[str]
+    topics_truncated: bool
+    uptime: float
+    queued_messages: int | None
+    dead_letter_messages: int | None
+
+
+def _schemas(*types: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for t in types:
+        schema = TypeAdapter(t).json_schema(ref_template=_REF)
+        out.update(schema.pop("$defs", {}))
+        out[schema.get("title", getattr(t, "__name__", "Schema"))] = schema
+    return out
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed JSON, bad parameter or header.",
+        401: "Missing or wrong bearer token.",
+        413: "Body or batch over the limit.",
+        415: "Not application/json (UTF-8).",
+        422: "Schema violations, with the index and field of each.",
+        503: "Broker or database unavailable; retry after `Retry-After` seconds.",
+    }
+    return {str(c): _json(_ref("ErrorReply"), text[c]) for c in codes}
+
+
+_HEALTH = {
+    "/healthz": {"get": {"summary": "The process answers.", "responses": {"200": {
+        "description": "alive"}}}},
+    "/readyz": {"get": {"summary": "Broker and database connections are up.", "responses": {
+        "200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {"200": {
+        "description": "text exposition format"}}}},
+}  # fmt: skip
+
+
+def ingest_document() -> dict[str, Any]:
+    publish = {
+        "post": {
+            "summary": "Publish one event or a batch of events.",
+            "description": (
+                "Answers 202 only after the broker confirmed every event. A batch is accepted "
+                "or refused as a whole. Send `Idempotency-Key` to make retries safe."
+            ),
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                _ref("Event"),
+                                {"type": "array", "items": _ref("Event"), "minItems": 1},
+                            ]
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "202": _json(_ref("Accepted"), "Accepted: confirmed by the broker."),
+                **_errors(400, 401, 413, 415, 422, 503),
+            },
+        }
+    }
+    return _document(
+        "pubsub ingest", {"/publish": publish, **_HEALTH}, _schemas(Event, Accepted, ErrorReply)
+    )
+
+
+def read_document(*, max_limit: int) -> dict[str, Any]:
+    time_param = {"type": "string", "format": "date-time"}
+    events = {
+        "get": {
+            "summary": "Stored events, ordered by timestamp, keyset-paginated.",
+            "description": 'The next page is in the `Link: <...>; rel="next"` header.',
+            "parameters": [
+                {"name": "topic", "in": "query", "schema": {"type": "string", "maxLength": 255}},
+                {"name": "since", "in": "query", "schema": time_param},
+                {"name": "until", "in": "query", "schema": time_param},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": max_limit},
+                },
+                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _json({"type": "array", "items": _ref("Event")}, "A page of events."),
+                **_errors(400, 401, 503),
+            },
+        }
+    }
+    stats = {
+        "get": {
+            "summary": "Counters (durable, shared by all consumers), topics, queue depths.",
+            "responses": {"200": _json(_ref("Stats"), "Statistics."), **_errors(401, 503)},
+        }
+    }
+    return _document(
+        "pubsub read API",
+        {"/events": events, "/stats": stats, **_HEALTH},
+        _schemas(Event, Stats, ErrorReply),
+    )
+
+
+def _document(title: str, paths: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": "0.1.0"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script></body></html>
+"""
+_INIT = "SwaggerUIBundle({url: '/openapi.json', dom_id: '#ui'});\n"
+
+
+def add_docs(app: web.Application, document: dict[str, Any]) -> None:
+    """``/openapi.json`` and Swagger UI at ``/docs``."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    async def spec(_: web.Request) -> web.Response:
+        return http.json_response(document)
+
+    async def page(_: web.Request) -> web.Response:
+        title = document["info"]["title"]
+        return web.Response(text=_PAGE.format(title=title), content_type="text/html")
+
+    async def init(_: web.Request) -> web.Response:
+        return web.Response(text=_INIT, content_type="application/javascript")
+
+    app.router.add_get("/openapi.json", spec)
+    app.router.add_get("/docs", page)
+    app.router.add_get("/docs/init.js", init)
+    app.router.add_static("/docs/static", Path(swagger_ui_path))
