@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
 import psycopg
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
@@ -185,8 +186,13 @@ class Worker:
         # earlier tag on that channel is in this batch or was settled before.
         last: dict[int, AbstractIncomingMessage] = {}
         for delivery in batch:
-            if not delivery.message.processed:
-                last[id(delivery.message.channel)] = delivery.message
+            if delivery.message.processed:
+                continue
+            try:
+                channel = delivery.message.channel
+            except aiormq.exceptions.ChannelInvalidStateError:
+                continue  # delivered on a channel lost since: the broker redelivers it
+            last[id(channel)] = delivery.message
         for message in last.values():
             await _settle(message.ack(multiple=True))
 

@@ -11,6 +11,7 @@ message with a single ``orjson.dumps`` per message.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,7 +125,33 @@ def parse_events(
             event["payload"] = {}
     if suspect:
         check_payloads(events)
+    _refuse_duplicate_keys(body)
     return events
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return out
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    # JSON leaves duplicate names undefined and parsers differ on which one wins: refuse them
+    # rather than guess. pydantic-core's parser takes the last one silently, so this second,
+    # slower pass (the standard library's, which reports every pair) runs on valid bodies only.
+    try:
+        json.loads(body, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise BadInput(422, f"duplicate key {str(exc)[:100]!r} in a JSON object") from None
 
 
 def check_encoded(body: bytes, events: list[Event], encoded: Sequence[bytes]) -> None:

@@ -8,9 +8,12 @@ cannot say (a NUL character anywhere in a payload, numbers overflowing a double)
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from stack.processes import Stack
@@ -26,13 +29,13 @@ FUZZ = settings(
 @pytest.mark.parametrize("service", ["ingest", "readapi"])
 def test_api_fuzz(stack: Stack, service: str) -> None:
     schema = schemathesis.openapi.from_url(stack.url(service) + "/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)]
     assert len(operations) >= 4
     for operation in operations:
 
         @FUZZ
         @given(case=operation.as_strategy())
-        def fuzz(case: schemathesis.Case) -> None:
+        def fuzz(case: Any) -> None:
             case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
         fuzz()
