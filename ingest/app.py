@@ -109,7 +109,11 @@ async def index(_: web.Request) -> web.Response:
 
 def make_app(settings: Settings, publisher: Publisher) -> web.Application:
     # aiohttp itself refuses chunked bodies past client_max_size with 413.
-    app = http.new_app(max_body_bytes=settings.max_body_bytes)
+    app = http.new_app(
+        max_body_bytes=settings.max_body_bytes,
+        token=settings.publish_token,
+        protected=frozenset({"/publish"}),
+    )
     app[SETTINGS] = settings
     app[PUBLISHER] = publisher
 

@@ -1,9 +1,14 @@
-"""``python -m publisher``: send events with duplicates, wait until stored, compare counts."""
+"""``python -m publisher``: send events with duplicates, wait until stored, compare counts.
+
+Bearer tokens, when the services require them, come from PUBSUB_PUBLISH_TOKEN and
+PUBSUB_READ_TOKEN (the same variables the services read).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from publisher.load import LoadConfig, Report, run_load
@@ -66,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         concurrency=a.concurrency,
         topic=a.topic,
         duration=a.duration,
+        publish_token=os.environ.get("PUBSUB_PUBLISH_TOKEN", ""),
+        read_token=os.environ.get("PUBSUB_READ_TOKEN", ""),
         run_id=a.run_id,
         settle_timeout=a.settle_timeout,
         progress=not a.no_progress and sys.stderr.isatty(),

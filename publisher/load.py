@@ -31,6 +31,8 @@ class LoadConfig:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     seed: int = 0
     retries: int = 20
+    publish_token: str = ""
+    read_token: str = ""
     settle_timeout: float = 120.0
     progress: bool = False
 
@@ -100,8 +102,14 @@ class EventSource:
         return orjson.dumps([self.next() for _ in range(size)]), size
 
 
-async def fetch_stats(session: aiohttp.ClientSession, read_url: str) -> dict[str, Any]:
-    async with session.get(f"{read_url}/stats") as resp:
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def fetch_stats(
+    session: aiohttp.ClientSession, read_url: str, token: str = ""
+) -> dict[str, Any]:
+    async with session.get(f"{read_url}/stats", headers=_auth(token)) as resp:
         resp.raise_for_status()
         stats: dict[str, Any] = await resp.json()
         return stats
@@ -160,13 +168,13 @@ async def run_load(cfg: LoadConfig) -> Report:
     """Send the configured load, wait until the system stored it, compare the counts."""
     report = Report()
     async with new_session(cfg) as session:
-        before = await fetch_stats(session, cfg.read_url)
+        before = await fetch_stats(session, cfg.read_url, cfg.read_token)
         started = time.perf_counter()
         await send_load(session, cfg, EventSource(cfg), report)
         deadline = time.monotonic() + cfg.settle_timeout
         target = before["received"] + report.sent
         while True:
-            after = await fetch_stats(session, cfg.read_url)
+            after = await fetch_stats(session, cfg.read_url, cfg.read_token)
             settled = after["received"] >= target and not after.get("queued_messages")
             if settled or time.monotonic() > deadline:
                 break
@@ -188,7 +196,11 @@ async def _send(
             async with session.post(
                 f"{cfg.ingest_url}/publish",
                 data=body,
-                headers={"Content-Type": "application/json", "Idempotency-Key": key},
+                headers={
+                    "Content-Type": "application/json",
+                    "Idempotency-Key": key,
+                    **_auth(cfg.publish_token),
+                },
             ) as resp:
                 await resp.read()
                 status = resp.status

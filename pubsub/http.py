@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -55,8 +56,37 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(500, "internal error; the request was not processed")
 
 
-def new_app(*, max_body_bytes: int = 1024 * 1024) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[json_errors])
+def bearer(token: str, paths: frozenset[str]) -> Any:
+    """A middleware requiring ``Authorization: Bearer <token>`` on ``paths``.
+
+    Compared in constant time; the token is never logged nor echoed."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in paths:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return json_response(
+                    {"error": "missing or wrong bearer token"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    return check
+
+
+def new_app(
+    *,
+    max_body_bytes: int = 1024 * 1024,
+    token: str = "",
+    protected: frozenset[str] = frozenset(),
+) -> web.Application:
+    middlewares: list[Any] = [json_errors]
+    if token:
+        middlewares.append(bearer(token, protected))
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app["max_body_bytes"] = max_body_bytes
     return app
 

@@ -13,13 +13,14 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "PUBSUB_"
 
 
-def _opt(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"doc": doc})
+def _opt(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,15 @@ class Settings:
     events_default_limit: int = _opt(100, "`limit` of `GET /events` when none is given.")
     stats_max_topics: int = _opt(1000, "Most topic names listed by `GET /stats`.")
     log_level: str = _opt("INFO", "Log level of every service.")
+    log_format: str = _opt("json", "`json` (one object per line) or `text`.")
+    publish_token: str = _opt(
+        "", "Bearer token required by `POST /publish`; empty: no authentication.", secret=True
+    )
+    publish_token_file: str = _opt("", "File holding the publish token (wins over the variable).")
+    read_token: str = _opt(
+        "", "Bearer token required by `/events` and `/stats`; empty: open.", secret=True
+    )
+    read_token_file: str = _opt("", "File holding the read token (wins over the variable).")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -84,6 +94,13 @@ class Settings:
                 continue
             values[f.name] = _convert(f.name, raw, type(f.default))
         values.update(overrides)
+        for name in ("publish_token", "read_token"):
+            path = values.get(name + "_file")
+            if path:
+                try:
+                    values[name] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()}_FILE: {exc}") from None
         return cls(**values)
 
     def __post_init__(self) -> None:
@@ -109,8 +126,10 @@ class Settings:
             raise ValueError("PUBSUB_EVENTS_DEFAULT_LIMIT exceeds PUBSUB_EVENTS_MAX_LIMIT")
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict, with passwords in URLs masked, for logging."""
+        """The settings as a dict, passwords and tokens masked, for logging."""
         out = dataclasses.asdict(self)
+        for key in ("publish_token", "read_token"):
+            out[key] = "***" if out[key] else ""
         for key in ("amqp_url", "database_url"):
             out[key] = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", out[key])
         return out

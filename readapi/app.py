@@ -192,7 +192,9 @@ async def index(_: web.Request) -> web.Response:
 
 
 def make_app(backend: Backend) -> web.Application:
-    app = http.new_app()
+    app = http.new_app(
+        token=backend.settings.read_token, protected=frozenset({"/events", "/stats"})
+    )
     app[BACKEND] = backend
 
     async def ready() -> Mapping[str, bool]:

@@ -7,6 +7,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,47 @@ async def test_delivery_limit_dead_letters_a_message_that_keeps_failing(
             assert await queue_depth(own, topo.queue.name) == 0
         finally:
             await topology.delete(channel, own)
+
+
+async def test_bearer_tokens_guard_publishing_and_reading(
+    settings: Settings, stack: Stack, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "read-token"
+    token_file.write_text("r-" + uuid.uuid4().hex + "\n")
+    publish_token = "p-" + uuid.uuid4().hex
+    own = Stack(
+        replace(settings, ingest_port=free_port(), read_port=free_port(),
+                publish_token=publish_token),
+        tmp_path,
+    )  # fmt: skip
+    own.overrides["readapi"] = {"read_token_file": str(token_file)}
+    read_token = token_file.read_text().strip()
+    own.start("ingest")
+    own.start("readapi")
+    try:
+        body = event(f"auth-{uuid.uuid4().hex[:6]}", "e")
+        for headers, want in [
+            ({}, 401),
+            ({"Authorization": "Bearer wrong"}, 401),
+            ({"Authorization": f"Bearer {read_token}"}, 401),
+            ({"Authorization": f"Bearer {publish_token}"}, 202),
+        ]:
+            async with http.post(f"{own.ingest_url}/publish", json=body, headers=headers) as r:
+                assert r.status == want, headers
+                if want == 401:
+                    assert r.headers["WWW-Authenticate"] == "Bearer"
+        for path in ("/stats", "/events"):
+            async with http.get(own.read_url + path) as r:
+                assert r.status == 401
+            async with http.get(
+                own.read_url + path, headers={"Authorization": f"Bearer {read_token}"}
+            ) as r:
+                assert r.status == 200
+        for url in (own.ingest_url, own.read_url):
+            async with http.get(url + "/healthz") as r:
+                assert r.status == 200  # probes need no token
+    finally:
+        own.stop_all()
+    for name in ("ingest", "readapi"):
+        assert publish_token not in own.log(name, tail=100_000)
+        assert read_token not in own.log(name, tail=100_000)
