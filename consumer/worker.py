@@ -77,7 +77,10 @@ class Worker:
             )
         except wire.Undecodable as exc:
             log.warning(
-                "dead-lettering message %s: %s", message.message_id or message.delivery_tag, exc
+                "dead-lettering message %s: %s",
+                message.message_id or message.delivery_tag,
+                exc,
+                extra=_context(message),
             )
             metrics.DEAD_LETTERED.inc()
             await message.reject(requeue=False)
@@ -144,6 +147,14 @@ class Worker:
         await self._ack(batch)
         if stored is not None:
             metrics.record(stored, len(batch))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "stored %d event(s), %d new, from %d message(s)",
+                    stored.received,
+                    stored.inserted,
+                    len(batch),
+                    extra={"request_ids": [r for d in batch for r in _request_ids(d.message)]},
+                )
             if stored.redelivered:
                 log.info(
                     "skipped %d piece(s) stored before (redelivery or retry)", stored.redelivered
@@ -175,7 +186,12 @@ class Worker:
             try:
                 stored = await self.store.store(delivery.units)
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-                log.error("dead-lettering message %s: %s", delivery.message.message_id, exc)
+                log.error(
+                    "dead-lettering message %s: %s",
+                    delivery.message.message_id,
+                    exc,
+                    extra=_context(delivery.message),
+                )
                 metrics.DEAD_LETTERED.inc()
                 await _settle(delivery.message.reject(requeue=False))
             else:
@@ -219,6 +235,18 @@ class Worker:
         await self.store.close()
         if self.connection is not None:
             await self.connection.close()
+
+
+def _request_ids(message: AbstractIncomingMessage) -> list[str]:
+    ids = (message.headers or {}).get(wire.REQUEST_ID)
+    if isinstance(ids, bytes):
+        ids = ids.decode(errors="replace")
+    return ids.split(",") if isinstance(ids, str) and ids else []
+
+
+def _context(message: AbstractIncomingMessage) -> dict[str, object]:
+    """Log fields that tie a message to the HTTP requests it came from."""
+    return {"message_id": message.message_id, "request_ids": _request_ids(message)}
 
 
 async def _first(

@@ -34,25 +34,30 @@ def _new_request_id() -> str:
 
 async def publish(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    request_id = request.headers.get("X-Request-Id", "")[:64] or _new_request_id()
+    request_id = request.headers.get("X-Request-Id", "")
+    if not (0 < len(request_id) <= 64 and request_id.isprintable() and "," not in request_id):
+        request_id = _new_request_id()  # missing, or unfit for logs and headers
     headers = {"X-Request-Id": request_id}
     received_at = datetime.now(UTC)
     try:
-        _check_content_type(request)
+        ndjson = _is_ndjson(request)
         length = request.content_length
         if length is not None and length > settings.max_body_bytes:
             raise BadInput(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
         key = _idempotency_key(request)
         body = await request.read()
-        pieces = validate(body, received_at=received_at, settings=settings, key=key)
+        pieces = validate(body, received_at=received_at, settings=settings, key=key, ndjson=ndjson)
     except BadInput as exc:
         metrics.REQUESTS.labels(str(exc.status)).inc()
+        log.debug(
+            "refused: %s", exc.message, extra={"request_id": request_id, "status": exc.status}
+        )
         return http.json_response(exc.body(), status=exc.status, headers=headers)
     try:
         await request.app[PUBLISHER].publish(pieces, received_at=received_at, request_id=request_id)
     except BrokerUnavailable as exc:
         metrics.REQUESTS_503.inc()
-        log.warning("request %s: events not accepted: %s", request_id, exc)
+        log.warning("events not accepted: %s", exc, extra={"request_id": request_id, "status": 503})
         return http.json_response(
             {"error": f"broker unavailable: {exc}; nothing was accepted, retry later"},
             status=503,
@@ -78,17 +83,23 @@ def _idempotency_key(request: web.Request) -> str:
     return key
 
 
-def _check_content_type(request: web.Request) -> None:
+_NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/json-lines"})
+
+
+def _is_ndjson(request: web.Request) -> bool:
+    """Whether the body is newline-delimited JSON (log shippers) rather than one document."""
     if request.headers.get("Content-Type", "").lower() in _FAST_TYPES:
-        return  # the common case, without aiohttp's full header parsing
-    if request.content_type not in _JSON_TYPES:
+        return False  # the common case, without aiohttp's full header parsing
+    kind = request.content_type
+    if kind not in _JSON_TYPES and kind not in _NDJSON_TYPES:
         raise BadInput(
             415,
-            f"unsupported content type {request.content_type!r}: send application/json",
+            f"unsupported content type {kind!r}: send application/json or application/x-ndjson",
         )
     charset = request.charset
     if charset is not None and charset.lower().replace("-", "") != "utf8":
         raise BadInput(415, f"unsupported charset {charset!r}: send UTF-8")
+    return kind in _NDJSON_TYPES
 
 
 async def index(_: web.Request) -> web.Response:

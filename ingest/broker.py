@@ -161,7 +161,12 @@ class Publisher:
             )
         except Exception as exc:  # noqa: BLE001 - every failure means "not confirmed"
             metrics.PUBLISH_FAILURES.inc()
-            log.warning("publish of %d event(s) failed: %r", group.count, exc)
+            log.warning(
+                "publish of %d event(s) failed: %r",
+                group.count,
+                exc,
+                extra={"request_ids": group.request_ids},
+            )
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 reason = f"no confirm from the broker within {self.settings.publish_timeout}s"

@@ -109,7 +109,13 @@ def ingest_document() -> dict[str, Any]:
                                 {"type": "array", "items": _ref("Event"), "minItems": 1},
                             ]
                         }
-                    }
+                    },
+                    "application/x-ndjson": {
+                        "schema": {
+                            "type": "string",
+                            "description": "One Event object per line (Vector, Fluent Bit).",
+                        }
+                    },
                 },
             },
             "responses": {

@@ -9,20 +9,10 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from pubsub import logs
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.service")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # aio-pika logs every reconnect attempt with a traceback; our own lines say enough.
-    logging.getLogger("aio_pika").setLevel(logging.ERROR)
-    logging.getLogger("aiormq").setLevel(logging.ERROR)
 
 
 def run(main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]) -> None:
@@ -32,7 +22,8 @@ def run(main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]) ->
     except ValueError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         raise SystemExit(2) from None
-    setup_logging(settings.log_level)
+    service = sys.argv[0].rsplit("/", 2)[-2] if "/" in sys.argv[0] else "pubsub"
+    logs.setup(service=service, level=settings.log_level, fmt=settings.log_format)
 
     async def _main() -> None:
         stop = asyncio.Event()

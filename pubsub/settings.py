@@ -122,6 +122,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+        if self.log_format not in ("json", "text"):
+            raise ValueError("PUBSUB_LOG_FORMAT must be json or text")
         if self.events_default_limit > self.events_max_limit:
             raise ValueError("PUBSUB_EVENTS_DEFAULT_LIMIT exceeds PUBSUB_EVENTS_MAX_LIMIT")
 

@@ -149,3 +149,18 @@ def test_infinity_is_found_among_real_nulls() -> None:
     )
     err = refused(bad)
     assert (err.status, err.problems[0]["index"]) == (422, 1)
+
+
+def test_ndjson_bodies() -> None:
+    lines = b"\n".join(orjson.dumps(ev(event_id=str(i))) for i in range(3)) + b"\n\n"
+    pieces = validate(lines, received_at=NOW, settings=Settings(), ndjson=True)
+    assert sum(p.count for p in pieces) == 3
+    for bad, status in [
+        (b"", 400),
+        (b"[1]\n", 400),
+        (orjson.dumps(ev()) + b"," + orjson.dumps(ev()) + b"\n", 400),
+        (orjson.dumps(ev()) + b"\n" + orjson.dumps(ev(timestamp="nope")) + b"\n", 422),
+    ]:
+        with pytest.raises(BadInput) as info:
+            validate(bad, received_at=NOW, settings=Settings(), ndjson=True)
+        assert info.value.status == status, bad
