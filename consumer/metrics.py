@@ -34,6 +34,13 @@ STORE_SECONDS = Histogram(
 )
 
 
+LAG_SECONDS = Histogram(
+    "pubsub_consumer_lag_seconds",
+    "From ingest accepting a request to its events being committed (per message).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+
 def record(stored: Stored, messages: int) -> None:
     EVENTS_RECEIVED.inc(stored.received)
     EVENTS_STORED.inc(stored.inserted)

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -38,6 +39,7 @@ class Delivery:
     message: AbstractIncomingMessage
     units: list[wire.Unit]
     events: int
+    received_at: datetime
 
 
 class Worker:
@@ -86,7 +88,13 @@ class Worker:
             await message.reject(requeue=False)
             return
         events = sum(len(rows) for _, rows in units)
-        self._pending.append(Delivery(message, units, events))
+        try:
+            accepted = datetime.fromisoformat(received_at)
+        except ValueError:
+            accepted = datetime.now(UTC)  # the lag metric is all it is used for
+        if accepted.tzinfo is None:
+            accepted = accepted.replace(tzinfo=UTC)
+        self._pending.append(Delivery(message, units, events, accepted))
         self._pending_events += events
         self._arrived.set()
         if self._pending_events >= self.settings.batch_max_events:
@@ -147,6 +155,9 @@ class Worker:
         await self._ack(batch)
         if stored is not None:
             metrics.record(stored, len(batch))
+            now = datetime.now(UTC)
+            for delivery in batch:
+                metrics.LAG_SECONDS.observe((now - delivery.received_at).total_seconds())
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "stored %d event(s), %d new, from %d message(s)",

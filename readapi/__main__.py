@@ -19,7 +19,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     await backend.start()
     runner, port = await serve(make_app(backend), settings.http_host, settings.read_port)
     log.info("read API listening on http://%s:%d", settings.http_host, port)
-    await stop.wait()
+    await backend.sample_queues(stop)
     log.info("read API stopping")
     await runner.shutdown()
     await runner.cleanup()

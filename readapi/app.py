@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -12,6 +14,7 @@ from urllib.parse import urlencode
 import psycopg
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiohttp import web
+from prometheus_client import Gauge
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pubsub import dbschema, http, openapi, topology
@@ -20,6 +23,12 @@ from pubsub.topology import Names
 from readapi import queries
 
 log = logging.getLogger("pubsub.readapi.app")
+
+QUEUE_MESSAGES = Gauge(
+    "pubsub_queue_messages",
+    "Messages ready in the events queue and the dead-letter queue (sampled by the read API).",
+    ["queue"],
+)
 
 _DB_ERRORS = (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -75,10 +84,20 @@ class Backend:
                     name, passive=True, timeout=2, robust=False
                 )
                 out[key] = queue.declaration_result.message_count
+                QUEUE_MESSAGES.labels("events" if name == names.queue else "dead").set(
+                    out[key] or 0
+                )
         except Exception as exc:  # noqa: BLE001 - depth is informative, never fatal
             log.info("queue depth unavailable: %r", exc)
             self._channel = None
         return out
+
+    async def sample_queues(self, stop: asyncio.Event, every: float = 5.0) -> None:
+        """Keep the queue-depth gauge fresh for dashboards and alerts."""
+        while not stop.is_set():
+            await self.queue_depths()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
 
     async def database_ok(self) -> bool:
         try:

@@ -1,0 +1,135 @@
+"""What can be checked of the deployment files without a Docker engine or a cluster: they
+parse, keep the rules the README promises, start modules that exist, and every metric a
+dashboard panel or alert rule names is really exported by the running services."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from stack.processes import Stack
+
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
+APP_SERVICES = ("ingest", "consumer", "readapi")
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def _pinned(image: str) -> bool:
+    name, _, tag = image.rpartition(":")
+    return bool(name) and tag != "latest" and any(c.isdigit() for c in tag)
+
+
+def test_compose_services_images_and_start_order() -> None:
+    services = compose()["services"]
+    assert set(services) >= {"rabbitmq", "postgres", *APP_SERVICES, "gateway", "prometheus",
+                             "grafana", "publisher"}  # fmt: skip
+    for name, svc in services.items():
+        assert _pinned(svc["image"]), f"{name}: image {svc['image']} is not pinned"
+    for name in (*APP_SERVICES, "rabbitmq", "postgres"):
+        assert "healthcheck" in services[name], f"{name} has no health check"
+    for name in APP_SERVICES:
+        svc = services[name]
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert svc["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy"
+        module = svc["command"][svc["command"].index("-m") + 1]
+        assert importlib.util.find_spec(module) is not None, f"{name}: no module {module}"
+
+
+def test_compose_scales_consumers_and_keeps_secrets_off_guest() -> None:
+    services = compose()["services"]
+    consumer = services["consumer"]
+    # `--scale consumer=N` needs replicas without fixed names or host ports.
+    assert "container_name" not in consumer and "ports" not in consumer
+    assert consumer["deploy"]["replicas"] == 2
+    assert services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"] != "guest"
+    assert "guest" not in services["ingest"]["environment"]["PUBSUB_AMQP_URL"]
+    assert services["gateway"]["ports"] == ["8080:8080"]
+    assert services["publisher"]["profiles"] == ["demo"]
+    assert any("postgres-data" in v for v in services["postgres"]["volumes"])
+    plugins = (DEPLOY / "rabbitmq" / "enabled_plugins").read_text()
+    assert "rabbitmq_management" in plugins and "rabbitmq_prometheus" in plugins
+
+
+def test_gateway_routes_publish_to_ingest_and_the_rest_to_the_read_api() -> None:
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    assert re.search(r"location = /publish\s*\{\s*proxy_pass http://ingest;", conf)
+    assert re.search(r"location / \{\s*proxy_pass http://readapi;", conf)
+    assert "client_max_body_size 16m" in conf
+
+
+def test_dockerfile_is_multi_stage_non_root_and_pinned() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    assert len(froms) >= 2 and all(_pinned(f) for f in froms)
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and user[-1] not in ("root", "0")
+
+
+def test_prometheus_scrapes_every_service_and_rabbitmq() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) >= {*APP_SERVICES, "rabbitmq"}
+    assert jobs["consumer"]["dns_sd_configs"][0]["names"] == ["consumer"]
+
+
+def test_kubernetes_manifests() -> None:
+    docs = [
+        d
+        for f in sorted((DEPLOY / "k8s").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if d
+    ]
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("Deployment") == 3 and "ScaledObject" in kinds and "Ingress" in kinds
+    for d in (d for d in docs if d["kind"] == "Deployment"):
+        (container,) = d["spec"]["template"]["spec"]["containers"]
+        module = container["args"][container["args"].index("-m") + 1]
+        assert importlib.util.find_spec(module) is not None
+        assert {"readinessProbe", "livenessProbe"} <= set(container)
+        assert d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def _named_metrics() -> set[str]:
+    exprs = [
+        t["expr"]
+        for panel in json.loads((DEPLOY / "grafana/dashboards/pipeline.json").read_text())["panels"]
+        for t in panel["targets"]
+    ]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    return set(re.findall(r"\b(pubsub_[a-z_]+)", " ".join(exprs)))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def test_every_metric_the_dashboard_and_alerts_name_is_exported(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    named = _named_metrics()
+    assert len(named) >= 10
+    exported: set[str] = set()
+    for name in stack.names:
+        async with http.get(stack.url(name) + "/metrics") as resp:
+            text = await resp.text()
+        exported |= {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+                     if line and not line.startswith("#")}  # fmt: skip
+    missing = named - exported
+    assert not missing, f"named in dashboards/alerts but exported by no service: {missing}"
