@@ -11,13 +11,13 @@ message with a single ``orjson.dumps`` per message.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, NotRequired
 
+import jiter
 from pydantic import (
     AwareDatetime,
     ConfigDict,
@@ -129,29 +129,14 @@ def parse_events(
     return events
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
-    return out
-
-
 def _refuse_duplicate_keys(body: bytes) -> None:
     # JSON leaves duplicate names undefined and parsers differ on which one wins: refuse them
-    # rather than guess. pydantic-core's parser takes the last one silently, so this second,
-    # slower pass (the standard library's, which reports every pair) runs on valid bodies only.
+    # rather than guess. pydantic-core keeps the last one silently; jiter (pydantic's parser,
+    # as a library) can report them, at the cost of one more fast parse of valid bodies.
     try:
-        json.loads(body, object_pairs_hook=_no_duplicates)
-    except _DuplicateKey as exc:
-        raise BadInput(422, f"duplicate key {str(exc)[:100]!r} in a JSON object") from None
+        jiter.from_json(body, catch_duplicate_keys=True, cache_mode="keys")
+    except ValueError as exc:
+        raise BadInput(422, str(exc)[:200]) from None
 
 
 def check_encoded(body: bytes, events: list[Event], encoded: Sequence[bytes]) -> None:
