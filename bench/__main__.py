@@ -116,8 +116,10 @@ class Bench:
     async def settle(self, before: dict[str, float], timeout: float = 600) -> dict[str, float]:
         """Poll until all that ingest accepted is stored. Requests the load generator gave up
         on at its deadline may still be accepted after it exits, so ingest's count is read
-        again each time (polling costs the machine too: two small requests, every 50 ms)."""
-        deadline = time.monotonic() + timeout
+        again each time (polling costs the machine too: two small requests, at most every
+        50 ms)."""
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
             accepted = await self.metric(["ingest"], "pubsub_ingest_events_accepted_total")
             target = before["received"] + accepted - before["accepted"]
@@ -127,7 +129,8 @@ class Bench:
                 return await self.snapshot()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not settled within {timeout}s: {stats}")
-            await asyncio.sleep(0.05)
+            # Fine-grained at first (short workloads), coarser later (long drains).
+            await asyncio.sleep(min(0.05, 0.005 + (time.monotonic() - started) / 20))
 
     async def run(
         self,

@@ -102,22 +102,6 @@ def _is_ndjson(request: web.Request) -> bool:
     return kind in _NDJSON_TYPES
 
 
-async def index(_: web.Request) -> web.Response:
-    return http.json_response(
-        {
-            "service": "pubsub ingest",
-            "endpoints": [
-                "POST /publish",
-                "/docs",
-                "/openapi.json",
-                "/healthz",
-                "/readyz",
-                "/metrics",
-            ],
-        }
-    )
-
-
 def make_app(settings: Settings, publisher: Publisher) -> web.Application:
     # aiohttp itself refuses chunked bodies past client_max_size with 413.
     app = http.new_app(
@@ -131,7 +115,7 @@ def make_app(settings: Settings, publisher: Publisher) -> web.Application:
     async def ready() -> Mapping[str, bool]:
         return {"broker": publisher.connected}
 
-    app.router.add_get("/", index)
+    http.add_index(app, "pubsub ingest", ["POST /publish"])
     app.router.add_post("/publish", publish)
     http.add_health(app, ready)
     openapi.add_docs(app, openapi.ingest_document())

@@ -91,6 +91,17 @@ def new_app(
     return app
 
 
+def add_index(app: web.Application, service: str, endpoints: list[str]) -> None:
+    """``/``: what this service is and what it serves, for whoever opens it in a browser."""
+    body = {"service": service, "endpoints": [*endpoints, "/docs", "/openapi.json", "/healthz",
+                                                "/readyz", "/metrics"]}  # fmt: skip
+
+    async def index(_: web.Request) -> web.Response:
+        return json_response(body)
+
+    app.router.add_get("/", index)
+
+
 def add_health(app: web.Application, ready: ReadyCheck) -> None:
     """``/healthz`` (the process answers), ``/readyz`` (its dependencies answer), ``/metrics``."""
 

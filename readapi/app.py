@@ -193,23 +193,6 @@ def _db_unavailable(exc: Exception) -> web.Response:
     )
 
 
-async def index(_: web.Request) -> web.Response:
-    return http.json_response(
-        {
-            "service": "pubsub read API",
-            "endpoints": [
-                "GET /events",
-                "GET /stats",
-                "/docs",
-                "/openapi.json",
-                "/healthz",
-                "/readyz",
-                "/metrics",
-            ],
-        }
-    )
-
-
 def make_app(backend: Backend) -> web.Application:
     app = http.new_app(
         token=backend.settings.read_token, protected=frozenset({"/events", "/stats"})
@@ -219,7 +202,7 @@ def make_app(backend: Backend) -> web.Application:
     async def ready() -> Mapping[str, bool]:
         return {"broker": backend.broker_connected, "database": await backend.database_ok()}
 
-    app.router.add_get("/", index)
+    http.add_index(app, "pubsub read API", ["GET /events", "GET /stats"])
     app.router.add_get("/events", get_events)
     app.router.add_get("/stats", get_stats)
     http.add_health(app, ready)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -110,3 +111,19 @@ async def settled(
         timeout=timeout,
         what=f"received >= {received}",
     )
+
+
+async def publish_raw(settings: Settings, exchange: str, bodies: list[bytes]) -> None:
+    """Put messages on the broker the way ingest would, bypassing ingest's validation."""
+    async with await aio_pika.connect(settings.amqp_url) as conn:
+        target = await (await conn.channel()).get_exchange(exchange)
+        for body in bodies:
+            await target.publish(
+                aio_pika.Message(
+                    body,
+                    message_id=uuid.uuid4().hex,
+                    headers={"x-received-at": "2025-01-01T00:00:00+00:00"},
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                topology.ROUTING_KEY,
+            )

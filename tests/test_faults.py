@@ -23,7 +23,7 @@ from pubsub import topology
 from pubsub.settings import Settings
 from pubsub.topology import ROUTING_KEY, Names
 from stack.processes import Stack, free_port
-from tests.support import event, eventually, post_json, queue_depth, settled, stats
+from tests.support import event, eventually, post_json, publish_raw, queue_depth, settled, stats
 from tests.tcpproxy import TCPProxy, proxy
 
 
@@ -120,19 +120,9 @@ async def test_poison_messages_go_to_the_dead_letter_queue(
     names = Names.of(settings)
     dead_before = await queue_depth(settings, names.dead_queue)
     before = await stats(http, stack.read_url)
-    async with await aio_pika.connect(settings.amqp_url) as conn:
-        channel = await conn.channel()
-        exchange = await channel.get_exchange(names.exchange)
-        for body in (b"not json", b'{"an": "object"}', b'[{"topic": 1}]'):
-            await exchange.publish(
-                aio_pika.Message(
-                    body,
-                    message_id=uuid.uuid4().hex,
-                    headers={"x-received-at": "2025-01-01T00:00:00+00:00"},
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                ROUTING_KEY,
-            )
+    await publish_raw(
+        settings, names.exchange, [b"not json", b'{"an": "object"}', b'[{"topic": 1}]']
+    )
     await eventually(
         lambda: queue_depth(settings, names.dead_queue),
         lambda n: n == dead_before + 3,
@@ -215,19 +205,8 @@ async def test_dead_letters_are_listed_and_replayed(
     before = await stats(http, stack.read_url)
     dead_before = await queue_depth(settings, names.dead_queue)
     good = orjson.dumps([event(topic, "revived")])
-    async with await aio_pika.connect(settings.amqp_url) as conn:
-        channel = await conn.channel()
-        # As if PostgreSQL had refused it once: straight into the dead-letter exchange.
-        dlx = await channel.get_exchange(names.dead_exchange)
-        await dlx.publish(
-            aio_pika.Message(
-                good,
-                message_id=uuid.uuid4().hex,
-                headers={"x-received-at": "2025-01-01T00:00:00+00:00"},
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            ROUTING_KEY,
-        )
+    # As if PostgreSQL had refused it once: straight into the dead-letter exchange.
+    await publish_raw(settings, names.dead_exchange, [good])
     await eventually(
         lambda: queue_depth(settings, names.dead_queue),
         lambda n: n == dead_before + 1,
