@@ -96,9 +96,6 @@ class Store:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
 
-    async def ping(self) -> bool:
-        return self.connected
-
     async def store(self, batch: Sequence[tuple[str, Sequence[Row]]]) -> Stored:
         """Store ``(ledger key, rows)`` units atomically; return what changed.
 

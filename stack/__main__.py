@@ -136,6 +136,9 @@ def _banner(settings: Settings, children: list[Child]) -> str:
     lines.append(f"  POST http://{shown}:{settings.ingest_port}/publish      (ingest)")
     lines.append(f"  GET  http://{shown}:{settings.read_port}/events        (read API)")
     lines.append(f"  GET  http://{shown}:{settings.read_port}/stats")
+    lines.append(
+        f"  docs http://{shown}:{settings.ingest_port}/docs  http://{shown}:{settings.read_port}/docs"
+    )
     for child in children:
         if child.port:
             lines.append(
