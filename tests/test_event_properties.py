@@ -48,7 +48,7 @@ events = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.lists(events, min_size=1, max_size=5))
 def test_valid_events_come_back_as_sent(batch: list[dict[str, Any]]) -> None:
     body = orjson.dumps(batch)
@@ -72,13 +72,13 @@ def _outcome(body: bytes) -> None:
         assert len(exc.problems) <= 20
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(json_values | st.lists(json_values) | st.lists(st.dictionaries(names, json_values)))
 def test_any_json_is_accepted_or_refused_with_a_4xx(value: Any) -> None:
     _outcome(json.dumps(value).encode())
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.binary(max_size=300))
 def test_any_bytes_are_accepted_or_refused_with_a_4xx(raw: bytes) -> None:
     _outcome(raw)
