@@ -14,6 +14,8 @@ from pubsub import http
 from pubsub.event import Event
 
 _REF = "#/components/schemas/{model}"
+# A bearer token when the service is configured with one (PUBSUB_*_TOKEN), none otherwise.
+_OPTIONAL_BEARER: list[dict[str, list[str]]] = [{"bearer": []}, {}]
 
 
 class Accepted(TypedDict):
@@ -87,6 +89,7 @@ def ingest_document() -> dict[str, Any]:
     publish = {
         "post": {
             "summary": "Publish one event or a batch of events.",
+            "security": _OPTIONAL_BEARER,
             "description": (
                 "Answers 202 only after the broker confirmed every event. A batch is accepted "
                 "or refused as a whole. Send `Idempotency-Key` to make retries safe."
@@ -134,6 +137,7 @@ def read_document(*, max_limit: int) -> dict[str, Any]:
     events = {
         "get": {
             "summary": "Stored events, ordered by timestamp, keyset-paginated.",
+            "security": _OPTIONAL_BEARER,
             "description": 'The next page is in the `Link: <...>; rel="next"` header.',
             "parameters": [
                 {"name": "topic", "in": "query", "schema": {"type": "string", "maxLength": 255}},
@@ -155,6 +159,7 @@ def read_document(*, max_limit: int) -> dict[str, Any]:
     stats = {
         "get": {
             "summary": "Counters (durable, shared by all consumers), topics, queue depths.",
+            "security": _OPTIONAL_BEARER,
             "responses": {"200": _json(_ref("Stats"), "Statistics."), **_errors(401, 503)},
         }
     }
