@@ -7,13 +7,15 @@ neither, the tests fail and say what to set: integration tests never skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
-from psycopg import sql
 
 from pubsub import dbschema
 from pubsub.settings import Settings
@@ -70,28 +72,38 @@ def database_url() -> Iterator[str]:
         yield pg.get_connection_url(driver=None)
 
 
-@pytest.fixture(scope="session")
-def settings(amqp_url: str, database_url: str) -> Iterator[Settings]:
-    """Settings private to this test run: its own schema, queue names and ports."""
+@contextlib.contextmanager
+def private_settings(
+    amqp_url: str, database_url: str, *, prefix: str = "test", **overrides: Any
+) -> Iterator[Settings]:
+    """Settings of their own (schema, queue names, ports), removed again afterwards."""
     run = uuid.uuid4().hex[:10]
     s = Settings.from_env(
         {},
-        amqp_url=amqp_url,
-        database_url=database_url,
-        db_schema=f"test_{run}",
-        queue=f"test.{run}.events",
-        ingest_port=free_port(),
-        read_port=free_port(),
-        consumer_port=0,
-        log_level="INFO",
+        **{
+            "amqp_url": amqp_url,
+            "database_url": database_url,
+            "db_schema": f"{prefix}_{run}",
+            "queue": f"{prefix}.{run}.events",
+            "ingest_port": free_port(),
+            "read_port": free_port(),
+            "consumer_port": 0,
+            **overrides,
+        },
     )
     run_async(dbschema.ensure(s))
-    yield s
-    run_async(delete_topology(s))
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(s.db_schema))
-        )
+    try:
+        yield s
+    finally:
+        run_async(delete_topology(s))
+        run_async(dbschema.drop(s))
+
+
+@pytest.fixture(scope="session")
+def settings(amqp_url: str, database_url: str) -> Iterator[Settings]:
+    """Settings private to this test run: its own schema, queue names and ports."""
+    with private_settings(amqp_url, database_url) as s:
+        yield s
 
 
 @pytest.fixture
@@ -101,3 +113,9 @@ def db(settings: Settings) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         settings.database_url, autocommit=True, **dbschema.connect_kwargs(settings)
     ) as conn:
         yield conn
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session

@@ -4,12 +4,10 @@ that was accepted fails later in a consumer."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 
 from pubsub.topology import Names
 from stack.processes import Stack
@@ -90,12 +88,6 @@ EVENTS: list[tuple[str, str]] = [
     ("cursor=WyIyMDI1LTAxLTAxVDAwOjAwOjAwIiwiYSIsImIiXQ", "cursor with naive time"),
     ("order=desc", "unknown parameter"),
 ]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
 
 
 async def test_hostile_publish_bodies_get_clear_4xx(

@@ -7,12 +7,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 
 from stack.processes import Stack
@@ -112,12 +110,6 @@ def _named_metrics() -> set[str]:
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
     return set(re.findall(r"\b(pubsub_[a-z_]+)", " ".join(exprs)))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def test_every_metric_the_dashboard_and_alerts_name_is_exported(

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from publisher.load import EventSource, LoadConfig, Report, send_load
 from pubsub import dbschema
 from pubsub.settings import Settings
 from pubsub.topology import Names
-from stack.processes import Stack, free_port
-from tests.support import delete_topology, eventually, queue_depth, run_async
+from stack.processes import Stack
+from tests.fix_services import private_settings
+from tests.support import eventually, queue_depth
 from tests.tcpproxy import TCPProxy
 
 EVENTS_PER_PHASE = 20_000
@@ -60,18 +61,14 @@ def _local_control() -> tuple[str, str, str]:
 def faults(
     amqp_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FaultStack]:
-    run = uuid.uuid4().hex[:8]
-    settings = Settings.from_env(
-        {},
-        amqp_url=amqp_url,
-        database_url=database_url,
-        db_schema=f"faults_{run}",
-        queue=f"faults.{run}.events",
-        ingest_port=free_port(),
-        read_port=free_port(),
-        publish_timeout=2.0,
-    )
-    run_async(dbschema.ensure(settings))
+    with private_settings(amqp_url, database_url, prefix="faults", publish_timeout=2.0) as s:
+        yield from _fault_stack(s, tmp_path_factory)
+
+
+def _fault_stack(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FaultStack]:
+    amqp_url, database_url = settings.amqp_url, settings.database_url
     broker, db = yarl.URL(amqp_url), psycopg.conninfo.conninfo_to_dict(database_url)
     broker_link = TCPProxy(broker.host or "127.0.0.1", broker.port or 5672).start()
     database_link = TCPProxy(
@@ -90,14 +87,6 @@ def faults(
     stack.stop_all()
     broker_link.close()
     database_link.close()
-    run_async(delete_topology(settings))
-    run_async(dbschema.drop(settings))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def _stats(http: aiohttp.ClientSession, stack: Stack) -> dict[str, Any]:

@@ -8,17 +8,9 @@ from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 
 from stack.processes import Stack
 from tests.support import event, post_json, settled, stats
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
-
 
 GOOD = event("errors", "good")
 

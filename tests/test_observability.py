@@ -5,22 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import orjson
-import pytest
 
 from pubsub.settings import Settings
 from stack.processes import Stack, free_port
 from tests.support import delete_topology, event, eventually, settled, stats
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def test_request_id_is_followed_from_ingest_to_the_consumer(

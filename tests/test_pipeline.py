@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 import psycopg
-import pytest
 
 from publisher.load import LoadConfig, run_load
 from stack.processes import Stack
 from tests.support import event, get_json, post_json, settled, stats
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 def new_topic() -> str:

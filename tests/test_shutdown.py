@@ -5,20 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
-import pytest
 
 from stack.processes import Stack
 from tests.support import event, settled, stats
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: bytes) -> int:
