@@ -14,9 +14,9 @@ log = logging.getLogger("pubsub.consumer")
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    await dbschema.ensure(settings)
+    await service.retry(lambda: dbschema.ensure(settings), what="PostgreSQL", stop=stop)
     worker = Worker(settings)
-    await worker.start()
+    await worker.start(stop)
 
     async def ready() -> Mapping[str, bool]:
         conn = worker.connection

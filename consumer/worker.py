@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from consumer import metrics
 from consumer.store import Store, Stored
-from pubsub import topology, wire
+from pubsub import service, topology, wire
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer.worker")
@@ -56,8 +56,10 @@ class Worker:
         self._consumer_tag: str | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
 
-    async def start(self) -> None:
-        self.connection = await topology.connect(self.settings, name="consumer")
+    async def start(self, stop: asyncio.Event) -> None:
+        self.connection = await service.retry(
+            lambda: topology.connect(self.settings, name="consumer"), what="RabbitMQ", stop=stop
+        )
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=self.settings.prefetch)
         topo = await topology.declare(channel, self.settings)

@@ -16,7 +16,7 @@ log = logging.getLogger("pubsub.ingest")
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     publisher = Publisher(settings)
-    await publisher.start()
+    await publisher.start(stop)
     app = make_app(settings, publisher)
     runner, port = await serve(app, settings.http_host, settings.ingest_port, reuse_port=True)
     log.info("ingest listening on http://%s:%d", settings.http_host, port)

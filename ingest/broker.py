@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from pamqp.common import FieldArray
 
 from ingest import metrics
-from pubsub import topology, wire
+from pubsub import service, topology, wire
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.ingest.broker")
@@ -86,8 +86,10 @@ class Publisher:
         # Past this many unconfirmed messages, answer 503 instead of holding more in memory.
         self._max_in_flight = settings.publish_in_flight * 16
 
-    async def start(self) -> None:
-        self.connection = await topology.connect(self.settings, name="ingest")
+    async def start(self, stop: asyncio.Event) -> None:
+        self.connection = await service.retry(
+            lambda: topology.connect(self.settings, name="ingest"), what="RabbitMQ", stop=stop
+        )
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         self._exchange = (await topology.declare(channel, self.settings)).exchange
 

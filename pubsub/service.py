@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from pubsub import logs
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.service")
+
+
+T = TypeVar("T")
+
+
+async def retry(
+    attempt: Callable[[], Awaitable[T]], *, what: str, stop: asyncio.Event, cap: float = 5.0
+) -> T:
+    """``attempt()`` until it succeeds, with capped backoff, so that a service can start before
+    RabbitMQ or PostgreSQL does. Exits quietly if ``stop`` is set meanwhile."""
+    delay = 0.2
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:  # noqa: BLE001 - refused, reset, handshake cut, bad login...
+            # ...all mean "not yet" at start-up; the log line says which, every attempt.
+            log.warning("%s unreachable (%r); retrying in %.1fs", what, exc, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            raise SystemExit(0)
+        delay = min(delay * 2, cap)
 
 
 def run(main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]) -> None:

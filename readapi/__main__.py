@@ -14,9 +14,9 @@ log = logging.getLogger("pubsub.readapi")
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    await dbschema.ensure(settings)
+    await service.retry(lambda: dbschema.ensure(settings), what="PostgreSQL", stop=stop)
     backend = Backend(settings)
-    await backend.start()
+    await backend.start(stop)
     runner, port = await serve(make_app(backend), settings.http_host, settings.read_port)
     log.info("read API listening on http://%s:%d", settings.http_host, port)
     await backend.sample_queues(stop)

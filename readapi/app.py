@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from pubsub import dbschema, http, openapi, topology
+from pubsub import dbschema, http, openapi, service, topology
 from pubsub.settings import Settings
 from pubsub.topology import Names
 from readapi import queries
@@ -52,9 +52,11 @@ class Backend:
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
 
-    async def start(self) -> None:
+    async def start(self, stop: asyncio.Event) -> None:
         await self.pool.open(wait=False)
-        self.connection = await topology.connect(self.settings, name="read API")
+        self.connection = await service.retry(
+            lambda: topology.connect(self.settings, name="read API"), what="RabbitMQ", stop=stop
+        )
 
     async def close(self) -> None:
         await self.pool.close()

@@ -293,3 +293,44 @@ async def test_bearer_tokens_guard_publishing_and_reading(
     for name in ("ingest", "readapi"):
         assert publish_token not in own.log(name, tail=100_000)
         assert read_token not in own.log(name, tail=100_000)
+
+
+async def test_services_start_before_the_broker_and_database_do(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Started while RabbitMQ and PostgreSQL refuse connections, every service waits (not
+    ready, not crashed) and becomes ready once they answer."""
+    url = yarl.URL(settings.amqp_url)
+    db = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+    with (
+        proxy(url.host or "127.0.0.1", url.port or 5672) as broker,
+        proxy(str(db.get("host", "127.0.0.1")), int(str(db.get("port", 5432)))) as database,
+    ):
+        broker.cut()
+        database.cut()
+        own = Stack(
+            replace(
+                settings,
+                amqp_url=str(url.with_host("127.0.0.1").with_port(broker.port)),
+                database_url=psycopg.conninfo.make_conninfo(
+                    settings.database_url, host="127.0.0.1", port=database.port
+                ),
+                ingest_port=free_port(),
+                read_port=free_port(),
+            ),
+            tmp_path,
+            consumers=1,
+        )
+        for name in own.names:
+            own.start(name, wait=False)
+        try:
+            with pytest.raises(AssertionError, match="not ready"):
+                await asyncio.to_thread(own.wait_ready, "ingest", 2.0)
+            assert all(p.poll() is None for p in own.procs.values()), "a service gave up"
+            broker.restore()
+            database.restore()
+            for name in own.names:
+                await asyncio.to_thread(own.wait_ready, name, 30.0)
+        finally:
+            own.stop_all()
+    assert "unreachable" in own.log("ingest")
