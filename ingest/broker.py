@@ -17,7 +17,6 @@ from datetime import datetime
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
-from pamqp.common import FieldArray
 
 from ingest import metrics
 from pubsub import service, topology, wire
@@ -35,8 +34,8 @@ class _Waiter:
 
     __slots__ = ("future", "remaining")
 
-    def __init__(self) -> None:
-        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[None] = loop.create_future()
         self.remaining = 0
 
     def confirmed(self) -> None:
@@ -59,7 +58,7 @@ class _Group:
         # Set when the first request joins: whatever waits on this group is answered by then.
         self.deadline = deadline
         self.pieces: list[bytes] = []
-        self.keys: FieldArray = []  # [[idempotency key, count], ...] as in pubsub.wire
+        self.keys: list[list[str | int]] = []  # [[idempotency key, count], ...], pubsub.wire
         self.count = 0
         self.waiters: list[_Waiter] = []
         self.request_ids: list[str] = []
@@ -107,7 +106,7 @@ class Publisher:
         if self._in_flight >= self._max_in_flight:
             raise BrokerUnavailable("the broker is not keeping up; too many unconfirmed messages")
         limit = self.settings.message_max_events
-        waiter = _Waiter()
+        waiter = _Waiter(self._loop)
         received = received_at.isoformat()
         for piece in pieces:
             group = self._open
@@ -118,7 +117,11 @@ class Publisher:
                 deadline = self._loop.time() + self.settings.publish_timeout
                 group = self._open = _Group(received, deadline)
             group.pieces.append(piece.data)
-            group.keys.append([piece.key, piece.count])
+            if not piece.key and group.keys and not group.keys[-1][0]:
+                # Pieces without a key are one unit for the consumer anyway: one entry.
+                group.keys[-1][1] = int(group.keys[-1][1]) + piece.count
+            else:
+                group.keys.append([piece.key, piece.count])
             group.count += piece.count
             group.join(waiter, request_id)
         if self._in_flight < self.settings.publish_in_flight:
@@ -151,7 +154,7 @@ class Publisher:
                 headers={
                     wire.RECEIVED_AT: group.received_at,
                     wire.REQUEST_ID: ",".join(group.request_ids),
-                    wire.PIECES: group.keys,
+                    wire.PIECES: wire.pieces_header(group.keys),
                 },
             )
             # publish() bounds the write, not a blocked connection: add our own deadline.

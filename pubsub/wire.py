@@ -27,7 +27,7 @@ CONTENT_TYPE = "application/json"
 MESSAGE_TYPE = "pubsub.events.v1"
 RECEIVED_AT = "x-received-at"  # header: when ingest accepted the request (RFC 3339)
 REQUEST_ID = "x-request-id"  # header: the HTTP requests the events came in (for logs)
-PIECES = "x-pieces"  # header: [[idempotency key or "", event count], ...] in body order
+PIECES = "x-pieces"  # header: [[idempotency key or "", event count], ...] in body order, as JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,11 @@ def encode(events: Sequence[Event], *, per_piece: int, key: str = "") -> list[Pi
 def pack(pieces: Iterable[bytes]) -> bytes:
     """Join pieces into one message body: a JSON array of events."""
     return b"[" + b",".join(pieces) + b"]"
+
+
+def pieces_header(pieces: list[list[str | int]]) -> str:
+    # A JSON string, not an AMQP array: pamqp marshals arrays in Python, ~1.5 us an entry.
+    return orjson.dumps(pieces).decode()
 
 
 def new_message_id() -> str:
@@ -120,6 +125,11 @@ def decode_message(body: bytes, *, message_id: str, received_at: str, pieces: ob
     rows = decode(body, received_at)
     if pieces is None:
         return [("m:" + message_id, rows)]
+    if isinstance(pieces, str | bytes):
+        try:
+            pieces = orjson.loads(pieces)
+        except orjson.JSONDecodeError:
+            raise Undecodable(f"{PIECES} header is not JSON") from None
     if not isinstance(pieces, list | tuple):
         raise Undecodable(f"{PIECES} header is not a list")
     units: list[Unit] = []
