@@ -65,7 +65,7 @@ class Worker:
         topo = await topology.declare(channel, self.settings)
         self._queue = topo.queue
         self._consumer_tag = await topo.queue.consume(self._on_message)
-        await self._connect_store()
+        await service.retry(self.store.connect, what="PostgreSQL", stop=stop)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
@@ -232,17 +232,6 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - the broker may already be gone
                 log.info("could not cancel consumer: %s", exc)
             self._consumer_tag = None
-
-    async def _connect_store(self) -> None:
-        delay = _BACKOFF_START
-        while True:
-            try:
-                await self.store.connect()
-                return
-            except (psycopg.OperationalError, OSError) as exc:
-                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
 
     async def close(self) -> None:
         await self.store.close()
