@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from pubsub.dbschema import connect_kwargs
+from pubsub.dbschema import check_encoding, connect_kwargs
+from pubsub.errors import Unusable
 from pubsub.settings import Settings
 from pubsub.wire import Row
 
@@ -83,6 +84,11 @@ class Store:
         conn = await psycopg.AsyncConnection.connect(
             self._settings.database_url, autocommit=True, **connect_kwargs(self._settings)
         )
+        try:
+            check_encoding(conn)
+        except Unusable:
+            await conn.close()
+            raise
         await conn.execute(_CREATE_INCOMING)
         await conn.set_autocommit(False)
         self._conn = conn
@@ -106,8 +112,17 @@ class Store:
         conn = self._conn
         assert conn is not None
         async with conn.transaction():
-            cur = await conn.execute(_RECORD_UNITS, ([key for key, _ in batch],))
+            keys = [key for key, _ in batch]
+            cur = await conn.execute(_RECORD_UNITS, (keys,))
             fresh = {key for (key,) in await cur.fetchall()}
+            if not fresh <= set(keys):
+                # Keys the batch does not hold (bytes from a non-UTF8 database, a trigger...):
+                # reading them as "stored before" would acknowledge events never stored.
+                raise Unusable(
+                    f"the ledger answered {len(fresh - set(keys))} key(s) this batch does not "
+                    f"hold (e.g. {next(iter(fresh - set(keys)))!r}); nothing was stored or "
+                    "acknowledged: check the database's encoding (UTF8) and the ledger table"
+                )
             received = 0
             unique: dict[tuple[str, str], str] = {}
             taken: set[str] = set()

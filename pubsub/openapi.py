@@ -170,6 +170,17 @@ def read_document(*, max_limit: int) -> dict[str, Any]:
     )
 
 
+def gateway_document(*, max_limit: int) -> dict[str, Any]:
+    """The whole system as the gateway serves it on one port: ``/publish`` goes to ingest,
+    everything else to the read API (see ``deploy/nginx/nginx.conf``)."""
+    ingest, read = ingest_document(), read_document(max_limit=max_limit)
+    return _document(
+        "pubsub-aggregator",
+        {"/publish": ingest["paths"]["/publish"], **read["paths"]},
+        {**read["components"]["schemas"], **ingest["components"]["schemas"]},
+    )
+
+
 def _document(title: str, paths: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -196,9 +207,6 @@ def add_docs(app: web.Application, document: dict[str, Any]) -> None:
     """``/openapi.json`` and Swagger UI at ``/docs``."""
     from swagger_ui_bundle import swagger_ui_path
 
-    async def spec(_: web.Request) -> web.Response:
-        return http.json_response(document)
-
     async def page(_: web.Request) -> web.Response:
         title = document["info"]["title"]
         return web.Response(text=_PAGE.format(title=title), content_type="text/html")
@@ -206,7 +214,16 @@ def add_docs(app: web.Application, document: dict[str, Any]) -> None:
     async def init(_: web.Request) -> web.Response:
         return web.Response(text=_INIT, content_type="application/javascript")
 
-    app.router.add_get("/openapi.json", spec)
+    add_document(app, "/openapi.json", document)
     app.router.add_get("/docs", page)
     app.router.add_get("/docs/init.js", init)
     app.router.add_static("/docs/static", Path(swagger_ui_path))
+
+
+def add_document(app: web.Application, path: str, document: dict[str, Any]) -> None:
+    """Serve an OpenAPI document as JSON at ``path``."""
+
+    async def spec(_: web.Request) -> web.Response:
+        return http.json_response(document)
+
+    app.router.add_get(path, spec)

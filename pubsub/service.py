@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from pubsub import logs
+from pubsub.errors import Unusable
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.service")
@@ -28,6 +29,8 @@ async def retry(
     while True:
         try:
             return await attempt()
+        except Unusable:
+            raise
         except Exception as exc:  # noqa: BLE001 - refused, reset, handshake cut, bad login...
             # ...all mean "not yet" at start-up; the log line says which, every attempt.
             log.warning("%s unreachable (%r); retrying in %.1fs", what, exc, delay)
@@ -39,7 +42,10 @@ async def retry(
 
 
 def run(main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main(settings, stop)`` until it returns; SIGTERM and SIGINT set ``stop``."""
+    """Run ``main(settings, stop)`` until it returns; SIGTERM and SIGINT set ``stop``.
+
+    A server the service must not use (:class:`Unusable`) ends it with one log line and exit
+    code 3, not a traceback."""
     try:
         settings = Settings.from_env()
     except ValueError as exc:
@@ -58,6 +64,11 @@ def run(main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]) ->
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but optional at heart
-        asyncio.run(_main())
+        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     else:
-        uvloop.run(_main())
+        runner = uvloop.run
+    try:
+        runner(_main())
+    except Unusable as exc:
+        log.critical("refusing to run: %s", exc)
+        raise SystemExit(3) from None

@@ -208,5 +208,9 @@ def make_app(backend: Backend) -> web.Application:
     app.router.add_get("/events", get_events)
     app.router.add_get("/stats", get_stats)
     http.add_health(app, ready)
-    openapi.add_docs(app, openapi.read_document(max_limit=backend.settings.events_max_limit))
+    max_limit = backend.settings.events_max_limit
+    openapi.add_docs(app, openapi.read_document(max_limit=max_limit))
+    # The gateway answers /openapi.json with this one, so that its /docs shows both services.
+    gateway = openapi.gateway_document(max_limit=max_limit)
+    openapi.add_document(app, "/openapi/gateway.json", gateway)
     return app

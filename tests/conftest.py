@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fix_services import amqp_url, database_url, db, http, settings
+from tests.fix_services import amqp_url, broker, database, database_url, db, http, settings
 from tests.fix_stack import stack
 from tests.test_fault_suite import REPORTS
 
-__all__ = ["amqp_url", "database_url", "db", "http", "settings", "stack"]
+__all__ = ["amqp_url", "broker", "database", "database_url", "db", "http", "settings", "stack"]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -1,8 +1,9 @@
 """Broker and database for the tests: URLs from the environment, else testcontainers.
 
 ``PUBSUB_TEST_AMQP_URL`` and ``PUBSUB_TEST_DATABASE_URL`` point the tests at running servers.
-Without them, a reachable Docker engine starts RabbitMQ and PostgreSQL containers; with
-neither, the tests fail and say what to set: integration tests never skip.
+Without them, a reachable Docker engine starts RabbitMQ and PostgreSQL containers (see
+:mod:`tests.servers`); with neither, the tests fail and say what to set: integration tests never
+skip.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pytest
 from pubsub import dbschema
 from pubsub.settings import Settings
 from stack.processes import free_port
+from tests import servers
+from tests.servers import Server
 from tests.support import delete_topology, run_async
 
 AMQP_ENV = "PUBSUB_TEST_AMQP_URL"
@@ -44,32 +47,39 @@ def _missing(what: str, env: str, example: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def amqp_url() -> Iterator[str]:
+def broker() -> Iterator[Server]:
     url = os.environ.get(AMQP_ENV)
     if url:
-        yield url
+        yield Server(url, servers.LocalRabbitMQ())
         return
     if not _docker_engine_answers():
         pytest.fail(_missing("RabbitMQ", AMQP_ENV, "amqp://guest:guest@127.0.0.1:5672/"))
-    from testcontainers.community.rabbitmq import RabbitMqContainer
-
-    with RabbitMqContainer("rabbitmq:3.13-management") as broker:
-        host, port = broker.get_container_host_ip(), broker.get_exposed_port(5672)
-        yield f"amqp://{broker.username}:{broker.password}@{host}:{port}/"
+    with servers.rabbitmq_container(free_port()) as container:
+        host, port = container.get_container_host_ip(), container.get_exposed_port(5672)
+        url = f"amqp://{container.username}:{container.password}@{host}:{port}/"
+        yield Server(url, servers.ContainerServer(container))
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def database() -> Iterator[Server]:
     url = os.environ.get(DB_ENV)
     if url:
-        yield url
+        yield Server(url, servers.LocalPostgres())
         return
     if not _docker_engine_answers():
         pytest.fail(_missing("PostgreSQL", DB_ENV, "postgresql://postgres@127.0.0.1:5432/test"))
-    from testcontainers.community.postgres import PostgresContainer
+    with servers.postgres_container(free_port()) as container:
+        yield Server(container.get_connection_url(driver=None), servers.ContainerServer(container))
 
-    with PostgresContainer("postgres:15-alpine") as pg:
-        yield pg.get_connection_url(driver=None)
+
+@pytest.fixture(scope="session")
+def amqp_url(broker: Server) -> str:
+    return broker.url
+
+
+@pytest.fixture(scope="session")
+def database_url(database: Server) -> str:
+    return database.url
 
 
 @contextlib.contextmanager

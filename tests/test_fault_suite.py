@@ -10,14 +10,11 @@ and the counters must match what was accepted. The table is printed at the end o
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,6 +28,7 @@ from pubsub.settings import Settings
 from pubsub.topology import Names
 from stack.processes import Stack
 from tests.fix_services import private_settings
+from tests.servers import Server
 from tests.support import eventually, queue_depth
 from tests.tcpproxy import TCPProxy
 
@@ -43,18 +41,6 @@ class FaultStack:
     stack: Stack
     broker_link: TCPProxy  # ingest <-> RabbitMQ
     database_link: TCPProxy  # consumers <-> PostgreSQL
-
-
-def _local_control() -> tuple[str, str, str]:
-    """The commands that restart this machine's RabbitMQ and PostgreSQL."""
-    rabbitmqctl, pg_ctlcluster = shutil.which("rabbitmqctl"), shutil.which("pg_ctlcluster")
-    if not rabbitmqctl or not pg_ctlcluster:
-        pytest.fail(
-            "the fault suite restarts RabbitMQ and PostgreSQL and needs both on this machine "
-            "(rabbitmqctl, pg_ctlcluster); run the tests where they are installed"
-        )
-    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-    return rabbitmqctl, pg_ctlcluster, version
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +102,7 @@ class Phase:
     slowest_refusal: float = 0.0
     dead_letters: int = 0
     store_errors: float = 0.0
+    hit: str = ""  # what shows that the fault reached the system; empty: it did not
 
 
 async def _consumer_store_errors(http: aiohttp.ClientSession, stack: Stack) -> float:
@@ -202,21 +189,36 @@ async def _phase(
     )
 
 
-def _run(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+Evidence = Callable[[Phase], str]
+Step = Callable[[], Awaitable[None]]
+
+
+def _refused(p: Phase) -> str:
+    return f"{p.refusals} refused requests" if p.refusals else ""
+
+
+def _store_retries(p: Phase) -> str:
+    return f"{p.store_errors:.0f} store retries" if p.store_errors else ""
 
 
 async def test_nothing_lost_nothing_doubled_through_faults(
-    faults: FaultStack, http: aiohttp.ClientSession, request: pytest.FixtureRequest
+    faults: FaultStack,
+    http: aiohttp.ClientSession,
+    request: pytest.FixtureRequest,
+    broker: Server,
+    database: Server,
 ) -> None:
-    rabbitmqctl, pg_ctlcluster, version = _local_control()
     stack = faults.stack
+    exits: dict[str, int] = {}
 
     def kill(name: str) -> Callable[[], Awaitable[None]]:
         async def inject() -> None:
-            stack.stop(name, sig=signal.SIGKILL)
+            exits[name] = stack.stop(name, sig=signal.SIGKILL)
 
         return inject
+
+    def killed(name: str) -> Evidence:
+        return lambda _: f"exit {exits[name]}" if exits.get(name) == -signal.SIGKILL else ""
 
     def start(name: str) -> Callable[[], Awaitable[None]]:
         async def restore() -> None:
@@ -230,26 +232,29 @@ async def test_nothing_lost_nothing_doubled_through_faults(
 
         return run
 
-    schedule: list[tuple[str, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = [
-        ("SIGKILL a consumer, restart it", kill("consumer-1"), start("consumer-1")),
-        ("SIGKILL ingest, restart it", kill("ingest"), start("ingest")),
-        (
-            "stop and restart RabbitMQ",
-            call(lambda: _run(rabbitmqctl, "stop_app")),
-            call(lambda: _run(rabbitmqctl, "start_app")),
-        ),
-        (
-            "restart PostgreSQL",
-            call(lambda: _run(pg_ctlcluster, "--skip-systemctl-redirect", version, "main",
-                              "restart", "-m", "fast")),
-            call(lambda: None),
-        ),
+    def both(a: Evidence, b: Evidence) -> Evidence:
+        return lambda p: f"{a(p)}, {b(p)}" if a(p) and b(p) else ""
+
+    noop = call(lambda: None)
+    schedule: list[tuple[str, Step, Step, Evidence]] = [
+        ("SIGKILL a consumer, restart it", kill("consumer-1"), start("consumer-1"),
+         killed("consumer-1")),
+        ("SIGKILL ingest, restart it", kill("ingest"), start("ingest"),
+         both(killed("ingest"), _refused)),
+        (f"stop and start RabbitMQ ({broker.control.what})", call(broker.control.stop),
+         call(broker.control.start), _refused),
+        (f"restart PostgreSQL ({database.control.what})", call(database.control.restart), noop,
+         _store_retries),
         ("cut consumers <-> PostgreSQL", call(faults.database_link.cut),
-         call(faults.database_link.restore)),
+         call(faults.database_link.restore), _store_retries),
         ("cut ingest <-> RabbitMQ", call(faults.broker_link.cut),
-         call(faults.broker_link.restore)),
+         call(faults.broker_link.restore), _refused),
     ]  # fmt: skip
-    phases = [await _phase(faults, http, *step) for step in schedule]
+    phases = []
+    for name, inject, restore, evidence in schedule:
+        phase = await _phase(faults, http, name, inject, restore)
+        phase.hit = evidence(phase)
+        phases.append(phase)
 
     # Consumers stopped, nothing may wait unacknowledged in the queue: it all went back to
     # "ready" and would be counted there.
@@ -262,6 +267,7 @@ async def test_nothing_lost_nothing_doubled_through_faults(
     table = _table(phases)
     request.config.stash.setdefault(REPORTS, []).append(table)
     for p in phases:
+        assert p.hit, f"{p.fault}: the fault did not reach the system\n{table}"
         assert (p.lost, p.doubled) == (0, 0), table
         assert p.dead_letters == 0, table
         # Backoff, not a hot loop: a few retries per consumer during a 2 s outage.
@@ -273,13 +279,14 @@ async def test_nothing_lost_nothing_doubled_through_faults(
 def _table(phases: list[Phase]) -> str:
     lines = [
         "| fault | events sent | lost | doubled | recovery s | refused requests"
-        " | slowest refusal s | dead letters | store retries |",
-        "|" + " --- |" * 9,
+        " | slowest refusal s | dead letters | store retries | hit |",
+        "|" + " --- |" * 10,
     ]
     for p in phases:
         lines.append(
             f"| {p.fault} | {p.sent:,} | {p.lost} | {p.doubled} | {p.recovery:.1f} | {p.refusals}"
-            f" | {p.slowest_refusal:.1f} | {p.dead_letters} | {p.store_errors:.0f} |"
+            f" | {p.slowest_refusal:.1f} | {p.dead_letters} | {p.store_errors:.0f}"
+            f" | {p.hit or 'NOT HIT'} |"
         )
     return "\n".join(lines)
 

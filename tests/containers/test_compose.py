@@ -1,0 +1,294 @@
+"""The compose stack as users run it: ``up --build``, publishing and reading through the
+gateway only, scaling, faults, persistence across ``down``/``up``, and Prometheus.
+
+The tests share one stack and run in file order, each building on the state the previous
+one left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import threading
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import yaml
+
+from publisher.load import EventSource, LoadConfig, Report, fetch_stats, run_load, send_load
+from tests.containers.fix_compose import APP, HEALTHY_WITHIN, ROOT, Compose, docker
+from tests.support import eventually
+
+DEPLOY = ROOT / "deploy"
+QUEUE = "pubsub.events"
+STREAM_EVENTS = 100_000
+
+
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+
+
+async def _settled(http: aiohttp.ClientSession, compose: Compose, received: int) -> dict[str, Any]:
+    async def probe() -> dict[str, Any]:
+        try:
+            return await fetch_stats(http, compose.gateway)
+        except aiohttp.ClientError as exc:
+            return {"error": str(exc)}
+
+    return await eventually(
+        probe,
+        lambda s: s.get("received", -1) >= received and s.get("queued_messages") == 0,
+        timeout=180,
+        interval=0.2,
+        what=f"received >= {received} and an empty queue",
+    )
+
+
+def test_every_service_is_healthy_within_120_s_of_up_build(compose: Compose) -> None:
+    assert 0 < compose.healthy_after < HEALTHY_WITHIN
+    print(f"healthy {compose.healthy_after:.1f} s after up --build")
+
+
+def test_our_containers_run_as_a_non_root_user(compose: Compose) -> None:
+    for service in APP:
+        for cid in compose.ids(service):
+            assert compose.exec(cid, "id", "-u").strip() != "0", service
+            assert docker("inspect", "-f", "{{.Config.User}}", cid).strip() not in ("", "0", "root")
+
+
+async def test_docs_through_the_gateway_document_every_public_operation(compose: Compose) -> None:
+    async with _session() as http:
+        async with http.get(f"{compose.gateway}/openapi.json") as resp:
+            assert resp.status == 200
+            doc = await resp.json()
+        async with http.get(f"{compose.gateway}/docs") as resp:
+            assert resp.status == 200 and "swagger-ui" in await resp.text()
+        async with http.get(f"{compose.gateway}/docs/init.js") as resp:
+            assert "/openapi.json" in await resp.text()
+    assert doc["paths"]["/publish"]["post"]["requestBody"]
+    assert set(doc["paths"]) >= {"/publish", "/events", "/stats", "/healthz", "/readyz"}
+    assert doc["paths"]["/events"]["get"] and doc["paths"]["/stats"]["get"]
+
+
+async def test_the_seeds_demo_gives_exact_counts_through_the_gateway(compose: Compose) -> None:
+    """5,000 events, 20 % duplicates, as the seeds' publishers send them."""
+    cfg = LoadConfig(ingest_url=compose.gateway, read_url=compose.gateway, events=5000)
+    report = await run_load(cfg)
+    assert report.failed_events == 0
+    assert report.got == {"received": 5000, "unique_processed": 4000, "duplicate_dropped": 1000}
+    async with (
+        _session() as http,
+        http.get(f"{compose.gateway}/events", params={"topic": cfg.topic, "limit": "10"}) as resp,
+    ):
+        assert resp.status == 200 and len(await resp.json()) == 10
+
+
+async def _queue_consumers(http: aiohttp.ClientSession, compose: Compose) -> int:
+    auth = {"Authorization": "Basic " + base64.b64encode(b"pubsub:pubsub").decode()}
+    async with http.get(f"{compose.management}/api/queues/%2F/{QUEUE}", headers=auth) as resp:
+        if resp.status != 200:
+            return -1
+        return int((await resp.json()).get("consumers", -1))
+
+
+def _stored_by(compose: Compose, cid: str) -> float:
+    metrics = compose.exec(
+        cid,
+        "python",
+        "-c",
+        "import urllib.request;"
+        "print(urllib.request.urlopen('http://127.0.0.1:9100/metrics').read().decode())",
+    )
+    found = re.search(r"^pubsub_consumer_events_received_total (\S+)$", metrics, re.M)
+    assert found, f"no pubsub_consumer_events_received_total in {cid}'s metrics"
+    return float(found.group(1))
+
+
+async def test_four_consumers_after_scaling_each_store_events(compose: Compose) -> None:
+    compose("up", "-d", "--no-recreate", "--scale", "consumer=4", *compose.services)
+    compose.wait_healthy(time.monotonic() + HEALTHY_WITHIN)
+    async with _session() as http:
+        await eventually(
+            lambda: _queue_consumers(http, compose),
+            lambda n: n == 4,
+            timeout=60,
+            interval=0.5,
+            what="four consumers on the queue",
+        )
+        consumers = compose.ids("consumer")
+        assert len(consumers) == 4
+        before = {cid: _stored_by(compose, cid) for cid in consumers}
+        # Many small messages, so that the broker spreads them over every consumer.
+        cfg = LoadConfig(
+            ingest_url=compose.gateway,
+            read_url=compose.gateway,
+            events=20_000,
+            batch_size=100,
+            concurrency=8,
+        )
+        report = await run_load(cfg)
+    assert report.ok, (report.expected, report.got)
+    gained = {cid[:12]: _stored_by(compose, cid) - before[cid] for cid in consumers}
+    assert all(n > 0 for n in gained.values()), gained
+
+
+async def test_a_killed_consumer_and_a_restarted_broker_lose_and_double_nothing(
+    compose: Compose,
+) -> None:
+    """A stream of 100,000 events (20 % duplicates); mid-stream one consumer is killed with
+    ``docker kill`` and the RabbitMQ container is restarted."""
+    topic = f"compose-faults-{uuid.uuid4().hex[:8]}"
+    cfg = LoadConfig(
+        ingest_url=compose.gateway,
+        read_url=compose.gateway,
+        events=STREAM_EVENTS,
+        batch_size=100,
+        concurrency=4,
+        topic=topic,
+        retries=400,
+    )
+    source, report = EventSource(cfg), Report()
+    victim = compose.ids("consumer")[0]
+    (broker,) = compose.ids("rabbitmq")
+    faults_done = threading.Event()
+    timeline: dict[str, float] = {}
+
+    def inject() -> None:
+        timeline["kill"] = time.monotonic()
+        docker("kill", victim)
+        timeline["restart"] = time.monotonic()
+        docker("restart", broker)
+        timeline["restarted"] = time.monotonic()
+        faults_done.set()
+
+    async def sent() -> int:
+        return report.sent
+
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=cfg.concurrency),
+        timeout=aiohttp.ClientTimeout(total=60),
+    ) as http:
+        before = await fetch_stats(http, compose.gateway)
+        sending = asyncio.create_task(
+            send_load(
+                http,
+                cfg,
+                source,
+                report,
+                until=lambda: source.made >= STREAM_EVENTS and faults_done.is_set(),
+            )
+        )
+        await eventually(sent, lambda n: n >= STREAM_EVENTS // 5, timeout=120, what="stream")
+        fault = asyncio.create_task(asyncio.to_thread(inject))
+        await sending
+        await fault
+        after = await _settled(http, compose, before["received"] + report.sent)
+    docker("start", victim)
+    stored = int(compose.psql(f"SELECT count(*) FROM pubsub.events WHERE topic = '{topic}'"))
+    received = after["received"] - before["received"]
+    unique = after["unique_processed"] - before["unique_processed"]
+    print(
+        f"stream: {report.sent:,} events, {sum(report.answers.values()) - report.answers[202]}"
+        f" refused requests, broker restart took {timeline['restarted'] - timeline['restart']:.1f}"
+        f" s, lost {source.unique - stored}, doubled {(received - report.sent) + (unique - stored)}"
+    )
+    assert report.failed_events == 0
+    assert report.sent >= STREAM_EVENTS
+    assert stored == source.unique, "lost events"
+    assert received == report.sent and unique == stored, "doubled events"
+    assert after["duplicate_dropped"] - before["duplicate_dropped"] == report.sent - stored
+    # The faults hit: the broker restart refused or cut requests mid-stream.
+    assert report.answers[202] < sum(report.answers.values()), report.answers
+
+
+async def _prometheus(
+    http: aiohttp.ClientSession, compose: Compose, path: str, **params: str
+) -> Any:
+    async with http.get(f"{compose.prometheus}/api/v1/{path}", params=params) as resp:
+        body = await resp.json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    return [r for g in rules["groups"] for r in g["rules"]]
+
+
+def _expressions() -> list[str]:
+    """Every PromQL expression of the dashboard, and of each alert without its threshold (the
+    threshold filters the data away when all is well)."""
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / "pipeline.json").read_text())
+    exprs = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    for rule in _alert_rules():
+        lhs = re.sub(r"\s*(==|!=|>=|<=|>|<)\s*[-+\d.e]+\s*$", "", rule["expr"])
+        assert lhs != rule["expr"], f"no threshold found in {rule['expr']}"
+        exprs.append(lhs)
+    return exprs
+
+
+async def test_prometheus_scrapes_every_target_and_every_query_returns_data(
+    compose: Compose,
+) -> None:
+    consumers = len(compose.ids("consumer"))
+    async with _session() as http:
+
+        async def targets() -> list[tuple[str, str]]:
+            data = await _prometheus(http, compose, "targets")
+            return [(t["labels"]["job"], t["health"]) for t in data["activeTargets"]]
+
+        await eventually(
+            targets,
+            lambda ts: (
+                all(h == "up" for _, h in ts)
+                and sorted(j for j, _ in ts)
+                == sorted(["ingest", "readapi", "rabbitmq", *["consumer"] * consumers])
+            ),
+            timeout=90,
+            interval=1,
+            what="every scrape target up",
+        )
+        groups = (await _prometheus(http, compose, "rules"))["groups"]
+        loaded = {r["name"] for g in groups for r in g["rules"] if r["type"] == "alerting"}
+        assert loaded == {r["alert"] for r in _alert_rules()}
+        assert all(r["health"] == "ok" for g in groups for r in g["rules"]), groups
+        for expr in _expressions():
+
+            async def query(expr: str = expr) -> list[Any]:
+                result: list[Any] = (await _prometheus(http, compose, "query", query=expr))[
+                    "result"
+                ]
+                return result
+
+            await eventually(query, bool, timeout=60, interval=1, what=f"data for {expr}")
+
+
+async def test_events_and_counters_persist_across_down_and_up(compose: Compose) -> None:
+    async with _session() as http:
+        before = await fetch_stats(http, compose.gateway)
+    compose("down")  # volumes kept
+    assert not compose.ids("postgres")
+    compose.up()
+    async with _session() as http:
+        after = await fetch_stats(http, compose.gateway)
+        async with http.get(f"{compose.gateway}/events", params={"limit": "5"}) as resp:
+            events = await resp.json()
+    keys = ("received", "unique_processed", "duplicate_dropped", "topics")
+    assert {k: after[k] for k in keys} == {k: before[k] for k in keys}
+    assert before["unique_processed"] >= 4000 and len(events) == 5
+
+
+def test_alert_rules_fire_when_they_should_and_only_then() -> None:
+    """``promtool test rules`` on deploy/prometheus/alerts.test.yml, in the Prometheus image."""
+    from tests import servers
+
+    out = docker(
+        "run", "--rm", "--entrypoint", "promtool",
+        "-v", f"{DEPLOY / 'prometheus'}:/etc/prometheus:ro",
+        servers.image("prometheus"), "test", "rules", "/etc/prometheus/alerts.test.yml",
+    )  # fmt: skip
+    assert "SUCCESS" in out, out
