@@ -28,14 +28,20 @@ ensure_engine() {
         fi
         command -v dockerd >/dev/null || _apt_install "the Docker engine" docker.io
         [ "$(id -u)" = 0 ] || die "no Docker engine answers: start Docker (or run as root to let this script start dockerd)"
-        mkdir -p "$DOCKERD_DIR"
-        say "starting dockerd (log: $DOCKERD_DIR/dockerd.log)"
-        dockerd >"$DOCKERD_DIR/dockerd.log" 2>&1 &
-        STARTED_DOCKERD=$!
+        if pgrep -x dockerd >/dev/null 2>&1; then
+            say "a dockerd is starting (its package's init script, say): waiting for it"
+        else
+            mkdir -p "$DOCKERD_DIR"
+            say "starting dockerd (log: $DOCKERD_DIR/dockerd.log)"
+            dockerd >"$DOCKERD_DIR/dockerd.log" 2>&1 &
+            STARTED_DOCKERD=$!
+        fi
         for _ in $(seq 1 60); do
             _engine_answers && break
-            kill -0 "$STARTED_DOCKERD" 2>/dev/null \
-                || { tail -5 "$DOCKERD_DIR/dockerd.log" >&2; die "dockerd exited (log above)"; }
+            if [ -n "$STARTED_DOCKERD" ] && ! kill -0 "$STARTED_DOCKERD" 2>/dev/null; then
+                tail -5 "$DOCKERD_DIR/dockerd.log" >&2
+                die "dockerd exited (log above)"
+            fi
             sleep 1
         done
         _engine_answers || die "dockerd started but does not answer after 60 s: see $DOCKERD_DIR/dockerd.log"

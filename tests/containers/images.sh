@@ -36,7 +36,7 @@ _build_standin() {  # role tag
 ensure_images() {
     local role var official
     for role in python postgres rabbitmq nginx prometheus; do
-        var="PUBSUB_IMAGE_${role^^}"
+        var="PUBSUB_IMAGE_$(printf '%s' "$role" | tr '[:lower:]' '[:upper:]')"
         if [ -n "${!var:-}" ]; then
             docker image inspect "${!var}" >/dev/null 2>&1 || docker pull -q "${!var}" >/dev/null \
                 || die "$var=${!var} is neither present nor pullable"
@@ -46,7 +46,7 @@ ensure_images() {
         official=$(_official "$var")
         [ -n "$official" ] || die "docker-compose.yml names no default for $var"
         if docker image inspect "$official" >/dev/null 2>&1 \
-                || timeout 120 docker pull -q "$official" >/dev/null 2>&1; then
+                || docker pull -q "$official" >/dev/null 2>&1; then
             say "$role: $official"
             export "$var=$official"
         else

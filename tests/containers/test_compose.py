@@ -53,6 +53,11 @@ def test_every_service_is_healthy_within_120_s_of_up_build(compose: Compose) -> 
     print(f"healthy {compose.healthy_after:.1f} s after up --build")
 
 
+def test_the_database_is_utf8(compose: Compose) -> None:
+    """What the services insist on; the stand-in image must initialise it as the official one."""
+    assert compose.psql("SHOW server_encoding") == "UTF8"
+
+
 def test_our_containers_run_as_a_non_root_user(compose: Compose) -> None:
     for service in APP:
         for cid in compose.ids(service):
