@@ -129,7 +129,14 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="session")
 def compose() -> Iterator[Compose]:
     stack = Compose(_compose_command())
-    stack.gateway = f"http://127.0.0.1:{os.environ.get('PUBSUB_GATEWAY_PORT', '8080')}"
+    port = {
+        "gateway": os.environ.get("PUBSUB_GATEWAY_PORT", "8080"),
+        "prometheus": os.environ.get("PUBSUB_PROMETHEUS_PORT", "9090"),
+        "management": os.environ.get("PUBSUB_RABBITMQ_UI_PORT", "15672"),
+    }
+    stack.gateway = f"http://127.0.0.1:{port['gateway']}"
+    stack.prometheus = f"http://127.0.0.1:{port['prometheus']}"
+    stack.management = f"http://127.0.0.1:{port['management']}"
     grafana = subprocess.run(
         ["docker", "image", "inspect", servers.image("grafana")], capture_output=True, check=False
     )
