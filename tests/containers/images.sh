@@ -8,6 +8,7 @@
 # run cheap.
 
 STANDINS=tests/containers/standins
+NO_REGISTRY=""  # set once an official image could not be pulled
 STANDIN_BASE=pubsub-standin/debian:bookworm
 
 _official() {  # the default image of a PUBSUB_IMAGE_<NAME> variable in docker-compose.yml
@@ -50,6 +51,7 @@ ensure_images() {
             say "$role: $official"
             export "$var=$official"
         else
+            NO_REGISTRY=1
             _build_standin "$role" "pubsub-standin/$role:latest"
             export "$var=pubsub-standin/$role:latest"
             say "$role: $official cannot be pulled; using the stand-in ${!var}"
