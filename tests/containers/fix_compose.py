@@ -71,9 +71,9 @@ class Compose:
 
     def ids(self, service: str) -> list[str]:
         """Running containers of a service."""
-        return [line for line in self(
-            "ps", "-q", service).split() if docker("inspect", "-f", "{{.State.Running}}",
-                                                   line).strip() == "true"]  # fmt: skip
+        ids = self("ps", "-q", service).split()
+        running = "{{.State.Running}}"
+        return [cid for cid in ids if docker("inspect", "-f", running, cid).strip() == "true"]
 
     def exec(self, container: str, *cmd: str) -> str:
         return docker("exec", container, *cmd)
