@@ -115,13 +115,14 @@ class Store:
             keys = [key for key, _ in batch]
             cur = await conn.execute(_RECORD_UNITS, (keys,))
             fresh = {key for (key,) in await cur.fetchall()}
-            if not fresh <= set(keys):
+            unknown = fresh.difference(keys)
+            if unknown:
                 # Keys the batch does not hold (bytes from a non-UTF8 database, a trigger...):
                 # reading them as "stored before" would acknowledge events never stored.
                 raise Unusable(
-                    f"the ledger answered {len(fresh - set(keys))} key(s) this batch does not "
-                    f"hold (e.g. {next(iter(fresh - set(keys)))!r}); nothing was stored or "
-                    "acknowledged: check the database's encoding (UTF8) and the ledger table"
+                    f"the ledger answered {len(unknown)} key(s) this batch does not hold "
+                    f"(e.g. {next(iter(unknown))!r}); nothing was stored or acknowledged: "
+                    "check the database's encoding (UTF8) and the ledger table"
                 )
             received = 0
             unique: dict[tuple[str, str], str] = {}

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import aio_pika
 import aiohttp
 
+from publisher.load import EventSource, LoadConfig, Report, send_load
 from pubsub import topology
 from pubsub.settings import Settings
 
@@ -101,16 +102,75 @@ async def stats(session: aiohttp.ClientSession, read_url: str) -> dict[str, Any]
     return result
 
 
+async def stats_if_up(session: aiohttp.ClientSession, read_url: str) -> dict[str, Any] | None:
+    """``/stats``, or None while the read API cannot answer (restarting, database down)."""
+    try:
+        async with session.get(f"{read_url}/stats") as resp:
+            if resp.status == 200:
+                result: dict[str, Any] = await resp.json()
+                return result
+    except aiohttp.ClientError:
+        pass
+    return None
+
+
+async def stats_when_up(
+    session: aiohttp.ClientSession, read_url: str, *, timeout: float = 60.0
+) -> dict[str, Any]:
+    """``/stats``, waiting out the moments the read API cannot answer."""
+    result = await eventually(
+        lambda: stats_if_up(session, read_url),
+        lambda s: s is not None,
+        timeout=timeout,
+        interval=0.1,
+        what="/stats answering",
+    )
+    assert result is not None
+    return result
+
+
 async def settled(
     session: aiohttp.ClientSession, read_url: str, received: int, *, timeout: float = 30.0
 ) -> dict[str, Any]:
-    """Wait until ``received`` reaches the given total and the queue is empty."""
-    return await eventually(
-        lambda: stats(session, read_url),
-        lambda s: s["received"] >= received and s["queued_messages"] == 0,
+    """Wait until ``received`` reaches the given total and the queue is empty (a read API
+    that cannot answer for a moment counts as "not yet")."""
+    result = await eventually(
+        lambda: stats_if_up(session, read_url),
+        lambda s: s is not None and s["received"] >= received and s["queued_messages"] == 0,
         timeout=timeout,
         what=f"received >= {received}",
     )
+    assert result is not None
+    return result
+
+
+async def stream_through(
+    session: aiohttp.ClientSession,
+    cfg: LoadConfig,
+    fault: Callable[[], Awaitable[None]],
+    *,
+    start_after: int,
+    runs_on: float = 0.5,
+) -> tuple[EventSource, Report]:
+    """Stream ``cfg.events`` events or more; once ``start_after`` are accepted, run ``fault()``.
+    The stream goes on for ``runs_on`` seconds after the fault ended, so that recovery is
+    exercised by live traffic."""
+    source, report = EventSource(cfg), Report()
+    ended = 0.0
+
+    def done() -> bool:
+        return source.made >= cfg.events and 0 < ended < time.monotonic() - runs_on
+
+    sending = asyncio.create_task(send_load(session, cfg, source, report, until=done))
+
+    async def sent() -> int:
+        return report.sent
+
+    await eventually(sent, lambda n: n >= start_after, timeout=120, interval=0.01, what="stream")
+    await fault()
+    ended = time.monotonic()
+    await sending
+    return source, report
 
 
 async def publish_raw(settings: Settings, exchange: str, bodies: list[bytes]) -> None:

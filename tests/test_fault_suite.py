@@ -15,21 +15,20 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import psycopg
 import pytest
 import yarl
 
-from publisher.load import EventSource, LoadConfig, Report, send_load
+from publisher.load import LoadConfig
 from pubsub import dbschema
 from pubsub.settings import Settings
 from pubsub.topology import Names
 from stack.processes import Stack
 from tests.fix_services import private_settings
 from tests.servers import Server
-from tests.support import eventually, queue_depth
+from tests.support import queue_depth, settled, stats_when_up, stream_through
 from tests.tcpproxy import TCPProxy
 
 EVENTS_PER_PHASE = 20_000
@@ -75,22 +74,6 @@ def _fault_stack(
     database_link.close()
 
 
-async def _stats(http: aiohttp.ClientSession, stack: Stack) -> dict[str, Any]:
-    """``/stats``, waiting out the moments the read API cannot answer (database restarting)."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            async with http.get(stack.read_url + "/stats") as resp:
-                if resp.status == 200:
-                    stats: dict[str, Any] = await resp.json()
-                    return stats
-        except aiohttp.ClientError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("/stats did not answer for 60 s")
-        await asyncio.sleep(0.1)
-
-
 @dataclass
 class Phase:
     fault: str
@@ -127,7 +110,7 @@ async def _phase(
 ) -> Phase:
     stack = faults.stack
     topic = f"fault-{uuid.uuid4().hex[:8]}"
-    before = await _stats(http, stack)
+    before = await stats_when_up(http, stack.read_url)
     errors_before = await _consumer_store_errors(http, stack)
     dead_before = await queue_depth(stack.settings, Names.of(stack.settings).dead_queue)
     cfg = LoadConfig(
@@ -139,33 +122,18 @@ async def _phase(
         topic=topic,
         retries=200,
     )
-    source, report = EventSource(cfg), Report()
     restored = 0.0
 
-    def done() -> bool:
-        # At least EVENTS_PER_PHASE, and the stream runs on past the end of the fault.
-        return source.made >= EVENTS_PER_PHASE and 0 < restored < time.monotonic() - 0.5
+    async def fault() -> None:
+        nonlocal restored
+        await inject()
+        await asyncio.sleep(HOLD)
+        await restore()
+        restored = time.monotonic()
 
-    sending = asyncio.create_task(send_load(http, cfg, source, report, until=done))
-
-    async def sent() -> int:
-        return report.sent
-
-    await eventually(sent, lambda n: n >= EVENTS_PER_PHASE // 4, interval=0.01, what="stream")
-    await inject()
-    await asyncio.sleep(HOLD)
-    await restore()
-    restored = time.monotonic()
-    await sending
+    source, report = await stream_through(http, cfg, fault, start_after=EVENTS_PER_PHASE // 4)
     assert report.failed_events == 0, f"{name}: events never accepted"
-    target = before["received"] + report.sent
-    deadline = time.monotonic() + 120
-    while True:
-        after = await _stats(http, stack)
-        if after["received"] >= target and not after["queued_messages"]:
-            break
-        assert time.monotonic() < deadline, f"{name}: not settled: {after}"
-        await asyncio.sleep(0.05)
+    after = await settled(http, stack.read_url, before["received"] + report.sent, timeout=120)
     recovery = time.monotonic() - restored
     with psycopg.connect(
         stack.settings.database_url, **dbschema.connect_kwargs(stack.settings)

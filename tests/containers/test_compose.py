@@ -11,7 +11,6 @@ import asyncio
 import base64
 import json
 import re
-import threading
 import time
 import uuid
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import aiohttp
 import yaml
 
-from publisher.load import EventSource, LoadConfig, Report, fetch_stats, run_load, send_load
+from publisher.load import LoadConfig, fetch_stats, run_load
 from tests.containers.fix_compose import APP, HEALTHY_WITHIN, ROOT, Compose, docker
-from tests.support import eventually
+from tests.support import eventually, settled, stream_through
 
 DEPLOY = ROOT / "deploy"
 QUEUE = "pubsub.events"
@@ -30,22 +29,6 @@ STREAM_EVENTS = 100_000
 
 def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-
-
-async def _settled(http: aiohttp.ClientSession, compose: Compose, received: int) -> dict[str, Any]:
-    async def probe() -> dict[str, Any]:
-        try:
-            return await fetch_stats(http, compose.gateway)
-        except aiohttp.ClientError as exc:
-            return {"error": str(exc)}
-
-    return await eventually(
-        probe,
-        lambda s: s.get("received", -1) >= received and s.get("queued_messages") == 0,
-        timeout=180,
-        interval=0.2,
-        what=f"received >= {received} and an empty queue",
-    )
 
 
 def test_every_service_is_healthy_within_120_s_of_up_build(compose: Compose) -> None:
@@ -156,42 +139,25 @@ async def test_a_killed_consumer_and_a_restarted_broker_lose_and_double_nothing(
         topic=topic,
         retries=400,
     )
-    source, report = EventSource(cfg), Report()
     victim = compose.ids("consumer")[0]
     (broker,) = compose.ids("rabbitmq")
-    faults_done = threading.Event()
     timeline: dict[str, float] = {}
 
     def inject() -> None:
-        timeline["kill"] = time.monotonic()
         docker("kill", victim)
         timeline["restart"] = time.monotonic()
         docker("restart", broker)
         timeline["restarted"] = time.monotonic()
-        faults_done.set()
-
-    async def sent() -> int:
-        return report.sent
 
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=cfg.concurrency),
         timeout=aiohttp.ClientTimeout(total=60),
     ) as http:
         before = await fetch_stats(http, compose.gateway)
-        sending = asyncio.create_task(
-            send_load(
-                http,
-                cfg,
-                source,
-                report,
-                until=lambda: source.made >= STREAM_EVENTS and faults_done.is_set(),
-            )
+        source, report = await stream_through(
+            http, cfg, lambda: asyncio.to_thread(inject), start_after=STREAM_EVENTS // 5
         )
-        await eventually(sent, lambda n: n >= STREAM_EVENTS // 5, timeout=120, what="stream")
-        fault = asyncio.create_task(asyncio.to_thread(inject))
-        await sending
-        await fault
-        after = await _settled(http, compose, before["received"] + report.sent)
+        after = await settled(http, compose.gateway, before["received"] + report.sent, timeout=180)
     docker("start", victim)
     stored = int(compose.psql(f"SELECT count(*) FROM pubsub.events WHERE topic = '{topic}'"))
     received = after["received"] - before["received"]
