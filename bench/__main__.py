@@ -31,10 +31,11 @@ import psycopg
 
 from bench.ceilings import Ceilings
 from bench.ceilings import measure as measure_ceilings
+from publisher import watch
 from publisher.load import EventSource, LoadConfig, Report, send_load
-from pubsub import dbschema, topology
+from pubsub import database, dbschema, topology
 from pubsub.settings import Settings
-from stack.processes import Stack, free_port
+from stack.supervisor import Supervisor, free_port
 
 LUA = Path(__file__).with_name("load.lua")
 # Resident memory each process must stay under, whatever the load (MiB): every buffer in the
@@ -61,7 +62,7 @@ class Result:
 class RssSampler:
     """Peak resident memory of each child, sampled every 100 ms in a thread."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Supervisor) -> None:
         self.stack, self.peak = stack, dict[str, int]()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -82,26 +83,20 @@ class RssSampler:
 
 
 class Bench:
-    def __init__(self, settings: Settings, stack: Stack, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, settings: Settings, stack: Supervisor, session: aiohttp.ClientSession
+    ) -> None:
         self.settings, self.stack, self.http = settings, stack, session
         self.db = psycopg.connect(
-            settings.database_url, autocommit=True, **dbschema.connect_kwargs(settings)
+            settings.database_url, autocommit=True, **database.connect_kwargs(settings)
         )
 
     async def metric(self, names: list[str], metric: str) -> float:
-        total = 0.0
-        for name in names:
-            if name not in self.stack.procs or self.stack.procs[name].poll() is not None:
-                continue
-            async with self.http.get(self.stack.url(name) + "/metrics") as resp:
-                for line in (await resp.text()).splitlines():
-                    if line.startswith(metric + " "):
-                        total += float(line.split()[1])
-        return total
+        urls = [self.stack.url(name) for name in names if self.stack.running(name)]
+        return await watch.metric(self.http, urls, metric)
 
     async def snapshot(self) -> dict[str, float]:
-        async with self.http.get(self.stack.read_url + "/stats") as resp:
-            stats = await resp.json()
+        stats = await watch.fetch_stats(self.http, self.stack.read_url)
         consumers = self.stack.consumers
         return {
             "accepted": await self.metric(["ingest"], "pubsub_ingest_events_accepted_total"),
@@ -114,23 +109,16 @@ class Bench:
         }
 
     async def settle(self, before: dict[str, float], timeout: float = 600) -> dict[str, float]:
-        """Poll until all that ingest accepted is stored. Requests the load generator gave up
+        """Wait until all that ingest accepted is stored. Requests the load generator gave up
         on at its deadline may still be accepted after it exits, so ingest's count is read
-        again each time (polling costs the machine too: two small requests, at most every
-        50 ms)."""
-        started = time.monotonic()
-        deadline = started + timeout
-        while True:
+        again at each poll."""
+
+        async def target() -> int:
             accepted = await self.metric(["ingest"], "pubsub_ingest_events_accepted_total")
-            target = before["received"] + accepted - before["accepted"]
-            async with self.http.get(self.stack.read_url + "/stats") as resp:
-                stats = await resp.json()
-            if stats["received"] >= target and not stats["queued_messages"]:
-                return await self.snapshot()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not settled within {timeout}s: {stats}")
-            # Fine-grained at first (short workloads), coarser later (long drains).
-            await asyncio.sleep(min(0.05, 0.005 + (time.monotonic() - started) / 20))
+            return int(before["received"] + accepted - before["accepted"])
+
+        await watch.wait_stored(self.http, self.stack.read_url, target, timeout=timeout)
+        return await self.snapshot()
 
     async def run(
         self,
@@ -234,7 +222,7 @@ class Bench:
     async def drain(self, name: str, events: int, consumers: list[str]) -> Result:
         """Queue ``events`` with every consumer stopped, then time ``consumers`` draining it."""
         for c in self.stack.consumers:
-            if c in self.stack.procs and self.stack.procs[c].poll() is None:
+            if self.stack.running(c):
                 self.stack.stop(c)
         topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
         report = Report()
@@ -280,6 +268,7 @@ async def main(args: argparse.Namespace) -> int:
         queue=f"bench.{run}.events",
         ingest_port=free_port(),
         read_port=free_port(),
+        consumer_port=0,
         log_level="WARNING",
     )
     await dbschema.ensure(settings)
@@ -292,7 +281,7 @@ async def main(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     logdir = Path(tempfile.mkdtemp(prefix="pubsub-bench-"))
-    stack = Stack(settings, logdir, consumers=4)
+    stack = Supervisor(settings, logdir=logdir, consumers=4)
     two = ["readapi", "ingest", "consumer-1", "consumer-2"]
     stack.start_all(two)
     results: list[Result] = []

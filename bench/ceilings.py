@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 import aio_pika
 import orjson
 
-from consumer.store import Store
-from pubsub import dbschema, topology, wire
+from consumer.store import Store, copy_rows
+from pubsub import dbschema, topology
 from pubsub.settings import Settings
 
 
@@ -101,7 +101,7 @@ async def database_ceiling(settings: Settings, *, events: int = 200_000) -> floa
             )
             + b"]"
         )
-        batches.append((f"{run}-m{b}", wire.decode(body, now)))
+        batches.append((f"{run}-m{b}", copy_rows(orjson.loads(body), now)))
     store = Store(own, shard=0)
     await store.connect()
     try:

@@ -7,23 +7,19 @@ import logging
 from collections.abc import Mapping
 
 from consumer.worker import Worker
-from pubsub import dbschema, http, service
+from pubsub import http, service
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer")
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    await service.retry(lambda: dbschema.ensure(settings), what="PostgreSQL", stop=stop)
+    await service.prepare_database(settings, stop=stop)
     worker = Worker(settings)
     await worker.start(stop)
 
     async def ready() -> Mapping[str, bool]:
-        conn = worker.connection
-        return {
-            "broker": conn is not None and not conn.is_closed and conn.connected.is_set(),
-            "database": worker.store.connected,
-        }
+        return worker.connected
 
     app = http.new_app()
     http.add_health(app, ready)
@@ -38,4 +34,4 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
 
 if __name__ == "__main__":
-    service.run(main)
+    service.run(main, name="consumer")

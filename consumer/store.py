@@ -1,27 +1,30 @@
 """Idempotent storage of a batch of broker messages in one PostgreSQL transaction.
 
 Per batch: record the ledger keys of its units (skipping units stored before: redeliveries and
-client retries, see :mod:`pubsub.wire`), copy
-the new events into a temporary table, insert them into ``events`` in a stable key order with
-``ON CONFLICT DO NOTHING``, add to the shared counters, commit. Statements, not rows, cost here,
-so a batch of thousands of events takes five round trips.
+client retries, see :mod:`pubsub.message`), copy the new events into a temporary table, insert
+them into ``events`` in a stable key order with ``ON CONFLICT DO NOTHING``, add to the shared
+counters, commit. Statements, not rows, cost here, so a batch of thousands of events takes
+five round trips.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 import psycopg
 
-from pubsub.dbschema import check_encoding, connect_kwargs
+from pubsub import database
 from pubsub.errors import Unusable
+from pubsub.message import Undecodable
 from pubsub.settings import Settings
-from pubsub.wire import Row
 
 log = logging.getLogger("pubsub.consumer.store")
 
+# The COPY columns: copy_rows() writes its lines in exactly this order.
 _CREATE_INCOMING = """
 CREATE TEMP TABLE IF NOT EXISTS incoming (
     topic text, event_id text, ts text, source text, payload text, received_at text
@@ -57,6 +60,31 @@ RETURNING (SELECT n FROM n)
 """
 
 
+# An event as the consumer stores it: its key, and a line of PostgreSQL's COPY text format
+# (the columns of ``incoming``, tab-separated, not yet backslash-escaped). Lines are made once
+# per event as messages arrive, so storing a batch is a single COPY.
+Row = tuple[tuple[str, str], str]
+
+
+def copy_rows(events: Sequence[Mapping[str, Any]], received_at: str) -> list[Row]:
+    """The rows of decoded events (see :func:`pubsub.message.decode`); raise
+    :class:`~pubsub.message.Undecodable` if a field holds a COPY separator."""
+    dumps = orjson.dumps
+    rows: list[Row] = [
+        (
+            (e["topic"], e["event_id"]),
+            f"{e['topic']}\t{e['event_id']}\t{e['timestamp']}\t{e['source']}\t"
+            f"{dumps(e['payload']).decode()}\t{received_at}",
+        )
+        for e in events
+    ]
+    # Separators inside a field would shift the columns: refuse, cheaply, in C.
+    blob = "\n".join(line for _, line in rows)
+    if blob.count("\t") != 5 * len(rows) or blob.count("\n") != len(rows) - 1 or "\r" in blob:
+        raise Undecodable("a field holds a tab, newline or carriage return")
+    return rows
+
+
 @dataclass(frozen=True)
 class Stored:
     """What one committed batch changed."""
@@ -79,19 +107,13 @@ class Store:
         self._shard = shard
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
 
-    async def connect(self) -> None:
+    async def connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         await self.close()
-        conn = await psycopg.AsyncConnection.connect(
-            self._settings.database_url, autocommit=True, **connect_kwargs(self._settings)
-        )
-        try:
-            check_encoding(conn)
-        except Unusable:
-            await conn.close()
-            raise
+        conn = await database.connect(self._settings, autocommit=True)
         await conn.execute(_CREATE_INCOMING)
         await conn.set_autocommit(False)
         self._conn = conn
+        return conn
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -102,15 +124,17 @@ class Store:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
 
+    async def _connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        """The open connection, made again first if it was lost."""
+        conn = self._conn
+        return conn if conn is not None and not conn.closed else await self.connect()
+
     async def store(self, batch: Sequence[tuple[str, Sequence[Row]]]) -> Stored:
         """Store ``(ledger key, rows)`` units atomically; return what changed.
 
         A unit whose key is in the ledger already was stored before: it is skipped, events and
         counters alike."""
-        if self._conn is None or self._conn.closed:
-            await self.connect()
-        conn = self._conn
-        assert conn is not None
+        conn = await self._connection()
         async with conn.transaction():
             keys = [key for key, _ in batch]
             cur = await conn.execute(_RECORD_UNITS, (keys,))
@@ -151,10 +175,7 @@ class Store:
 
     async def prune(self, *, older_than_hours: float) -> int:
         """Forget ledger keys older than the retention; return how many."""
-        if self._conn is None or self._conn.closed:
-            await self.connect()
-        conn = self._conn
-        assert conn is not None
+        conn = await self._connection()
         async with conn.transaction():
             cur = await conn.execute(
                 "DELETE FROM ledger WHERE seen_at < now() - make_interval(secs => %s)",

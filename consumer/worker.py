@@ -24,22 +24,24 @@ import psycopg
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from consumer import metrics
-from consumer.store import Store, Stored
-from pubsub import service, topology, wire
+from consumer.store import Row, Store, Stored, copy_rows
+from pubsub import database, service, topology
+from pubsub.backoff import Backoff
+from pubsub.message import Undecodable, decode, request_ids
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer.worker")
 
-_BACKOFF_START, _BACKOFF_MAX = 0.1, 5.0
 _PRUNE_EVERY = 600.0  # seconds between ledger clean-ups (spread over the consumers)
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
     message: AbstractIncomingMessage
-    units: list[wire.Unit]
+    units: list[tuple[str, list[Row]]]  # (ledger key, rows)
     events: int
     received_at: datetime
+    request_ids: list[str]
 
 
 class Worker:
@@ -49,6 +51,7 @@ class Worker:
         self.settings = settings
         self.store = Store(settings, shard=random.randrange(1 << 16) if shard is None else shard)
         self.connection: AbstractRobustConnection | None = None
+        self._backoff = Backoff.of(settings)
         self._pending: deque[Delivery] = deque()
         self._pending_events = 0
         self._arrived = asyncio.Event()  # something is pending
@@ -57,46 +60,29 @@ class Worker:
         self._queue: aio_pika.abc.AbstractQueue | None = None
 
     async def start(self, stop: asyncio.Event) -> None:
-        self.connection = await service.retry(
-            lambda: topology.connect(self.settings, name="consumer"), what="RabbitMQ", stop=stop
-        )
+        self.connection = await service.connect_broker(self.settings, name="consumer", stop=stop)
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=self.settings.prefetch)
         topo = await topology.declare(channel, self.settings)
         self._queue = topo.queue
         self._consumer_tag = await topo.queue.consume(self._on_message)
-        await service.retry(self.store.connect, what="PostgreSQL", stop=stop)
+        await service.retry(self.store.connect, what="PostgreSQL", stop=stop, backoff=self._backoff)
+
+    @property
+    def connected(self) -> dict[str, bool]:
+        return {"broker": topology.is_connected(self.connection), "database": self.store.connected}
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        headers = message.headers or {}
-        received_at = headers.get(wire.RECEIVED_AT)
         try:
-            if not message.message_id or not isinstance(received_at, str):
-                raise wire.Undecodable("message lacks message_id or received-at header")
-            units = wire.decode_message(
-                message.body,
-                message_id=message.message_id,
-                received_at=received_at,
-                pieces=headers.get(wire.PIECES),
-            )
-        except wire.Undecodable as exc:
-            log.warning(
-                "dead-lettering message %s: %s",
-                message.message_id or message.delivery_tag,
-                exc,
-                extra=_context(message),
-            )
-            metrics.DEAD_LETTERED.inc()
-            await message.reject(requeue=False)
+            decoded = decode(message)
+            units = [(key, copy_rows(events, decoded.received_at)) for key, events in decoded.units]
+        except Undecodable as exc:
+            await _dead_letter(message, exc)
             return
-        events = sum(len(rows) for _, rows in units)
-        try:
-            accepted = datetime.fromisoformat(received_at)
-        except ValueError:
-            accepted = datetime.now(UTC)  # the lag metric is all it is used for
-        if accepted.tzinfo is None:
-            accepted = accepted.replace(tzinfo=UTC)
-        self._pending.append(Delivery(message, units, events, accepted))
+        events = decoded.events
+        self._pending.append(
+            Delivery(message, units, events, decoded.received_time(), decoded.request_ids)
+        )
         self._pending_events += events
         self._arrived.set()
         if self._pending_events >= self.settings.batch_max_events:
@@ -166,7 +152,7 @@ class Worker:
                     stored.received,
                     stored.inserted,
                     len(batch),
-                    extra={"request_ids": [r for d in batch for r in _request_ids(d.message)]},
+                    extra={"request_ids": [r for d in batch for r in d.request_ids]},
                 )
             if stored.redelivered:
                 log.info(
@@ -174,22 +160,23 @@ class Worker:
                 )
 
     async def _store_with_retry(self, batch: list[Delivery]) -> Stored | None:
-        delay = _BACKOFF_START
+        failures = 0
         while True:
             started = time.perf_counter()
             try:
                 stored = await self.store.store([u for d in batch for u in d.units])
-            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-                # Not a connectivity problem: retrying the same rows would fail forever.
+            except database.REFUSED as exc:
                 log.error("batch of %d message(s) refused: %s", len(batch), exc)
                 await self._store_one_by_one(batch)
                 return None
-            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            except database.UNAVAILABLE as exc:
+                # The deliveries stay unacknowledged meanwhile: neither lost nor dead-lettered.
                 metrics.STORE_ERRORS.inc()
+                delay = self._backoff.delay(failures)
+                failures += 1
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
                 await self.store.close()
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, _BACKOFF_MAX)
+                await asyncio.sleep(delay)
                 continue
             metrics.STORE_SECONDS.observe(time.perf_counter() - started)
             return stored
@@ -198,15 +185,8 @@ class Worker:
         for delivery in batch:
             try:
                 stored = await self.store.store(delivery.units)
-            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-                log.error(
-                    "dead-lettering message %s: %s",
-                    delivery.message.message_id,
-                    exc,
-                    extra=_context(delivery.message),
-                )
-                metrics.DEAD_LETTERED.inc()
-                await _settle(delivery.message.reject(requeue=False))
+            except database.REFUSED as exc:
+                await _dead_letter(delivery.message, exc)
             else:
                 metrics.record(stored, 1)
 
@@ -239,16 +219,20 @@ class Worker:
             await self.connection.close()
 
 
-def _request_ids(message: AbstractIncomingMessage) -> list[str]:
-    ids = (message.headers or {}).get(wire.REQUEST_ID)
-    if isinstance(ids, bytes):
-        ids = ids.decode(errors="replace")
-    return ids.split(",") if isinstance(ids, str) and ids else []
-
-
-def _context(message: AbstractIncomingMessage) -> dict[str, object]:
-    """Log fields that tie a message to the HTTP requests it came from."""
-    return {"message_id": message.message_id, "request_ids": _request_ids(message)}
+async def _dead_letter(message: AbstractIncomingMessage, reason: Exception) -> None:
+    """Reject a message that can never be stored: the broker moves it to the dead-letter
+    queue, where ``python -m consumer.deadletters`` shows it."""
+    log.warning(
+        "dead-lettering message %s: %s",
+        message.message_id or message.delivery_tag,
+        reason,
+        extra={
+            "message_id": message.message_id,
+            "request_ids": request_ids(message.headers),
+        },
+    )
+    metrics.DEAD_LETTERED.inc()
+    await _settle(message.reject(requeue=False))
 
 
 async def _first(

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from ingest.app import make_app
-from ingest.broker import Publisher
+from ingest.broker import BrokerClient
 from pubsub import service
 from pubsub.http import serve
 from pubsub.settings import Settings
@@ -15,9 +15,9 @@ log = logging.getLogger("pubsub.ingest")
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    publisher = Publisher(settings)
-    await publisher.start(stop)
-    app = make_app(settings, publisher)
+    broker = BrokerClient(settings)
+    await broker.start(stop)
+    app = make_app(settings, broker)
     runner, port = await serve(app, settings.http_host, settings.ingest_port, reuse_port=True)
     log.info("ingest listening on http://%s:%d", settings.http_host, port)
     await stop.wait()
@@ -25,8 +25,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     # Closes the listener, then waits for in-flight handlers (each bounded by publish_timeout).
     await runner.shutdown()
     await runner.cleanup()
-    await publisher.close()
+    await broker.close()
 
 
 if __name__ == "__main__":
-    service.run(main)
+    service.run(main, name="ingest")

@@ -11,15 +11,16 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from ingest import metrics
-from ingest.broker import BrokerUnavailable, Publisher
+from ingest import openapi as documents
+from ingest.broker import BrokerClient, BrokerUnavailable
 from ingest.validate import validate
 from pubsub import http, openapi
-from pubsub.event import BadInput
+from pubsub.http import Refusal
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.ingest.app")
 
-PUBLISHER = web.AppKey("publisher", Publisher)
+BROKER = web.AppKey("broker", BrokerClient)
 SETTINGS = web.AppKey("settings", Settings)
 
 _JSON_TYPES = frozenset({"application/json"})
@@ -33,42 +34,48 @@ def _new_request_id() -> str:
 
 
 async def publish(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
     request_id = request.headers.get("X-Request-Id", "")
     if not (0 < len(request_id) <= 64 and request_id.isprintable() and "," not in request_id):
         request_id = _new_request_id()  # missing, or unfit for logs and headers
-    headers = {"X-Request-Id": request_id}
-    received_at = datetime.now(UTC)
     try:
-        ndjson = _is_ndjson(request)
-        length = request.content_length
-        if length is not None and length > settings.max_body_bytes:
-            raise BadInput(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
-        key = _idempotency_key(request)
-        body = await request.read()
-        pieces = validate(body, received_at=received_at, settings=settings, key=key, ndjson=ndjson)
-    except BadInput as exc:
+        accepted = await _accept(request, request_id)
+    except Refusal as exc:
         metrics.REQUESTS.labels(str(exc.status)).inc()
-        log.debug(
-            "refused: %s", exc.message, extra={"request_id": request_id, "status": exc.status}
+        log.log(
+            logging.WARNING if exc.status >= 500 else logging.DEBUG,
+            "refused: %s",
+            exc.message,
+            extra={"request_id": request_id, "status": exc.status},
         )
-        return http.json_response(exc.body(), status=exc.status, headers=headers)
-    try:
-        await request.app[PUBLISHER].publish(pieces, received_at=received_at, request_id=request_id)
-    except BrokerUnavailable as exc:
-        metrics.REQUESTS_503.inc()
-        log.warning("events not accepted: %s", exc, extra={"request_id": request_id, "status": 503})
-        return http.json_response(
-            {"error": f"broker unavailable: {exc}; nothing was accepted, retry later"},
-            status=503,
-            headers={**headers, "Retry-After": str(settings.retry_after)},
-        )
+        raise exc.with_headers(("X-Request-Id", request_id)) from None
     metrics.REQUESTS_202.inc()
-    accepted = sum(piece.count for piece in pieces)
     metrics.EVENTS_ACCEPTED.inc(accepted)
     return http.json_response(
-        {"accepted": accepted, "request_id": request_id}, status=202, headers=headers
+        {"accepted": accepted, "request_id": request_id},
+        status=202,
+        headers={"X-Request-Id": request_id},
     )
+
+
+async def _accept(request: web.Request, request_id: str) -> int:
+    """Validate the body and publish its events; the number accepted, or :class:`Refusal`."""
+    settings = request.app[SETTINGS]
+    received_at = datetime.now(UTC)
+    ndjson = _is_ndjson(request)
+    length = request.content_length
+    if length is not None and length > settings.max_body_bytes:
+        raise Refusal(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
+    key = _idempotency_key(request)
+    body = await request.read()
+    pieces = validate(body, received_at=received_at, settings=settings, key=key, ndjson=ndjson)
+    try:
+        await request.app[BROKER].publish(pieces, received_at=received_at, request_id=request_id)
+    except BrokerUnavailable as exc:
+        raise Refusal.unavailable(
+            f"broker unavailable: {exc}; nothing was accepted, retry later",
+            retry_after=settings.retry_after,
+        ) from None
+    return sum(piece.count for piece in pieces)
 
 
 _FAST_TYPES = frozenset({"application/json", "application/json; charset=utf-8"})
@@ -79,7 +86,7 @@ def _idempotency_key(request: web.Request) -> str:
     # and only its answer was lost. A client promises the same body for the same key.
     key = request.headers.get("Idempotency-Key", "")
     if key and (len(key) > 200 or not key.isprintable()):
-        raise BadInput(400, "Idempotency-Key must be 1 to 200 printable characters")
+        raise Refusal(400, "Idempotency-Key must be 1 to 200 printable characters")
     return key
 
 
@@ -92,17 +99,17 @@ def _is_ndjson(request: web.Request) -> bool:
         return False  # the common case, without aiohttp's full header parsing
     kind = request.content_type
     if kind not in _JSON_TYPES and kind not in _NDJSON_TYPES:
-        raise BadInput(
+        raise Refusal(
             415,
             f"unsupported content type {kind!r}: send application/json or application/x-ndjson",
         )
     charset = request.charset
     if charset is not None and charset.lower().replace("-", "") != "utf8":
-        raise BadInput(415, f"unsupported charset {charset!r}: send UTF-8")
+        raise Refusal(415, f"unsupported charset {charset!r}: send UTF-8")
     return kind in _NDJSON_TYPES
 
 
-def make_app(settings: Settings, publisher: Publisher) -> web.Application:
+def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
     # aiohttp itself refuses chunked bodies past client_max_size with 413.
     app = http.new_app(
         max_body_bytes=settings.max_body_bytes,
@@ -110,13 +117,13 @@ def make_app(settings: Settings, publisher: Publisher) -> web.Application:
         protected=frozenset({"/publish"}),
     )
     app[SETTINGS] = settings
-    app[PUBLISHER] = publisher
+    app[BROKER] = broker
 
     async def ready() -> Mapping[str, bool]:
-        return {"broker": publisher.connected}
+        return {"broker": broker.connected}
 
     http.add_index(app, "pubsub ingest", ["POST /publish"])
     app.router.add_post("/publish", publish)
     http.add_health(app, ready)
-    openapi.add_docs(app, openapi.ingest_document())
+    openapi.add_docs(app, documents.document())
     return app

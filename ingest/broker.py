@@ -15,11 +15,10 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
 from ingest import metrics
-from pubsub import service, topology, wire
+from pubsub import message, service, topology
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.ingest.broker")
@@ -58,7 +57,7 @@ class _Group:
         # Set when the first request joins: whatever waits on this group is answered by then.
         self.deadline = deadline
         self.pieces: list[bytes] = []
-        self.keys: list[list[str | int]] = []  # [[idempotency key, count], ...], pubsub.wire
+        self.keys: list[list[str | int]] = []  # [[idempotency key, count], ...]: pubsub.message
         self.count = 0
         self.waiters: list[_Waiter] = []
         self.request_ids: list[str] = []
@@ -71,8 +70,8 @@ class _Group:
             self.request_ids.append(request_id)
 
 
-class Publisher:
-    """Owns the broker connection of one ingest process."""
+class BrokerClient:
+    """Owns the broker connection of one ingest process and publishes through it."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -86,19 +85,16 @@ class Publisher:
         self._max_in_flight = settings.publish_in_flight * 16
 
     async def start(self, stop: asyncio.Event) -> None:
-        self.connection = await service.retry(
-            lambda: topology.connect(self.settings, name="ingest"), what="RabbitMQ", stop=stop
-        )
+        self.connection = await service.connect_broker(self.settings, name="ingest", stop=stop)
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         self._exchange = (await topology.declare(channel, self.settings)).exchange
 
     @property
     def connected(self) -> bool:
-        conn = self.connection
-        return conn is not None and not conn.is_closed and conn.connected.is_set()
+        return topology.is_connected(self.connection)
 
     async def publish(
-        self, pieces: Sequence[wire.Piece], *, received_at: datetime, request_id: str
+        self, pieces: Sequence[message.Piece], *, received_at: datetime, request_id: str
     ) -> None:
         """Send encoded events; return once all are confirmed or raise BrokerUnavailable."""
         if not self.connected:
@@ -145,24 +141,18 @@ class Publisher:
         try:
             if self._exchange is None:
                 raise BrokerUnavailable("publisher not started")
-            message = aio_pika.Message(
-                wire.pack(group.pieces),
-                content_type=wire.CONTENT_TYPE,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=wire.new_message_id(),
-                type=wire.MESSAGE_TYPE,
-                headers={
-                    wire.RECEIVED_AT: group.received_at,
-                    wire.REQUEST_ID: ",".join(group.request_ids),
-                    wire.PIECES: wire.pieces_header(group.keys),
-                },
+            outgoing = message.encode(
+                group.pieces,
+                keys=group.keys,
+                received_at=group.received_at,
+                request_ids=group.request_ids,
             )
             # publish() bounds the write, not a blocked connection: add our own deadline.
             remaining = group.deadline - self._loop.time()
             if remaining <= 0:
                 raise TimeoutError("waited too long for a free publishing slot")
             await asyncio.wait_for(
-                self._exchange.publish(message, topology.ROUTING_KEY, mandatory=True), remaining
+                self._exchange.publish(outgoing, topology.ROUTING_KEY, mandatory=True), remaining
             )
         except Exception as exc:  # noqa: BLE001 - every failure means "not confirmed"
             metrics.PUBLISH_FAILURES.inc()

@@ -7,7 +7,6 @@ from prometheus_client import Counter, Histogram
 REQUESTS = Counter("pubsub_ingest_requests", "POST /publish requests by answer.", ["status"])
 # Bound once: labels() takes a lock and a dict lookup on every call.
 REQUESTS_202 = REQUESTS.labels("202")
-REQUESTS_503 = REQUESTS.labels("503")
 EVENTS_ACCEPTED = Counter("pubsub_ingest_events_accepted", "Events confirmed by the broker.")
 PUBLISH_FAILURES = Counter(
     "pubsub_ingest_publish_failures", "Broker messages that were not confirmed."

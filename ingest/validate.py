@@ -1,12 +1,30 @@
-"""Request body -> validated events -> encoded pieces for the broker, or BadInput."""
+"""What a ``POST /publish`` body must pass before a byte goes to the broker.
+
+Request body -> validated events (:data:`pubsub.event.Event`) -> encoded pieces of a broker
+message, or a :class:`~pubsub.http.Refusal` that says what is wrong. What ingest accepts is
+exactly what the consumer can store, so the checks also refuse what PostgreSQL would refuse
+later (NUL characters, non-finite numbers) and what the message encoder cannot carry (integers
+beyond 64 bits).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from pubsub import wire
-from pubsub.event import BadInput, check_encoded, check_payloads, parse_events
+import jiter
+from pydantic import TypeAdapter, ValidationError
+
+from pubsub import message
+from pubsub.event import Event
+from pubsub.http import Refusal
 from pubsub.settings import Settings
+
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+_EVENT = TypeAdapter(Event)
+_EVENTS = TypeAdapter(list[Event])
 
 
 def validate(
@@ -16,12 +34,12 @@ def validate(
     settings: Settings,
     key: str = "",
     ndjson: bool = False,
-) -> list[wire.Piece]:
+) -> list[message.Piece]:
     """Everything a ``POST /publish`` body must pass before a byte goes to the broker.
 
     With ``ndjson`` the body holds one event object per line (blank lines are ignored), as log
     shippers send them; problems then name the line by its index from 0.
-    Raises :class:`BadInput` with the HTTP status and a message for the client.
+    Raises :class:`~pubsub.http.Refusal` with the HTTP status and a message for the client.
     """
     lines = 0
     if ndjson:
@@ -33,22 +51,151 @@ def validate(
         max_problems=settings.max_errors_reported,
     )
     try:
-        pieces = wire.encode(events, per_piece=settings.message_max_events, key=key)
+        pieces = message.encode_events(events, per_piece=settings.message_max_events, key=key)
     except TypeError:  # an integer beyond 64 bits
-        check_payloads(events)  # raises BadInput naming the event
-        raise BadInput(422, "an event cannot be encoded; nothing was accepted") from None
-    check_encoded(body, events, [piece.data for piece in pieces])
+        check_payloads(events, max_problems=settings.max_errors_reported)  # names the event
+        raise Refusal(422, "an event cannot be encoded; nothing was accepted") from None
+    check_encoded(
+        body, events, [piece.data for piece in pieces], max_problems=settings.max_errors_reported
+    )
     if ndjson and len(events) != lines:
         # '{..},{..}' on one line would otherwise pass as two events.
-        raise BadInput(400, "each line must hold exactly one JSON object")
+        raise Refusal(400, "each line must hold exactly one JSON object")
     return pieces
 
 
 def _ndjson_to_array(body: bytes) -> tuple[bytes, int]:
     lines = [line for line in body.split(b"\n") if line.strip()]
     if not lines:
-        raise BadInput(400, "empty body: send one JSON object per line")
+        raise Refusal(400, "empty body: send one JSON object per line")
     for number, line in enumerate(lines):
         if not line.lstrip().startswith(b"{"):
-            raise BadInput(400, f"line {number} (non-blank lines, from 0) is not a JSON object")
+            raise Refusal(400, f"line {number} (non-blank lines, from 0) is not a JSON object")
     return b"[" + b",".join(lines) + b"]", len(lines)
+
+
+def parse_events(
+    body: bytes,
+    *,
+    received_at: datetime,
+    max_events: int,
+    max_problems: int,
+) -> list[Event]:
+    """Validate a JSON object or array of events; raise :class:`Refusal` on any problem.
+
+    The batch is all or nothing: one bad item rejects the request, and the reply names the
+    index and field of each problem, at most ``max_problems`` of them. The events come back
+    complete: ``timestamp`` defaults to ``received_at`` and ``payload`` to ``{}``.
+
+    Numbers that overflow to infinity pass this parser; :func:`check_encoded` catches them.
+    """
+    first = body.lstrip()[:1]
+    if first == b"{":
+        adapter: TypeAdapter[Any] = _EVENT
+    elif first == b"[":
+        adapter = _EVENTS
+    elif not first:
+        raise Refusal(400, "empty body: send a JSON object or an array of objects")
+    else:
+        raise Refusal(400, "malformed JSON: the body must be a JSON object or array")
+    # NUL can only arrive escaped; the exact (slow) check runs only when the escape shows up.
+    suspect = b"\\u0000" in body
+    try:
+        parsed = adapter.validate_json(body)
+    except ValidationError as exc:
+        raise _bad_input(exc, max_problems) from None
+    events: list[Event] = [parsed] if first == b"{" else parsed
+    if not events:
+        raise Refusal(422, "empty batch: the array holds no events")
+    if len(events) > max_events:
+        raise Refusal(413, f"batch of {len(events)} events exceeds the limit of {max_events}")
+    for event in events:
+        if event.get("timestamp") is None:
+            event["timestamp"] = received_at
+        if "payload" not in event:
+            event["payload"] = {}
+    if suspect:
+        check_payloads(events, max_problems=max_problems)
+    _refuse_duplicate_keys(body)
+    return events
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    # JSON leaves duplicate names undefined and parsers differ on which one wins: refuse them
+    # rather than guess. pydantic-core keeps the last one silently; jiter (pydantic's parser,
+    # as a library) can report them, at the cost of one more fast parse of valid bodies.
+    try:
+        jiter.from_json(body, catch_duplicate_keys=True, cache_mode="keys")
+    except ValueError as exc:
+        raise Refusal(422, str(exc)[:200]) from None
+
+
+def check_encoded(
+    body: bytes, events: list[Event], encoded: Sequence[bytes], *, max_problems: int
+) -> None:
+    """Raise :class:`~pubsub.http.Refusal` if encoding changed a payload.
+
+    orjson writes a non-finite float as ``null``: more nulls out than came in means the body
+    held a number too large for a double. Counting bytes is cheap; the walk runs only then.
+    """
+    if sum(piece.count(b"null") for piece in encoded) > body.count(b"null"):
+        check_payloads(events, max_problems=max_problems)
+
+
+def check_payloads(events: list[Event], *, max_problems: int) -> None:
+    """Raise :class:`~pubsub.http.Refusal` naming each event whose payload cannot be stored."""
+    problems = []
+    for index, event in enumerate(events):
+        problem = _json_problem(event.get("payload", {}))
+        if problem is not None:
+            problems.append({"index": index, "field": "payload", "problem": problem})
+    if problems:
+        raise Refusal(
+            422,
+            f"{len(problems)} validation problem(s); nothing was accepted",
+            tuple(problems[:max_problems]),
+            len(problems),
+        )
+
+
+def _json_problem(value: Any) -> str | None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "strings must not contain the NUL character"
+        elif isinstance(item, dict):
+            for key in item:
+                if "\x00" in key:
+                    return "keys must not contain the NUL character"
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "numbers must be finite"
+        elif isinstance(item, int) and not _INT64_MIN <= item <= _UINT64_MAX:
+            return "integers must fit in 64 bits"
+    return None
+
+
+def _bad_input(exc: ValidationError, max_problems: int) -> Refusal:
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        return Refusal(400, f"malformed JSON: {errors[0]['msg']}")
+    problems = []
+    for err in errors[:max_problems]:
+        loc = list(err["loc"])
+        item: dict[str, Any] = {}
+        if loc and isinstance(loc[0], int):
+            item["index"] = loc.pop(0)
+        item["field"] = ".".join(str(part) for part in loc) or None
+        item["problem"] = err["msg"]
+        problems.append(item)
+    return Refusal(
+        422,
+        f"{len(errors)} validation problem(s); nothing was accepted",
+        tuple(problems),
+        len(errors),
+    )

@@ -16,6 +16,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from publisher.watch import NotStored, auth, fetch_stats, wait_stored
+from pubsub.backoff import Backoff
+
 
 @dataclass(frozen=True, kw_only=True)
 class LoadConfig:
@@ -31,6 +34,7 @@ class LoadConfig:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     seed: int = 0
     retries: int = 20
+    backoff: Backoff = field(default_factory=Backoff)  # between retries; Retry-After wins
     publish_token: str = ""
     read_token: str = ""
     settle_timeout: float = 120.0
@@ -102,19 +106,6 @@ class EventSource:
         return orjson.dumps([self.next() for _ in range(size)]), size
 
 
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-async def fetch_stats(
-    session: aiohttp.ClientSession, read_url: str, token: str = ""
-) -> dict[str, Any]:
-    async with session.get(f"{read_url}/stats", headers=_auth(token)) as resp:
-        resp.raise_for_status()
-        stats: dict[str, Any] = await resp.json()
-        return stats
-
-
 async def send_load(
     session: aiohttp.ClientSession,
     cfg: LoadConfig,
@@ -171,14 +162,16 @@ async def run_load(cfg: LoadConfig) -> Report:
         before = await fetch_stats(session, cfg.read_url, cfg.read_token)
         started = time.perf_counter()
         await send_load(session, cfg, EventSource(cfg), report)
-        deadline = time.monotonic() + cfg.settle_timeout
-        target = before["received"] + report.sent
-        while True:
-            after = await fetch_stats(session, cfg.read_url, cfg.read_token)
-            settled = after["received"] >= target and not after.get("queued_messages")
-            if settled or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.02)
+        try:
+            after = await wait_stored(
+                session,
+                cfg.read_url,
+                before["received"] + report.sent,
+                timeout=cfg.settle_timeout,
+                token=cfg.read_token,
+            )
+        except NotStored as exc:  # the report shows the mismatch
+            after = exc.last or await fetch_stats(session, cfg.read_url, cfg.read_token)
         report.settle_seconds = time.perf_counter() - started
         report.got = {k: int(after[k]) - int(before[k]) for k in report.expected}
     return report
@@ -187,7 +180,6 @@ async def run_load(cfg: LoadConfig) -> Report:
 async def _send(
     session: aiohttp.ClientSession, cfg: LoadConfig, body: bytes, report: Report, key: str
 ) -> bool:
-    delay = 0.1
     for attempt in range(cfg.retries + 1):
         if attempt:
             report.retried_requests += 1
@@ -199,7 +191,7 @@ async def _send(
                 headers={
                     "Content-Type": "application/json",
                     "Idempotency-Key": key,
-                    **_auth(cfg.publish_token),
+                    **auth(cfg.publish_token),
                 },
             ) as resp:
                 await resp.read()
@@ -216,9 +208,8 @@ async def _send(
         report.slowest_refusal = max(report.slowest_refusal, elapsed)
         if status and status != 503 and status < 500:
             return False  # the request itself is wrong: resending cannot help
-        wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
-        await asyncio.sleep(min(wait, 5.0) * (0.5 + random.random()))
-        delay = min(delay * 2, 5.0)
+        hint = float(retry_after) if retry_after and retry_after.isdigit() else None
+        await asyncio.sleep(cfg.backoff.delay(attempt, hint=hint))
     return False
 
 

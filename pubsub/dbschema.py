@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pubsub.errors import Unusable
+from pubsub import database
 from pubsub.settings import Settings
 
 _LOCK_KEY = 0x70756273  # any constant shared by every process of the project
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_topic_ts ON events (topic, ts, event_id);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts, topic, event_id);
 
--- One row per stored piece of a message (see pubsub.wire): a redelivered message, or a client's
+-- One row per stored piece of a message (see pubsub.message): a redelivered message, or a client's
 -- retry under the same Idempotency-Key, is recognised and not counted again.
 CREATE TABLE IF NOT EXISTS ledger (
     key     text        PRIMARY KEY,
@@ -55,54 +55,26 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
-def connect_kwargs(settings: Settings) -> dict[str, Any]:
-    """Connection options that point unqualified table names at the project's schema."""
-    return {"options": f"-c search_path={settings.db_schema}", "application_name": "pubsub"}
-
-
-def check_encoding(conn: psycopg.AsyncConnection[Any] | psycopg.Connection[Any]) -> None:
-    """Refuse a database whose encoding is not UTF8.
-
-    Under ``SQL_ASCII`` psycopg hands text back as ``bytes``: nothing would match what was
-    sent, so events could be acknowledged without being stored. The server reports its
-    encoding at connection time: checking costs no round trip.
-    """
-    encoding = conn.info.parameter_status("server_encoding")
-    if encoding != "UTF8":
-        raise Unusable(
-            f"database {conn.info.dbname!r} on {conn.info.host}:{conn.info.port} uses encoding "
-            f"{encoding or 'unknown'}, and pubsub-aggregator needs UTF8 (text would come back "
-            "undecoded and events could not be stored): create the database with "
-            "ENCODING 'UTF8' TEMPLATE template0 (or initdb -E UTF8) and point "
-            "PUBSUB_DATABASE_URL at it"
-        )
-
-
 async def ensure(settings: Settings) -> None:
     """Create the schema and tables unless this version of them exists already.
 
     The check comes first because ``CREATE INDEX IF NOT EXISTS`` locks the table even when the
     index exists: a process starting next to busy consumers must not take that lock.
     """
-    conn = await psycopg.AsyncConnection.connect(settings.database_url)
-    async with conn:
-        check_encoding(conn)
-        async with conn.transaction():
-            if await _current(conn, settings):
-                return
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            if await _current(conn, settings):
-                return  # another process created it while this one waited for the lock
-            await conn.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema))
-            )
-            await conn.execute(
-                sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
-            )
-            await conn.execute(_DDL)
-            await conn.execute(
-                "INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,)
-            )
+    async with await database.connect(settings) as conn, conn.transaction():
+        if await _current(conn, settings):
+            return
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        if await _current(conn, settings):
+            return  # another process created it while this one waited for the lock
+        await conn.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema))
+        )
+        await conn.execute(
+            sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
+        )
+        await conn.execute(_DDL)
+        await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
 
 
 async def _current(conn: psycopg.AsyncConnection[Any], settings: Settings) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -28,15 +29,37 @@ def json_response(
     )
 
 
-def bad_request(message: str) -> web.HTTPBadRequest:
-    """An exception that answers 400 with ``{"error": message}``."""
-    return web.HTTPBadRequest(
-        body=orjson.dumps({"error": message}), content_type="application/json"
-    )
+@dataclass(frozen=True)
+class Refusal(Exception):
+    """A request that is answered with an error; the error middleware renders it as JSON.
 
+    ``problems`` name what is wrong inside a refused body (at most a configured number of
+    them; ``problem_count`` says how many there were in all).
+    """
 
-def error(status: int, message: str, **extra: Any) -> web.Response:
-    return json_response({"error": message, **extra}, status=status)
+    status: int
+    message: str
+    problems: tuple[dict[str, Any], ...] = ()
+    problem_count: int = 0
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def unavailable(cls, message: str, *, retry_after: int) -> Refusal:
+        """503: a server behind this one is down; the client should retry later."""
+        return cls(503, message, headers=(("Retry-After", str(retry_after)),))
+
+    def with_headers(self, *headers: tuple[str, str]) -> Refusal:
+        return replace(self, headers=(*self.headers, *headers))
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.message}
+        if self.problems:
+            out["problems"] = list(self.problems)
+            out["problem_count"] = self.problem_count
+        return out
+
+    def response(self) -> web.Response:
+        return json_response(self.body(), status=self.status, headers=dict(self.headers))
 
 
 @web.middleware
@@ -44,16 +67,18 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Every failure answers in JSON; an unexpected exception is logged with its request."""
     try:
         return await handler(request)
+    except Refusal as exc:
+        return exc.response()
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise
         message = exc.reason
         if exc.status == 413:
             message = f"body exceeds the limit of {request.app['max_body_bytes']} bytes"
-        return error(exc.status, message)
+        return Refusal(exc.status, message).response()
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return error(500, "internal error; the request was not processed")
+        return Refusal(500, "internal error; the request was not processed").response()
 
 
 def bearer(token: str, paths: frozenset[str]) -> Any:
@@ -67,10 +92,8 @@ def bearer(token: str, paths: frozenset[str]) -> Any:
         if request.path in paths:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                return json_response(
-                    {"error": "missing or wrong bearer token"},
-                    status=401,
-                    headers={"WWW-Authenticate": "Bearer"},
+                raise Refusal(
+                    401, "missing or wrong bearer token", headers=(("WWW-Authenticate", "Bearer"),)
                 )
         return await handler(request)
 

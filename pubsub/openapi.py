@@ -1,5 +1,9 @@
-"""OpenAPI 3.1 documents of the HTTP services, generated from the same pydantic types that
-validate the requests, and Swagger UI served from a package (no CDN: it works offline)."""
+"""What the OpenAPI 3.1 documents of the HTTP services share, and Swagger UI to show them.
+
+Each service builds its own document (``ingest.openapi``, ``readapi.openapi``) from the same
+pydantic types that validate the requests, with the pieces here: the error reply, the health
+endpoints, ``POST /publish`` (which the gateway's document shows too). Swagger UI is served
+from a package (no CDN: it works offline)."""
 
 from __future__ import annotations
 
@@ -15,12 +19,7 @@ from pubsub.event import Event
 
 _REF = "#/components/schemas/{model}"
 # A bearer token when the service is configured with one (PUBSUB_*_TOKEN), none otherwise.
-_OPTIONAL_BEARER: list[dict[str, list[str]]] = [{"bearer": []}, {}]
-
-
-class Accepted(TypedDict):
-    accepted: int
-    request_id: str
+OPTIONAL_BEARER: list[dict[str, list[str]]] = [{"bearer": []}, {}]
 
 
 class Problem(TypedDict):
@@ -35,18 +34,7 @@ class ErrorReply(TypedDict):
     problem_count: NotRequired[int]
 
 
-class Stats(TypedDict):
-    received: int
-    unique_processed: int
-    duplicate_dropped: int
-    topics: list[str]
-    topics_truncated: bool
-    uptime: float
-    queued_messages: int | None
-    dead_letter_messages: int | None
-
-
-def _schemas(*types: Any) -> dict[str, Any]:
+def schemas(*types: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for t in types:
         schema = TypeAdapter(t).json_schema(ref_template=_REF)
@@ -55,15 +43,15 @@ def _schemas(*types: Any) -> dict[str, Any]:
     return out
 
 
-def _ref(name: str) -> dict[str, str]:
+def ref(name: str) -> dict[str, str]:
     return {"$ref": _REF.format(model=name)}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
+def errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Malformed JSON, bad parameter or header.",
         401: "Missing or wrong bearer token.",
@@ -72,10 +60,11 @@ def _errors(*codes: int) -> dict[str, Any]:
         422: "Schema violations, with the index and field of each.",
         503: "Broker or database unavailable; retry after `Retry-After` seconds.",
     }
-    return {str(c): _json(_ref("ErrorReply"), text[c]) for c in codes}
+    return {str(c): json_body(ref("ErrorReply"), text[c]) for c in codes}
 
 
-_HEALTH = {
+# /healthz, /readyz and /metrics: every service serves them.
+HEALTH = {
     "/healthz": {"get": {"summary": "The process answers.", "responses": {"200": {
         "description": "alive"}}}},
     "/readyz": {"get": {"summary": "Broker and database connections are up.", "responses": {
@@ -85,11 +74,17 @@ _HEALTH = {
 }  # fmt: skip
 
 
-def ingest_document() -> dict[str, Any]:
-    publish = {
+class Accepted(TypedDict):
+    accepted: int
+    request_id: str
+
+
+def publish_path() -> dict[str, Any]:
+    """``POST /publish``, as ingest serves it and as the gateway's document shows it."""
+    return {
         "post": {
             "summary": "Publish one event or a batch of events.",
-            "security": _OPTIONAL_BEARER,
+            "security": OPTIONAL_BEARER,
             "description": (
                 "Answers 202 only after the broker confirmed every event. A batch is accepted "
                 "or refused as a whole. Send `Idempotency-Key` to make retries safe."
@@ -108,8 +103,8 @@ def ingest_document() -> dict[str, Any]:
                     "application/json": {
                         "schema": {
                             "oneOf": [
-                                _ref("Event"),
-                                {"type": "array", "items": _ref("Event"), "minItems": 1},
+                                ref("Event"),
+                                {"type": "array", "items": ref("Event"), "minItems": 1},
                             ]
                         }
                     },
@@ -122,66 +117,17 @@ def ingest_document() -> dict[str, Any]:
                 },
             },
             "responses": {
-                "202": _json(_ref("Accepted"), "Accepted: confirmed by the broker."),
-                **_errors(400, 401, 413, 415, 422, 503),
+                "202": json_body(ref("Accepted"), "Accepted: confirmed by the broker."),
+                **errors(400, 401, 413, 415, 422, 503),
             },
         }
     }
-    return _document(
-        "pubsub ingest", {"/publish": publish, **_HEALTH}, _schemas(Event, Accepted, ErrorReply)
-    )
 
 
-def read_document(*, max_limit: int) -> dict[str, Any]:
-    time_param = {"type": "string", "format": "date-time"}
-    events = {
-        "get": {
-            "summary": "Stored events, ordered by timestamp, keyset-paginated.",
-            "security": _OPTIONAL_BEARER,
-            "description": 'The next page is in the `Link: <...>; rel="next"` header.',
-            "parameters": [
-                {"name": "topic", "in": "query", "schema": {"type": "string", "maxLength": 255}},
-                {"name": "since", "in": "query", "schema": time_param},
-                {"name": "until", "in": "query", "schema": time_param},
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": max_limit},
-                },
-                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-            ],
-            "responses": {
-                "200": _json({"type": "array", "items": _ref("Event")}, "A page of events."),
-                **_errors(400, 401, 503),
-            },
-        }
-    }
-    stats = {
-        "get": {
-            "summary": "Counters (durable, shared by all consumers), topics, queue depths.",
-            "security": _OPTIONAL_BEARER,
-            "responses": {"200": _json(_ref("Stats"), "Statistics."), **_errors(401, 503)},
-        }
-    }
-    return _document(
-        "pubsub read API",
-        {"/events": events, "/stats": stats, **_HEALTH},
-        _schemas(Event, Stats, ErrorReply),
-    )
+PUBLISH_SCHEMAS = (Event, Accepted)
 
 
-def gateway_document(*, max_limit: int) -> dict[str, Any]:
-    """The whole system as the gateway serves it on one port: ``/publish`` goes to ingest,
-    everything else to the read API (see ``deploy/nginx/nginx.conf``)."""
-    ingest, read = ingest_document(), read_document(max_limit=max_limit)
-    return _document(
-        "pubsub-aggregator",
-        {"/publish": ingest["paths"]["/publish"], **read["paths"]},
-        {**read["components"]["schemas"], **ingest["components"]["schemas"]},
-    )
-
-
-def _document(title: str, paths: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+def document(title: str, paths: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": "0.1.0"},

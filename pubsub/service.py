@@ -10,7 +10,10 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from pubsub import logs
+from aio_pika.abc import AbstractRobustConnection
+
+from pubsub import dbschema, logs, topology
+from pubsub.backoff import Backoff
 from pubsub.errors import Unusable
 from pubsub.settings import Settings
 
@@ -21,11 +24,11 @@ T = TypeVar("T")
 
 
 async def retry(
-    attempt: Callable[[], Awaitable[T]], *, what: str, stop: asyncio.Event, cap: float = 5.0
+    attempt: Callable[[], Awaitable[T]], *, what: str, stop: asyncio.Event, backoff: Backoff
 ) -> T:
-    """``attempt()`` until it succeeds, with capped backoff, so that a service can start before
-    RabbitMQ or PostgreSQL does. Exits quietly if ``stop`` is set meanwhile."""
-    delay = 0.2
+    """``attempt()`` until it succeeds, waiting as ``backoff`` says between attempts, so that a
+    service can start before RabbitMQ or PostgreSQL does. Exits quietly if ``stop`` is set."""
+    failures = 0
     while True:
         try:
             return await attempt()
@@ -33,26 +36,61 @@ async def retry(
             raise
         except Exception as exc:  # noqa: BLE001 - refused, reset, handshake cut, bad login...
             # ...all mean "not yet" at start-up; the log line says which, every attempt.
+            delay = backoff.delay(failures)
+            failures += 1
             log.warning("%s unreachable (%r); retrying in %.1fs", what, exc, delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        if stop.is_set():
+        if await stopped_within(stop, delay):
             raise SystemExit(0)
-        delay = min(delay * 2, cap)
 
 
-def run(main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main(settings, stop)`` until it returns; SIGTERM and SIGINT set ``stop``.
+async def connect_broker(
+    settings: Settings, *, name: str, stop: asyncio.Event
+) -> AbstractRobustConnection:
+    """A robust RabbitMQ connection, waiting for the broker as long as it takes to answer."""
+    return await retry(
+        lambda: topology.connect(settings, name=name),
+        what="RabbitMQ",
+        stop=stop,
+        backoff=Backoff.of(settings),
+    )
 
-    A server the service must not use (:class:`Unusable`) ends it with one log line and exit
-    code 3, not a traceback."""
+
+async def prepare_database(settings: Settings, *, stop: asyncio.Event) -> None:
+    """Create the schema when missing, waiting for PostgreSQL as long as it takes to answer."""
+    await retry(
+        lambda: dbschema.ensure(settings),
+        what="PostgreSQL",
+        stop=stop,
+        backoff=Backoff.of(settings),
+    )
+
+
+async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds``, or less if ``stop`` is set meanwhile; whether it was."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+def setup(name: str) -> Settings:
+    """Settings from the environment and logging for process ``name``; exit code 2 with one
+    line on stderr when the configuration is wrong."""
     try:
         settings = Settings.from_env()
     except ValueError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         raise SystemExit(2) from None
-    service = sys.argv[0].rsplit("/", 2)[-2] if "/" in sys.argv[0] else "pubsub"
-    logs.setup(service=service, level=settings.log_level, fmt=settings.log_format)
+    logs.setup(service=name, level=settings.log_level, fmt=settings.log_format)
+    return settings
+
+
+def run(main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]], *, name: str) -> None:
+    """Run service ``name``: ``main(settings, stop)`` until it returns; SIGTERM and SIGINT set
+    ``stop``.
+
+    A server the service must not use (:class:`Unusable`) ends it with one log line and exit
+    code 3, not a traceback."""
+    settings = setup(name)
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -65,9 +65,15 @@ class Settings:
     )
     ledger_retention_hours: float = _opt(
         168.0,
-        "How long consumers remember stored pieces (see pubsub/wire.py): a redelivery or a "
+        "How long consumers remember stored pieces (see pubsub/message.py): a redelivery or a "
         "client retry later than this would be counted again.",
     )
+    retry_first_delay: float = _opt(
+        0.1,
+        "Seconds before retrying an unreachable RabbitMQ or PostgreSQL; doubles per attempt "
+        "(with jitter) up to `PUBSUB_RETRY_MAX_DELAY`.",
+    )
+    retry_max_delay: float = _opt(5.0, "Longest wait between two retries, in seconds.")
     db_pool_size: int = _opt(4, "Connections in each read API's PostgreSQL pool.")
     events_max_limit: int = _opt(1000, "Largest `limit` accepted by `GET /events`.")
     events_default_limit: int = _opt(100, "`limit` of `GET /events` when none is given.")
@@ -122,6 +128,10 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+        if not 0 < self.retry_first_delay <= self.retry_max_delay:
+            raise ValueError(
+                "PUBSUB_RETRY_FIRST_DELAY must be above 0 and at most PUBSUB_RETRY_MAX_DELAY"
+            )
         if self.log_format not in ("json", "text"):
             raise ValueError("PUBSUB_LOG_FORMAT must be json or text")
         if self.events_default_limit > self.events_max_limit:

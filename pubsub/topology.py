@@ -32,6 +32,11 @@ async def connect(settings: Settings, *, name: str) -> AbstractRobustConnection:
     )
 
 
+def is_connected(conn: AbstractRobustConnection | None) -> bool:
+    """Whether a connection made by :func:`connect` is up now (not reconnecting)."""
+    return conn is not None and not conn.is_closed and conn.connected.is_set()
+
+
 @dataclass(frozen=True)
 class Names:
     exchange: str

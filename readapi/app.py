@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -11,30 +10,24 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-import psycopg
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiohttp import web
-from prometheus_client import Gauge
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from pubsub import dbschema, http, openapi, service, topology
+from pubsub import database, http, openapi
+from pubsub.http import Refusal
 from pubsub.settings import Settings
-from pubsub.topology import Names
+from readapi import openapi as documents
 from readapi import queries
+from readapi.queues import QueueMonitor
 
 log = logging.getLogger("pubsub.readapi.app")
 
-QUEUE_MESSAGES = Gauge(
-    "pubsub_queue_messages",
-    "Messages ready in the events queue and the dead-letter queue (sampled by the read API).",
-    ["queue"],
-)
-
-_DB_ERRORS = (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError)
+# The pool waited in vain for a connection, or PostgreSQL is down: answer 503, retry later.
+_DB_UNAVAILABLE: tuple[type[Exception], ...] = (PoolTimeout, *database.UNAVAILABLE)
 
 
-class Backend:
-    """Connections of the read API: a PostgreSQL pool and a broker channel for queue depths."""
+class Sources:
+    """What the read API reads from: a PostgreSQL pool, and the broker for queue depths."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -43,77 +36,38 @@ class Backend:
             settings.database_url,
             min_size=1,
             max_size=settings.db_pool_size,
-            kwargs=dbschema.connect_kwargs(settings),
+            kwargs=database.connect_kwargs(settings),
             timeout=5.0,
             # A database restart leaves dead connections in the pool: check before lending.
             check=AsyncConnectionPool.check_connection,
             open=False,
         )
-        self.connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
+        self.queues = QueueMonitor(settings)
 
     async def start(self, stop: asyncio.Event) -> None:
         await self.pool.open(wait=False)
-        self.connection = await service.retry(
-            lambda: topology.connect(self.settings, name="read API"), what="RabbitMQ", stop=stop
-        )
+        await self.queues.start(stop)
 
     async def close(self) -> None:
         await self.pool.close()
-        if self.connection is not None:
-            await self.connection.close()
-
-    @property
-    def broker_connected(self) -> bool:
-        conn = self.connection
-        return conn is not None and not conn.is_closed and conn.connected.is_set()
-
-    async def queue_depths(self) -> dict[str, int | None]:
-        """Messages ready in the events queue and in the dead-letter queue (None if unknown)."""
-        names = Names.of(self.settings)
-        out: dict[str, int | None] = {"queued_messages": None, "dead_letter_messages": None}
-        if not self.broker_connected or self.connection is None:
-            return out
-        try:
-            if self._channel is None or self._channel.is_closed:
-                self._channel = await self.connection.channel()
-            for key, name in (
-                ("queued_messages", names.queue),
-                ("dead_letter_messages", names.dead_queue),
-            ):
-                # robust=False: a robust channel answers passive declares from a cache.
-                queue = await self._channel.declare_queue(
-                    name, passive=True, timeout=2, robust=False
-                )
-                out[key] = queue.declaration_result.message_count
-                QUEUE_MESSAGES.labels("events" if name == names.queue else "dead").set(
-                    out[key] or 0
-                )
-        except Exception as exc:  # noqa: BLE001 - depth is informative, never fatal
-            log.info("queue depth unavailable: %r", exc)
-            self._channel = None
-        return out
-
-    async def sample_queues(self, stop: asyncio.Event, every: float = 5.0) -> None:
-        """Keep the queue-depth gauge fresh for dashboards and alerts."""
-        while not stop.is_set():
-            await self.queue_depths()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every)
+        await self.queues.close()
 
     async def database_ok(self) -> bool:
         try:
             async with self.pool.connection(timeout=2) as conn:
                 await conn.execute("SELECT 1")
-        except _DB_ERRORS:
+        except _DB_UNAVAILABLE:
             return False
         return True
 
+    def unavailable(self, exc: Exception) -> Refusal:
+        log.warning("database unavailable: %r", exc)
+        return Refusal.unavailable(
+            "database unavailable; retry later", retry_after=self.settings.retry_after
+        )
 
-BACKEND = web.AppKey("backend", Backend)
 
-
-_bad = http.bad_request
+SOURCES = web.AppKey("sources", Sources)
 
 
 def _time_param(query: Mapping[str, str], name: str) -> datetime | None:
@@ -123,42 +77,42 @@ def _time_param(query: Mapping[str, str], name: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(raw)
     except ValueError:
-        raise _bad(f"{name} must be an RFC 3339 time, e.g. 2025-10-21T10:00:00Z") from None
+        raise Refusal(400, f"{name} must be an RFC 3339 time, e.g. 2025-10-21T10:00:00Z") from None
     if value.tzinfo is None:
-        raise _bad(f"{name} must include a UTC offset, e.g. 2025-10-21T10:00:00Z")
+        raise Refusal(400, f"{name} must include a UTC offset, e.g. 2025-10-21T10:00:00Z")
     return value
 
 
 async def get_events(request: web.Request) -> web.Response:
-    backend = request.app[BACKEND]
-    settings = backend.settings
+    sources = request.app[SOURCES]
+    settings = sources.settings
     q = request.query
     unknown = set(q) - {"topic", "since", "until", "limit", "cursor"}
     if unknown:
-        raise _bad(f"unknown query parameter(s): {', '.join(sorted(unknown)[:5])}")
+        raise Refusal(400, f"unknown query parameter(s): {', '.join(sorted(unknown)[:5])}")
     topic = q.get("topic") or None
     if topic is not None and (len(topic) > 255 or "\x00" in topic):
-        raise _bad("topic must be at most 255 characters without NUL")
+        raise Refusal(400, "topic must be at most 255 characters without NUL")
     try:
         limit = int(q.get("limit", settings.events_default_limit))
     except ValueError:
-        raise _bad("limit must be an integer") from None
+        raise Refusal(400, "limit must be an integer") from None
     if not 1 <= limit <= settings.events_max_limit:
-        raise _bad(f"limit must be between 1 and {settings.events_max_limit}")
+        raise Refusal(400, f"limit must be between 1 and {settings.events_max_limit}")
     after = None
     if q.get("cursor"):
         try:
             after = queries.Cursor.decode(q["cursor"][:2048])
         except queries.BadCursor as exc:
-            raise _bad(str(exc)) from None
+            raise Refusal(400, str(exc)) from None
     query = queries.EventQuery(
         topic, _time_param(q, "since"), _time_param(q, "until"), after, limit
     )
     try:
-        async with backend.pool.connection() as conn:
+        async with sources.pool.connection() as conn:
             events, next_cursor = await queries.events_page(conn, query)
-    except _DB_ERRORS as exc:
-        return _db_unavailable(exc)
+    except _DB_UNAVAILABLE as exc:
+        raise sources.unavailable(exc) from None
     headers = {}
     if next_cursor is not None:
         params = {k: v for k, v in q.items() if k != "cursor"}
@@ -168,13 +122,13 @@ async def get_events(request: web.Request) -> web.Response:
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    backend = request.app[BACKEND]
+    sources = request.app[SOURCES]
     try:
-        async with backend.pool.connection() as conn:
-            counts = await queries.counts(conn, max_topics=backend.settings.stats_max_topics)
-    except _DB_ERRORS as exc:
-        return _db_unavailable(exc)
-    depths = await backend.queue_depths()
+        async with sources.pool.connection() as conn:
+            counts = await queries.counts(conn, max_topics=sources.settings.stats_max_topics)
+    except _DB_UNAVAILABLE as exc:
+        raise sources.unavailable(exc) from None
+    depths = await sources.queues.depths()
     return http.json_response(
         {
             "received": counts.received,
@@ -182,35 +136,28 @@ async def get_stats(request: web.Request) -> web.Response:
             "duplicate_dropped": counts.duplicate_dropped,
             "topics": counts.topics,
             "topics_truncated": counts.topics_truncated,
-            "uptime": round(time.monotonic() - backend.started, 3),
+            "uptime": round(time.monotonic() - sources.started, 3),
             **depths,
         }
     )
 
 
-def _db_unavailable(exc: Exception) -> web.Response:
-    log.warning("database unavailable: %r", exc)
-    return http.json_response(
-        {"error": "database unavailable; retry later"}, status=503, headers={"Retry-After": "2"}
-    )
-
-
-def make_app(backend: Backend) -> web.Application:
+def make_app(sources: Sources) -> web.Application:
     app = http.new_app(
-        token=backend.settings.read_token, protected=frozenset({"/events", "/stats"})
+        token=sources.settings.read_token, protected=frozenset({"/events", "/stats"})
     )
-    app[BACKEND] = backend
+    app[SOURCES] = sources
 
     async def ready() -> Mapping[str, bool]:
-        return {"broker": backend.broker_connected, "database": await backend.database_ok()}
+        return {"broker": sources.queues.connected, "database": await sources.database_ok()}
 
     http.add_index(app, "pubsub read API", ["GET /events", "GET /stats"])
     app.router.add_get("/events", get_events)
     app.router.add_get("/stats", get_stats)
     http.add_health(app, ready)
-    max_limit = backend.settings.events_max_limit
-    openapi.add_docs(app, openapi.read_document(max_limit=max_limit))
+    max_limit = sources.settings.events_max_limit
+    openapi.add_docs(app, documents.document(max_limit=max_limit))
     # The gateway answers /openapi.json with this one, so that its /docs shows both services.
-    gateway = openapi.gateway_document(max_limit=max_limit)
+    gateway = documents.gateway_document(max_limit=max_limit)
     openapi.add_document(app, "/openapi/gateway.json", gateway)
     return app

@@ -19,8 +19,9 @@ import psycopg
 import pytest
 
 from pubsub import dbschema
+from pubsub.database import connect_kwargs
 from pubsub.settings import Settings
-from stack.processes import free_port
+from stack.supervisor import free_port
 from tests import servers
 from tests.servers import Server
 from tests.support import delete_topology, run_async
@@ -120,7 +121,7 @@ def settings(amqp_url: str, database_url: str) -> Iterator[Settings]:
 def db(settings: Settings) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A direct connection to the run's schema, for checking what was stored."""
     with psycopg.connect(
-        settings.database_url, autocommit=True, **dbschema.connect_kwargs(settings)
+        settings.database_url, autocommit=True, **connect_kwargs(settings)
     ) as conn:
         yield conn
 

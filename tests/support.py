@@ -12,7 +12,8 @@ import aio_pika
 import aiohttp
 
 from publisher.load import EventSource, LoadConfig, Report, send_load
-from pubsub import topology
+from publisher.watch import stats_if_up, wait_stored
+from pubsub import message, topology
 from pubsub.settings import Settings
 
 T = TypeVar("T")
@@ -102,18 +103,6 @@ async def stats(session: aiohttp.ClientSession, read_url: str) -> dict[str, Any]
     return result
 
 
-async def stats_if_up(session: aiohttp.ClientSession, read_url: str) -> dict[str, Any] | None:
-    """``/stats``, or None while the read API cannot answer (restarting, database down)."""
-    try:
-        async with session.get(f"{read_url}/stats") as resp:
-            if resp.status == 200:
-                result: dict[str, Any] = await resp.json()
-                return result
-    except aiohttp.ClientError:
-        pass
-    return None
-
-
 async def stats_when_up(
     session: aiohttp.ClientSession, read_url: str, *, timeout: float = 60.0
 ) -> dict[str, Any]:
@@ -132,16 +121,8 @@ async def stats_when_up(
 async def settled(
     session: aiohttp.ClientSession, read_url: str, received: int, *, timeout: float = 30.0
 ) -> dict[str, Any]:
-    """Wait until ``received`` reaches the given total and the queue is empty (a read API
-    that cannot answer for a moment counts as "not yet")."""
-    result = await eventually(
-        lambda: stats_if_up(session, read_url),
-        lambda s: s is not None and s["received"] >= received and s["queued_messages"] == 0,
-        timeout=timeout,
-        what=f"received >= {received}",
-    )
-    assert result is not None
-    return result
+    """Wait until ``received`` reaches the given total and the queue is empty."""
+    return await wait_stored(session, read_url, received, timeout=timeout)
 
 
 async def stream_through(
@@ -182,7 +163,7 @@ async def publish_raw(settings: Settings, exchange: str, bodies: list[bytes]) ->
                 aio_pika.Message(
                     body,
                     message_id=uuid.uuid4().hex,
-                    headers={"x-received-at": "2025-01-01T00:00:00+00:00"},
+                    headers={message.RECEIVED_AT: "2025-01-01T00:00:00+00:00"},
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 ),
                 topology.ROUTING_KEY,

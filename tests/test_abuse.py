@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from pubsub.topology import Names
-from stack.processes import Stack
+from stack.supervisor import Supervisor
 from tests.support import event, post_json, queue_depth, settled, stats
 
 E = b'{"topic":"t","event_id":"e","source":"s","payload":%s}'
@@ -91,7 +91,7 @@ EVENTS: list[tuple[str, str]] = [
 
 
 async def test_hostile_publish_bodies_get_clear_4xx(
-    stack: Stack, http: aiohttp.ClientSession
+    stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     assert len(PUBLISH) + len(EVENTS) >= 30
     before = await stats(http, stack.read_url)
@@ -115,7 +115,7 @@ async def test_hostile_publish_bodies_get_clear_4xx(
 
 
 async def test_hostile_event_queries_get_clear_400(
-    stack: Stack, http: aiohttp.ClientSession
+    stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     wrong = []
     for query, case in EVENTS:
@@ -129,7 +129,7 @@ async def test_hostile_event_queries_get_clear_400(
 
 
 async def test_injection_strings_are_stored_verbatim(
-    stack: Stack, http: aiohttp.ClientSession
+    stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     topic = f"'; DROP TABLE events; -- {uuid.uuid4().hex[:6]}"
     tricky = [

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from stack.processes import Stack
+from stack.supervisor import Supervisor
 
 FUZZ = settings(
     max_examples=50,
@@ -28,7 +28,7 @@ FUZZ = settings(
 
 
 @pytest.mark.parametrize("service", ["ingest", "readapi"])
-def test_api_fuzz(stack: Stack, service: str) -> None:
+def test_api_fuzz(stack: Supervisor, service: str) -> None:
     schema = schemathesis.openapi.from_url(stack.url(service) + "/openapi.json")
     operations = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)]
     assert len(operations) >= 4

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from stack.processes import Stack
+from stack.supervisor import Supervisor
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
@@ -117,7 +117,7 @@ def _named_metrics() -> set[str]:
 
 
 async def test_every_metric_the_dashboard_and_alerts_name_is_exported(
-    stack: Stack, http: aiohttp.ClientSession
+    stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     named = _named_metrics()
     assert len(named) >= 10

@@ -11,18 +11,16 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
-import consumer.store
 from consumer.store import Store
-from pubsub import dbschema
+from pubsub import database, dbschema
 from pubsub.errors import Unusable
 from pubsub.settings import Settings
-from stack.processes import Stack, free_port
+from tests.fix_stack import StackFactory
 from tests.test_store import rows
 
 
@@ -53,27 +51,15 @@ async def test_schema_setup_refuses_a_sql_ascii_database(
 
 
 async def test_services_refuse_to_start_with_one_line_saying_why(
-    settings: Settings, sql_ascii_url: str, tmp_path: Path
+    sql_ascii_url: str, own_stack: StackFactory
 ) -> None:
-    own = Stack(
-        replace(
-            settings,
-            database_url=sql_ascii_url,
-            ingest_port=free_port(),
-            read_port=free_port(),
-        ),
-        tmp_path,
-        consumers=1,
-    )
+    own = own_stack(database_url=sql_ascii_url, consumers=1)
     for name in ("consumer-1", "readapi"):
         own.start(name, wait=False)
-    try:
-        codes = {
-            name: await asyncio.to_thread(own.procs[name].wait, 30)
-            for name in ("consumer-1", "readapi")
-        }
-    finally:
-        own.stop_all()
+    codes = {
+        name: await asyncio.to_thread(own.procs[name].wait, 30)
+        for name in ("consumer-1", "readapi")
+    }
     assert codes == {"consumer-1": 3, "readapi": 3}
     for name in codes:
         refusals = [line for line in own.log(name).splitlines() if "SQL_ASCII" in line]
@@ -88,8 +74,7 @@ async def test_store_never_reads_an_unmatched_ledger_reply_as_stored_before(
     """Past the start-up check (a database converted later, say), the ledger's reply does
     not match the batch: the store raises and nothing is committed."""
     own = replace(settings, database_url=sql_ascii_url)
-    monkeypatch.setattr(dbschema, "check_encoding", lambda conn: None)
-    monkeypatch.setattr(consumer.store, "check_encoding", lambda conn: None)
+    monkeypatch.setattr(database, "check_encoding", lambda conn: None)
     await dbschema.ensure(own)
     store = Store(own, shard=1)
     try:
@@ -97,7 +82,7 @@ async def test_store_never_reads_an_unmatched_ledger_reply_as_stored_before(
             await store.store([("unit-1", rows("ascii", [1, 2, 3]))])
     finally:
         await store.close()
-    with psycopg.connect(sql_ascii_url, **dbschema.connect_kwargs(own)) as conn:
+    with psycopg.connect(sql_ascii_url, **database.connect_kwargs(own)) as conn:
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM ledger), (SELECT count(*) FROM events),"
             " (SELECT count(*) FROM counters)"

@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.validate import validate
-from pubsub.event import BadInput, Event, parse_events
+from ingest.validate import parse_events, validate
+from pubsub.event import Event
+from pubsub.http import Refusal
 from pubsub.settings import Settings
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -29,14 +30,14 @@ def ev(**over: Any) -> dict[str, Any]:
 
 def parse(body: Any, max_events: int = 100) -> list[Event]:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    events = parse_events(raw, received_at=NOW, max_events=max_events)
+    events = parse_events(raw, received_at=NOW, max_events=max_events, max_problems=20)
     # What ingest runs next: encoding, with its own checks.
     validate(raw, received_at=NOW, settings=Settings(max_batch_events=max_events))
     return events
 
 
-def refused(body: Any, max_events: int = 100) -> BadInput:
-    with pytest.raises(BadInput) as info:
+def refused(body: Any, max_events: int = 100) -> Refusal:
+    with pytest.raises(Refusal) as info:
         parse(body, max_events)
     return info.value
 
@@ -132,7 +133,7 @@ def test_integers_beyond_64_bits_are_named_by_the_payload_check() -> None:
         b'[{"topic":"t","event_id":"a","source":"s"},{"topic":"t","event_id":"e","source":"s","payload":{"x":[%d]}}]'
         % 2**70
     )
-    with pytest.raises(BadInput) as info:
+    with pytest.raises(Refusal) as info:
         parse(raw)
     assert info.value.status == 422
     assert info.value.problems == (
@@ -161,6 +162,6 @@ def test_ndjson_bodies() -> None:
         (orjson.dumps(ev()) + b"," + orjson.dumps(ev()) + b"\n", 400),
         (orjson.dumps(ev()) + b"\n" + orjson.dumps(ev(timestamp="nope")) + b"\n", 422),
     ]:
-        with pytest.raises(BadInput) as info:
+        with pytest.raises(Refusal) as info:
             validate(bad, received_at=NOW, settings=Settings(), ndjson=True)
         assert info.value.status == status, bad

@@ -11,8 +11,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.validate import validate
-from pubsub.event import BadInput, parse_events
+from ingest.validate import parse_events, validate
+from pubsub.http import Refusal
 from pubsub.settings import Settings
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -52,7 +52,7 @@ events = st.fixed_dictionaries(
 @given(st.lists(events, min_size=1, max_size=5))
 def test_valid_events_come_back_as_sent(batch: list[dict[str, Any]]) -> None:
     body = orjson.dumps(batch)
-    parsed = parse_events(body, received_at=NOW, max_events=50)
+    parsed = parse_events(body, received_at=NOW, max_events=50, max_problems=20)
     validate(body, received_at=NOW, settings=SETTINGS)
     for sent, got in zip(batch, parsed, strict=True):
         assert got["topic"] == sent["topic"] and got["event_id"] == sent["event_id"]
@@ -66,7 +66,7 @@ def test_valid_events_come_back_as_sent(batch: list[dict[str, Any]]) -> None:
 def _outcome(body: bytes) -> None:
     try:
         validate(body, received_at=NOW, settings=SETTINGS)
-    except BadInput as exc:
+    except Refusal as exc:
         assert 400 <= exc.status < 500
         assert exc.message
         assert len(exc.problems) <= 20

@@ -13,65 +13,24 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 import psycopg
 import pytest
-import yarl
 
+from publisher import watch
 from publisher.load import LoadConfig
-from pubsub import dbschema
-from pubsub.settings import Settings
+from pubsub import database
 from pubsub.topology import Names
-from stack.processes import Stack
-from tests.fix_services import private_settings
+from stack.supervisor import Supervisor
+from tests.fix_faults import REPORTS, FaultStack
 from tests.servers import Server
 from tests.support import queue_depth, settled, stats_when_up, stream_through
-from tests.tcpproxy import TCPProxy
 
 EVENTS_PER_PHASE = 20_000
 HOLD = 2.0  # seconds each fault lasts
-
-
-@dataclass
-class FaultStack:
-    stack: Stack
-    broker_link: TCPProxy  # ingest <-> RabbitMQ
-    database_link: TCPProxy  # consumers <-> PostgreSQL
-
-
-@pytest.fixture(scope="module")
-def faults(
-    amqp_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FaultStack]:
-    with private_settings(amqp_url, database_url, prefix="faults", publish_timeout=2.0) as s:
-        yield from _fault_stack(s, tmp_path_factory)
-
-
-def _fault_stack(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FaultStack]:
-    amqp_url, database_url = settings.amqp_url, settings.database_url
-    broker, db = yarl.URL(amqp_url), psycopg.conninfo.conninfo_to_dict(database_url)
-    broker_link = TCPProxy(broker.host or "127.0.0.1", broker.port or 5672).start()
-    database_link = TCPProxy(
-        str(db.get("host", "127.0.0.1")), int(str(db.get("port", 5432)))
-    ).start()
-    stack = Stack(settings, tmp_path_factory.mktemp("fault-logs"))
-    via_proxy = str(broker.with_host("127.0.0.1").with_port(broker_link.port))
-    stack.overrides["ingest"] = {"amqp_url": via_proxy}
-    db_via_proxy = psycopg.conninfo.make_conninfo(
-        database_url, host="127.0.0.1", port=database_link.port
-    )
-    for name in stack.consumers:
-        stack.overrides[name] = {"database_url": db_via_proxy}
-    stack.start_all()
-    yield FaultStack(stack, broker_link, database_link)
-    stack.stop_all()
-    broker_link.close()
-    database_link.close()
 
 
 @dataclass
@@ -88,17 +47,9 @@ class Phase:
     hit: str = ""  # what shows that the fault reached the system; empty: it did not
 
 
-async def _consumer_store_errors(http: aiohttp.ClientSession, stack: Stack) -> float:
-    total = 0.0
-    for name in stack.consumers:
-        try:
-            async with http.get(stack.url(name) + "/metrics") as resp:
-                for line in (await resp.text()).splitlines():
-                    if line.startswith("pubsub_consumer_store_errors_total "):
-                        total += float(line.split()[1])
-        except aiohttp.ClientError:
-            pass
-    return total
+async def _consumer_store_errors(http: aiohttp.ClientSession, stack: Supervisor) -> float:
+    urls = [stack.url(name) for name in stack.consumers]
+    return await watch.metric(http, urls, "pubsub_consumer_store_errors_total")
 
 
 async def _phase(
@@ -136,7 +87,7 @@ async def _phase(
     after = await settled(http, stack.read_url, before["received"] + report.sent, timeout=120)
     recovery = time.monotonic() - restored
     with psycopg.connect(
-        stack.settings.database_url, **dbschema.connect_kwargs(stack.settings)
+        stack.settings.database_url, **database.connect_kwargs(stack.settings)
     ) as conn:
         (rows,) = conn.execute(
             "SELECT count(*) FROM events WHERE topic = %s", (topic,)
@@ -257,6 +208,3 @@ def _table(phases: list[Phase]) -> str:
             f" | {p.hit or 'NOT HIT'} |"
         )
     return "\n".join(lines)
-
-
-REPORTS = pytest.StashKey[list[str]]()

@@ -7,7 +7,6 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,40 +21,28 @@ from consumer import deadletters
 from pubsub import topology
 from pubsub.settings import Settings
 from pubsub.topology import ROUTING_KEY, Names
-from stack.processes import Stack, free_port
+from stack.supervisor import ChildFailed, Supervisor
+from tests.fix_stack import StackFactory
 from tests.support import event, eventually, post_json, publish_raw, queue_depth, settled, stats
 from tests.tcpproxy import TCPProxy, proxy
 
 
 @pytest.fixture
 def proxied_ingest(
-    settings: Settings, stack: Stack, tmp_path: Path
-) -> Iterator[tuple[Stack, TCPProxy]]:
+    settings: Settings, own_stack: StackFactory
+) -> Iterator[tuple[Supervisor, TCPProxy]]:
     """A second ingest process whose broker connection runs through a TCP proxy."""
     url = yarl.URL(settings.amqp_url)
     with proxy(url.host or "127.0.0.1", url.port or 5672) as p:
         via = str(url.with_host("127.0.0.1").with_port(p.port))
-        own = Stack(
-            Settings.from_env(
-                {},
-                **{
-                    **settings.__dict__,
-                    "amqp_url": via,
-                    "ingest_port": free_port(),
-                    "publish_timeout": 1.0,
-                },
-            ),
-            tmp_path,
-        )
+        own = own_stack(amqp_url=via, publish_timeout=1.0)
         own.start("ingest")
-        try:
-            yield own, p
-        finally:
-            own.stop("ingest")
+        yield own, p
+        own.stop("ingest")
 
 
 async def test_ingest_answers_503_while_the_broker_is_unreachable_then_recovers(
-    proxied_ingest: tuple[Stack, TCPProxy], stack: Stack, http: aiohttp.ClientSession
+    proxied_ingest: tuple[Supervisor, TCPProxy], stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     own, p = proxied_ingest
     topic = f"outage-{uuid.uuid4().hex[:6]}"
@@ -109,7 +96,7 @@ async def _event_ids(settings: Settings, topic: str) -> set[str]:
 
 
 async def test_poison_messages_go_to_the_dead_letter_queue(
-    settings: Settings, stack: Stack, http: aiohttp.ClientSession
+    settings: Settings, stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     names = Names.of(settings)
     dead_before = await queue_depth(settings, names.dead_queue)
@@ -131,7 +118,7 @@ async def test_poison_messages_go_to_the_dead_letter_queue(
 
 
 async def test_restart_of_every_process_keeps_data_counters_and_dedup(
-    stack: Stack, http: aiohttp.ClientSession
+    stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     topic = f"restart-{uuid.uuid4().hex[:6]}"
     batch = [event(topic, f"e{i}") for i in range(100)]
@@ -155,7 +142,9 @@ async def test_restart_of_every_process_keeps_data_counters_and_dedup(
     assert after["duplicate_dropped"] == mid["duplicate_dropped"] + 100
 
 
-async def test_sigkilled_consumer_loses_nothing(stack: Stack, http: aiohttp.ClientSession) -> None:
+async def test_sigkilled_consumer_loses_nothing(
+    stack: Supervisor, http: aiohttp.ClientSession
+) -> None:
     topic = f"kill-{uuid.uuid4().hex[:6]}"
     before = await stats(http, stack.read_url)
     sent = 0
@@ -172,7 +161,7 @@ async def test_sigkilled_consumer_loses_nothing(stack: Stack, http: aiohttp.Clie
 
 
 async def test_health_endpoints_and_metrics_of_every_service(
-    stack: Stack, http: aiohttp.ClientSession
+    stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     expected: dict[str, str] = {
         "ingest": "pubsub_ingest_requests_total",
@@ -192,7 +181,7 @@ async def test_health_endpoints_and_metrics_of_every_service(
 
 
 async def test_dead_letters_are_listed_and_replayed(
-    settings: Settings, stack: Stack, http: aiohttp.ClientSession
+    settings: Settings, stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     names = Names.of(settings)
     topic = f"replay-{uuid.uuid4().hex[:6]}"
@@ -252,51 +241,45 @@ async def test_delivery_limit_dead_letters_a_message_that_keeps_failing(
 
 
 async def test_bearer_tokens_guard_publishing_and_reading(
-    settings: Settings, stack: Stack, http: aiohttp.ClientSession, tmp_path: Path
+    http: aiohttp.ClientSession, tmp_path: Path, own_stack: StackFactory
 ) -> None:
     token_file = tmp_path / "read-token"
     token_file.write_text("r-" + uuid.uuid4().hex + "\n")
     publish_token = "p-" + uuid.uuid4().hex
-    own = Stack(
-        replace(settings, ingest_port=free_port(), read_port=free_port(),
-                publish_token=publish_token),
-        tmp_path,
-    )  # fmt: skip
+    own = own_stack(publish_token=publish_token)
     own.overrides["readapi"] = {"read_token_file": str(token_file)}
     read_token = token_file.read_text().strip()
     own.start("ingest")
     own.start("readapi")
-    try:
-        body = event(f"auth-{uuid.uuid4().hex[:6]}", "e")
-        for headers, want in [
-            ({}, 401),
-            ({"Authorization": "Bearer wrong"}, 401),
-            ({"Authorization": f"Bearer {read_token}"}, 401),
-            ({"Authorization": f"Bearer {publish_token}"}, 202),
-        ]:
-            async with http.post(f"{own.ingest_url}/publish", json=body, headers=headers) as r:
-                assert r.status == want, headers
-                if want == 401:
-                    assert r.headers["WWW-Authenticate"] == "Bearer"
-        for path in ("/stats", "/events"):
-            async with http.get(own.read_url + path) as r:
-                assert r.status == 401
-            async with http.get(
-                own.read_url + path, headers={"Authorization": f"Bearer {read_token}"}
-            ) as r:
-                assert r.status == 200
-        for url in (own.ingest_url, own.read_url):
-            async with http.get(url + "/healthz") as r:
-                assert r.status == 200  # probes need no token
-    finally:
-        own.stop_all()
+    body = event(f"auth-{uuid.uuid4().hex[:6]}", "e")
+    for headers, want in [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": f"Bearer {read_token}"}, 401),
+        ({"Authorization": f"Bearer {publish_token}"}, 202),
+    ]:
+        async with http.post(f"{own.ingest_url}/publish", json=body, headers=headers) as r:
+            assert r.status == want, headers
+            if want == 401:
+                assert r.headers["WWW-Authenticate"] == "Bearer"
+    for path in ("/stats", "/events"):
+        async with http.get(own.read_url + path) as r:
+            assert r.status == 401
+        async with http.get(
+            own.read_url + path, headers={"Authorization": f"Bearer {read_token}"}
+        ) as r:
+            assert r.status == 200
+    for url in (own.ingest_url, own.read_url):
+        async with http.get(url + "/healthz") as r:
+            assert r.status == 200  # probes need no token
+    own.stop_all()
     for name in ("ingest", "readapi"):
         assert publish_token not in own.log(name, tail=100_000)
         assert read_token not in own.log(name, tail=100_000)
 
 
 async def test_services_start_before_the_broker_and_database_do(
-    settings: Settings, tmp_path: Path
+    settings: Settings, own_stack: StackFactory
 ) -> None:
     """Started while RabbitMQ and PostgreSQL refuse connections, every service waits (not
     ready, not crashed) and becomes ready once they answer."""
@@ -308,29 +291,21 @@ async def test_services_start_before_the_broker_and_database_do(
     ):
         broker.cut()
         database.cut()
-        own = Stack(
-            replace(
-                settings,
-                amqp_url=str(url.with_host("127.0.0.1").with_port(broker.port)),
-                database_url=psycopg.conninfo.make_conninfo(
-                    settings.database_url, host="127.0.0.1", port=database.port
-                ),
-                ingest_port=free_port(),
-                read_port=free_port(),
+        own = own_stack(
+            amqp_url=str(url.with_host("127.0.0.1").with_port(broker.port)),
+            database_url=psycopg.conninfo.make_conninfo(
+                settings.database_url, host="127.0.0.1", port=database.port
             ),
-            tmp_path,
             consumers=1,
         )
         for name in own.names:
             own.start(name, wait=False)
-        try:
-            with pytest.raises(AssertionError, match="not ready"):
-                await asyncio.to_thread(own.wait_ready, "ingest", 2.0)
-            assert all(p.poll() is None for p in own.procs.values()), "a service gave up"
-            broker.restore()
-            database.restore()
-            for name in own.names:
-                await asyncio.to_thread(own.wait_ready, name, 30.0)
-        finally:
-            own.stop_all()
+        with pytest.raises(ChildFailed, match="not ready"):
+            await asyncio.to_thread(own.wait_ready, "ingest", 2.0)
+        assert all(p.poll() is None for p in own.procs.values()), "a service gave up"
+        broker.restore()
+        database.restore()
+        for name in own.names:
+            await asyncio.to_thread(own.wait_ready, name, 30.0)
+        own.stop_all()
     assert "unreachable" in own.log("ingest")

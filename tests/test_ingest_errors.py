@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from stack.processes import Stack
+from stack.supervisor import Supervisor
 from tests.support import event, post_json, settled, stats
 
 GOOD = event("errors", "good")
@@ -36,7 +36,7 @@ CASES: list[tuple[str, bytes, str, int]] = [
 
 
 async def test_bad_inputs_are_refused_whole_and_nothing_is_queued(
-    stack: Stack, http: aiohttp.ClientSession
+    stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     before = await stats(http, stack.read_url)
     for name, body, ctype, want in CASES:
@@ -62,7 +62,9 @@ async def test_bad_inputs_are_refused_whole_and_nothing_is_queued(
     assert after["dead_letter_messages"] == before["dead_letter_messages"]
 
 
-async def test_huge_bad_batch_gets_a_small_reply(stack: Stack, http: aiohttp.ClientSession) -> None:
+async def test_huge_bad_batch_gets_a_small_reply(
+    stack: Supervisor, http: aiohttp.ClientSession
+) -> None:
     body = orjson.dumps([{"topic": 5, "event_id": None}] * 15_000)
     status, reply, headers = await post_json(http, stack.ingest_url, None, raw=body)
     assert status == 422
@@ -71,7 +73,9 @@ async def test_huge_bad_batch_gets_a_small_reply(stack: Stack, http: aiohttp.Cli
     assert int(headers["Content-Length"]) < 4096
 
 
-async def test_body_over_the_byte_limit_is_413(stack: Stack, http: aiohttp.ClientSession) -> None:
+async def test_body_over_the_byte_limit_is_413(
+    stack: Supervisor, http: aiohttp.ClientSession
+) -> None:
     big = b"[" + b" " * (stack.settings.max_body_bytes + 10) + b"]"
     status, reply, _ = await post_json(http, stack.ingest_url, None, raw=big)
     assert status == 413
@@ -88,7 +92,9 @@ async def test_body_over_the_byte_limit_is_413(stack: Stack, http: aiohttp.Clien
         assert resp.status == 413
 
 
-async def test_wrong_method_and_path_answer_json(stack: Stack, http: aiohttp.ClientSession) -> None:
+async def test_wrong_method_and_path_answer_json(
+    stack: Supervisor, http: aiohttp.ClientSession
+) -> None:
     async with http.get(f"{stack.ingest_url}/publish") as resp:
         assert resp.status == 405
         assert (await resp.json())["error"]
@@ -98,7 +104,7 @@ async def test_wrong_method_and_path_answer_json(stack: Stack, http: aiohttp.Cli
 
 
 async def test_five_thousand_event_batch_of_seed_size(
-    stack: Stack, http: aiohttp.ClientSession
+    stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     topic = f"big-{uuid.uuid4().hex[:6]}"
     batch = [event(topic, f"evt{i}", payload={"msg": f"Event {i}" * 20}) for i in range(5000)]

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
-from pathlib import Path
 
 import aiohttp
 import orjson
 
 from pubsub.settings import Settings
-from stack.processes import Stack, free_port
+from stack.supervisor import Supervisor
+from tests.fix_stack import StackFactory
 from tests.support import delete_topology, event, eventually, settled, stats
 
 
 async def test_request_id_is_followed_from_ingest_to_the_consumer(
-    settings: Settings, stack: Stack, http: aiohttp.ClientSession, tmp_path: Path
+    settings: Settings, http: aiohttp.ClientSession, own_stack: StackFactory
 ) -> None:
     # Ingest and a consumer of their own, at DEBUG, on a queue of their own.
-    own_settings = dataclasses.replace(
-        settings, log_level="DEBUG", ingest_port=free_port(), queue=settings.queue + ".obs"
-    )
-    own = Stack(own_settings, tmp_path, consumers=1)
+    own = own_stack(log_level="DEBUG", queue=settings.queue + ".obs", consumers=1)
     own.start("ingest")
     own.start("consumer-1")
     try:
@@ -49,10 +45,10 @@ async def test_request_id_is_followed_from_ingest_to_the_consumer(
         assert {line["service"] for line in lines} == {"consumer"}
     finally:
         own.stop_all()
-        await delete_topology(own_settings)
+        await delete_topology(own.settings)
 
 
-async def test_ndjson_from_log_shippers(stack: Stack, http: aiohttp.ClientSession) -> None:
+async def test_ndjson_from_log_shippers(stack: Supervisor, http: aiohttp.ClientSession) -> None:
     topic = f"ndjson-{uuid.uuid4().hex[:6]}"
     body = b"\n".join(orjson.dumps(event(topic, f"line-{i}")) for i in range(50)) + b"\n"
     before = await stats(http, stack.read_url)

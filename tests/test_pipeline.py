@@ -11,7 +11,7 @@ import orjson
 import psycopg
 
 from publisher.load import LoadConfig, run_load
-from stack.processes import Stack
+from stack.supervisor import Supervisor
 from tests.support import event, get_json, post_json, settled, stats
 
 
@@ -25,7 +25,7 @@ def stored(db: psycopg.Connection[Any], topic: str) -> list[str]:
 
 
 async def deltas(
-    http: aiohttp.ClientSession, stack: Stack, before: dict[str, Any], sent: int
+    http: aiohttp.ClientSession, stack: Supervisor, before: dict[str, Any], sent: int
 ) -> tuple[int, int, int]:
     after = await settled(http, stack.read_url, before["received"] + sent)
     return (
@@ -36,7 +36,7 @@ async def deltas(
 
 
 async def test_single_event_is_stored_and_served_in_the_seeds_shape(
-    stack: Stack, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
+    stack: Supervisor, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
 ) -> None:
     topic = new_topic()
     before = await stats(http, stack.read_url)
@@ -50,7 +50,7 @@ async def test_single_event_is_stored_and_served_in_the_seeds_shape(
 
 
 async def test_same_event_five_times_is_stored_once(
-    stack: Stack, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
+    stack: Supervisor, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
 ) -> None:
     topic = new_topic()
     before = await stats(http, stack.read_url)
@@ -68,7 +68,7 @@ async def test_same_event_five_times_is_stored_once(
 
 
 async def test_batch_with_duplicates_inside(
-    stack: Stack, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
+    stack: Supervisor, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
 ) -> None:
     topic = new_topic()
     before = await stats(http, stack.read_url)
@@ -80,7 +80,7 @@ async def test_batch_with_duplicates_inside(
 
 
 async def test_fifty_concurrent_identical_events(
-    stack: Stack, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
+    stack: Supervisor, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
 ) -> None:
     topic = new_topic()
     before = await stats(http, stack.read_url)
@@ -93,7 +93,7 @@ async def test_fifty_concurrent_identical_events(
 
 
 async def test_topics_are_case_sensitive_and_ids_are_per_topic(
-    stack: Stack, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
+    stack: Supervisor, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
 ) -> None:
     low, high = f"hai-{uuid.uuid4().hex[:6]}", ""
     high = low.replace("hai", "Hai")
@@ -109,7 +109,7 @@ async def test_topics_are_case_sensitive_and_ids_are_per_topic(
 
 
 async def test_missing_timestamp_takes_the_receive_time(
-    stack: Stack, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
+    stack: Supervisor, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
 ) -> None:
     topic = new_topic()
     before = await stats(http, stack.read_url)
@@ -126,7 +126,7 @@ async def test_missing_timestamp_takes_the_receive_time(
     assert ts == received_at and received_at <= stored_at
 
 
-async def test_seeds_workload_batch_and_single_modes(stack: Stack) -> None:
+async def test_seeds_workload_batch_and_single_modes(stack: Supervisor) -> None:
     for mode in ("batch", "single"):
         cfg = LoadConfig(
             ingest_url=stack.ingest_url,
@@ -147,7 +147,7 @@ async def test_seeds_workload_batch_and_single_modes(stack: Stack) -> None:
         assert report.ok
 
 
-async def test_counters_always_add_up(stack: Stack, http: aiohttp.ClientSession) -> None:
+async def test_counters_always_add_up(stack: Supervisor, http: aiohttp.ClientSession) -> None:
     s = await stats(http, stack.read_url)
     assert s["received"] == s["unique_processed"] + s["duplicate_dropped"]
     assert s["uptime"] > 0
@@ -155,7 +155,7 @@ async def test_counters_always_add_up(stack: Stack, http: aiohttp.ClientSession)
 
 
 async def test_a_retry_under_the_same_idempotency_key_is_counted_once(
-    stack: Stack, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
+    stack: Supervisor, http: aiohttp.ClientSession, db: psycopg.Connection[Any]
 ) -> None:
     topic = new_topic()
     key = uuid.uuid4().hex

@@ -9,12 +9,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stack.processes import Stack
+from stack.supervisor import Supervisor
 from tests.support import event, post_json, settled, stats
 
 
 @pytest.fixture
-async def topic(stack: Stack, http: aiohttp.ClientSession) -> str:
+async def topic(stack: Supervisor, http: aiohttp.ClientSession) -> str:
     """A topic with 25 events: timestamps 10:00:00..10:00:12, two events per second."""
     name = f"page-{uuid.uuid4().hex[:8]}"
     batch = [
@@ -34,7 +34,7 @@ async def fetch(http: aiohttp.ClientSession, url: str) -> tuple[int, Any, str | 
 
 
 async def test_pages_follow_link_headers_in_timestamp_order(
-    stack: Stack, http: aiohttp.ClientSession, topic: str
+    stack: Supervisor, http: aiohttp.ClientSession, topic: str
 ) -> None:
     url: str | None = f"{stack.read_url}/events?topic={topic}&limit=10"
     seen: list[str] = []
@@ -55,7 +55,9 @@ async def test_pages_follow_link_headers_in_timestamp_order(
     assert seen == [f"e{i:02d}" for i in range(25)]
 
 
-async def test_time_range_filter(stack: Stack, http: aiohttp.ClientSession, topic: str) -> None:
+async def test_time_range_filter(
+    stack: Supervisor, http: aiohttp.ClientSession, topic: str
+) -> None:
     status, page, link = await fetch(
         http,
         f"{stack.read_url}/events?topic={topic}"
@@ -67,7 +69,7 @@ async def test_time_range_filter(stack: Stack, http: aiohttp.ClientSession, topi
 
 
 async def test_unfiltered_listing_pages_across_topics(
-    stack: Stack, http: aiohttp.ClientSession, topic: str
+    stack: Supervisor, http: aiohttp.ClientSession, topic: str
 ) -> None:
     status, page, link = await fetch(http, f"{stack.read_url}/events?limit=3")
     assert status == 200 and len(page) == 3 and link is not None
@@ -93,7 +95,7 @@ async def test_unfiltered_listing_pages_across_topics(
     ],
 )
 async def test_bad_parameters_are_400(
-    stack: Stack, http: aiohttp.ClientSession, query: str
+    stack: Supervisor, http: aiohttp.ClientSession, query: str
 ) -> None:
     status, body, _ = await fetch(http, f"{stack.read_url}/events?{query}")
     assert status == 400, body

@@ -9,7 +9,7 @@ import uuid
 import aiohttp
 import orjson
 
-from stack.processes import Stack
+from stack.supervisor import Supervisor
 from tests.support import event, settled, stats
 
 
@@ -25,7 +25,7 @@ async def _post(http: aiohttp.ClientSession, url: str, body: bytes) -> int:
 
 
 async def test_sigterm_on_ingest_answers_every_request_it_took(
-    stack: Stack, http: aiohttp.ClientSession
+    stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     topic = f"term-{uuid.uuid4().hex[:6]}"
     before = await stats(http, stack.read_url)
@@ -45,7 +45,7 @@ async def test_sigterm_on_ingest_answers_every_request_it_took(
 
 
 async def test_sigterm_on_consumers_finishes_and_acks_the_batch_in_hand(
-    stack: Stack, http: aiohttp.ClientSession
+    stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
     topic = f"term-c-{uuid.uuid4().hex[:6]}"
     before = await stats(http, stack.read_url)

@@ -9,10 +9,8 @@ from typing import Any
 import orjson
 import psycopg
 
-from consumer.store import Store
-from pubsub import wire
+from consumer.store import Row, Store, copy_rows
 from pubsub.settings import Settings
-from pubsub.wire import Row
 
 NOW = "2025-10-21T10:00:00+00:00"
 
@@ -30,7 +28,7 @@ def rows(topic: str, ids: list[int]) -> list[Row]:
             for i in ids
         ]
     )
-    return wire.decode(body, NOW)
+    return copy_rows(orjson.loads(body), NOW)
 
 
 def counters(db: psycopg.Connection[Any]) -> tuple[int, int, int]:
@@ -112,7 +110,7 @@ async def test_awkward_text_survives_the_copy_exactly(
     )
     store = Store(settings, shard=4)
     try:
-        await store.store([("m-" + topic, wire.decode(body, NOW))])
+        await store.store([("m-" + topic, copy_rows(orjson.loads(body), NOW))])
     finally:
         await store.close()
     row = db.execute(

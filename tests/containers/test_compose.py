@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from publisher.load import LoadConfig, fetch_stats, run_load
+from publisher.load import LoadConfig, run_load
+from publisher.watch import fetch_stats
 from tests.containers.fix_compose import APP, HEALTHY_WITHIN, ROOT, Compose, docker
 from tests.support import eventually, settled, stream_through
 

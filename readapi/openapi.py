@@ -1,0 +1,77 @@
+"""The OpenAPI documents of the read API: its own, and the whole system's as the gateway
+serves it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typing_extensions import TypedDict
+
+from pubsub import openapi
+from pubsub.event import Event
+from pubsub.openapi import ErrorReply
+
+
+class Stats(TypedDict):
+    received: int
+    unique_processed: int
+    duplicate_dropped: int
+    topics: list[str]
+    topics_truncated: bool
+    uptime: float
+    queued_messages: int | None
+    dead_letter_messages: int | None
+
+
+def document(*, max_limit: int) -> dict[str, Any]:
+    time_param = {"type": "string", "format": "date-time"}
+    events = {
+        "get": {
+            "summary": "Stored events, ordered by timestamp, keyset-paginated.",
+            "security": openapi.OPTIONAL_BEARER,
+            "description": 'The next page is in the `Link: <...>; rel="next"` header.',
+            "parameters": [
+                {"name": "topic", "in": "query", "schema": {"type": "string", "maxLength": 255}},
+                {"name": "since", "in": "query", "schema": time_param},
+                {"name": "until", "in": "query", "schema": time_param},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": max_limit},
+                },
+                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": openapi.json_body(
+                    {"type": "array", "items": openapi.ref("Event")}, "A page of events."
+                ),
+                **openapi.errors(400, 401, 503),
+            },
+        }
+    }
+    stats = {
+        "get": {
+            "summary": "Counters (durable, shared by all consumers), topics, queue depths.",
+            "security": openapi.OPTIONAL_BEARER,
+            "responses": {
+                "200": openapi.json_body(openapi.ref("Stats"), "Statistics."),
+                **openapi.errors(401, 503),
+            },
+        }
+    }
+    return openapi.document(
+        "pubsub read API",
+        {"/events": events, "/stats": stats, **openapi.HEALTH},
+        openapi.schemas(Event, Stats, ErrorReply),
+    )
+
+
+def gateway_document(*, max_limit: int) -> dict[str, Any]:
+    """The whole system as the gateway serves it on one port: ``/publish`` goes to ingest,
+    everything else to the read API (see ``deploy/nginx/nginx.conf``)."""
+    read = document(max_limit=max_limit)
+    return openapi.document(
+        "pubsub-aggregator",
+        {"/publish": openapi.publish_path(), **read["paths"]},
+        {**read["components"]["schemas"], **openapi.schemas(*openapi.PUBLISH_SCHEMAS)},
+    )

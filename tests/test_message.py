@@ -1,0 +1,98 @@
+"""The broker message format, and the COPY rows the consumer makes of a message's events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import aio_pika
+import orjson
+import pytest
+
+from consumer.store import Row, copy_rows
+from pubsub import message
+from pubsub.event import Event
+
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def rows_of(outgoing: aio_pika.Message) -> list[Row]:
+    """What the consumer makes of a message: decode, then a COPY row per event."""
+    decoded = message.decode(outgoing)
+    return [row for _, events in decoded.units for row in copy_rows(events, decoded.received_at)]
+
+
+def raw(body: bytes) -> aio_pika.Message:
+    return aio_pika.Message(body, message_id="m1", headers={message.RECEIVED_AT: "now"})
+
+
+def test_round_trip_in_pieces() -> None:
+    events: list[Event] = [
+        {"topic": "t", "event_id": str(i), "source": "s", "timestamp": NOW, "payload": {"a": [i]}}
+        for i in range(5)
+    ]
+    pieces = message.encode_events(events, per_piece=2)
+    assert [p.count for p in pieces] == [2, 2, 1]
+    outgoing = message.encode(
+        [p.data for p in pieces],
+        keys=[[p.key, p.count] for p in pieces],
+        received_at="received",
+        request_ids=["r1"],
+    )
+    rows = rows_of(outgoing)
+    assert [key for key, _ in rows] == [("t", str(i)) for i in range(5)]
+    topic, event_id, ts, source, payload, received = rows[3][1].split("\t")
+    assert (topic, event_id, source, received) == ("t", "3", "s", "received")
+    assert datetime.fromisoformat(ts) == NOW
+    assert orjson.loads(payload) == {"a": [3]}
+    assert message.decode(outgoing).request_ids == ["r1"]
+
+
+def test_pieces_with_keys_are_units_of_their_own() -> None:
+    events: list[Event] = [
+        {"topic": "t", "event_id": str(i), "source": "s", "timestamp": NOW, "payload": {}}
+        for i in range(3)
+    ]
+    keyed = message.encode_events(events[:2], per_piece=10, key="k")
+    plain = message.encode_events(events[2:], per_piece=10)
+    outgoing = message.encode(
+        [p.data for p in keyed + plain],
+        keys=[["k", 2], ["", 1]],
+        received_at="now",
+        request_ids=[],
+    )
+    decoded = message.decode(outgoing)
+    assert [(key, len(evs)) for key, evs in decoded.units] == [
+        ("k:k", 2),
+        ("m:" + str(outgoing.message_id), 1),
+    ]
+
+
+def test_unencodable_payload_raises() -> None:
+    event: Event = {"topic": "t", "event_id": "e", "source": "s", "payload": {"n": 2**70}}
+    with pytest.raises(TypeError):
+        message.encode_events([event], per_piece=10)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"garbage",
+        b"{}",
+        b"[1]",
+        b'[{"topic": "t"}]',
+        b'[{"topic":1,"event_id":"e","timestamp":"t","source":"s","payload":{}}]',
+        b'[{"topic":"t","event_id":"e","timestamp":"t","source":"s","payload":[]}]',
+        b'[{"topic":"t\\tx","event_id":"e","timestamp":"t","source":"s","payload":{}}]',
+        b'[{"topic":"t","event_id":"e\\n","timestamp":"t","source":"s","payload":{}}]',
+    ],
+)
+def test_undecodable_bodies(body: bytes) -> None:
+    with pytest.raises(message.Undecodable):
+        rows_of(raw(body))
+
+
+def test_a_message_without_id_or_receive_time_is_undecodable() -> None:
+    with pytest.raises(message.Undecodable):
+        message.decode(aio_pika.Message(b"[]", headers={message.RECEIVED_AT: "now"}))
+    with pytest.raises(message.Undecodable):
+        message.decode(aio_pika.Message(b"[]", message_id="m"))
