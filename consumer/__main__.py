@@ -23,14 +23,14 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
     app = http.new_app()
     http.add_health(app, ready)
-    runner, port = await http.serve(app, settings.http_host, settings.consumer_port)
-    log.info("consumer listening on http://%s:%d (metrics, health)", settings.http_host, port)
-    try:
-        await worker.run(stop)
-    finally:
-        log.info("consumer stopping")
-        await worker.close()
-        await runner.cleanup()
+    host, port = settings.http_host, settings.consumer_port
+    # The health endpoints answer until the worker has stored what it held.
+    async with http.serving(app, host, port, what="consumer (metrics, health)"):
+        try:
+            await worker.run(stop)
+        finally:
+            log.info("consumer stopping")
+            await worker.close()
 
 
 if __name__ == "__main__":

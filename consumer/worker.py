@@ -65,14 +65,16 @@ class Worker:
         await channel.set_qos(prefetch_count=self.settings.prefetch)
         topo = await topology.declare(channel, self.settings)
         self._queue = topo.queue
-        self._consumer_tag = await topo.queue.consume(self._on_message)
+        self._consumer_tag = await topo.queue.consume(self.on_message)
         await service.retry(self.store.connect, what="PostgreSQL", stop=stop, backoff=self._backoff)
 
     @property
     def connected(self) -> dict[str, bool]:
         return {"broker": topology.is_connected(self.connection), "database": self.store.connected}
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        """The queue's consume callback: decode a delivery and add it to the pending batch;
+        one that can never be stored goes to the dead-letter queue at once."""
         try:
             decoded = decode(message)
             units = [(key, copy_rows(events, decoded.received_at)) for key, events in decoded.units]

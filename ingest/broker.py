@@ -85,9 +85,13 @@ class BrokerClient:
         self._max_in_flight = settings.publish_in_flight * 16
 
     async def start(self, stop: asyncio.Event) -> None:
-        self.connection = await service.connect_broker(self.settings, name="ingest", stop=stop)
-        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._exchange = (await topology.declare(channel, self.settings)).exchange
+        connection = await service.connect_broker(self.settings, name="ingest", stop=stop)
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self.attach(connection, (await topology.declare(channel, self.settings)).exchange)
+
+    def attach(self, connection: AbstractRobustConnection, exchange: AbstractExchange) -> None:
+        """Publish to ``exchange``, on a channel of ``connection`` with publisher confirms."""
+        self.connection, self._exchange = connection, exchange
 
     @property
     def connected(self) -> bool:

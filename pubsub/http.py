@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -13,6 +14,8 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 log = logging.getLogger("pubsub.http")
+
+MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 
 ReadyCheck = Callable[[], Awaitable[Mapping[str, bool]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,7 +77,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         message = exc.reason
         if exc.status == 413:
-            message = f"body exceeds the limit of {request.app['max_body_bytes']} bytes"
+            message = f"body exceeds the limit of {request.app[MAX_BODY_BYTES]} bytes"
         return Refusal(exc.status, message).response()
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
@@ -110,7 +113,7 @@ def new_app(
     if token:
         middlewares.append(bearer(token, protected))
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
-    app["max_body_bytes"] = max_body_bytes
+    app[MAX_BODY_BYTES] = max_body_bytes
     return app
 
 
@@ -144,16 +147,24 @@ def add_health(app: web.Application, ready: ReadyCheck) -> None:
     app.router.add_get("/metrics", make_aiohttp_handler())
 
 
-async def serve(
-    app: web.Application, host: str, port: int, *, reuse_port: bool = False
-) -> tuple[web.AppRunner, int]:
-    """Start serving ``app``; return the runner and the bound port (useful with port 0).
+@contextlib.asynccontextmanager
+async def serving(
+    app: web.Application, host: str, port: int, *, what: str, reuse_port: bool = False
+) -> AsyncIterator[int]:
+    """Serve ``app`` for the time of the ``with`` block, which gets the bound port (useful
+    with port 0). On leaving it the listener closes first, then the requests in progress are
+    finished (each handler bounds its own wait).
 
     With ``reuse_port`` several processes share the port and the kernel spreads connections.
     """
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
-    await site.start()
-    bound: int = runner.addresses[0][1] if runner.addresses else port
-    return runner, bound
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
+        await site.start()
+        bound: int = runner.addresses[0][1] if runner.addresses else port
+        log.info("%s listening on http://%s:%d", what, host, bound)
+        yield bound
+    finally:
+        await runner.shutdown()
+        await runner.cleanup()

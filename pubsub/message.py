@@ -141,8 +141,9 @@ def _events(body: bytes) -> list[dict[str, Any]]:
         raise Undecodable(f"body is not JSON: {exc}") from None
     if type(items) is not list:
         raise Undecodable("body is not a JSON array")
+    item: Any = None
     try:
-        for index, item in enumerate(items):
+        for item in items:
             if not (
                 type(item["topic"]) is str
                 and type(item["event_id"]) is str
@@ -150,9 +151,11 @@ def _events(body: bytes) -> list[dict[str, Any]]:
                 and type(item["source"]) is str
                 and type(item["payload"]) is dict
             ):
-                raise Undecodable(f"event {index} has a field of the wrong type")
+                raise Undecodable(f"event {items.index(item)} has a field of the wrong type")
     except (KeyError, TypeError) as exc:
-        raise Undecodable(f"event {index} lacks a field or is not an object: {exc}") from None
+        raise Undecodable(
+            f"event {items.index(item)} lacks a field or is not an object: {exc}"
+        ) from None
     return items
 
 

@@ -1,0 +1,148 @@
+"""Both HTTP apps in process, served by aiohttp's ``TestServer``: ingest in front of a broker
+client that records what it is given, the read API over the real PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from ingest.app import make_app as make_ingest
+from ingest.broker import BrokerClient, BrokerUnavailable
+from pubsub import message
+from pubsub.settings import Settings
+from readapi.app import Sources
+from readapi.app import make_app as make_read
+from tests.support import event
+
+Client = TestClient[web.Request, web.Application]
+
+
+class RecordingBroker:
+    """Stands in for :class:`BrokerClient`: keeps what it is asked to publish."""
+
+    def __init__(self, *, refuse: str = "", connected: bool = True) -> None:
+        self.refuse = refuse
+        self.connected = connected
+        self.published: list[list[message.Piece]] = []
+
+    async def publish(
+        self, pieces: Sequence[message.Piece], *, received_at: datetime, request_id: str
+    ) -> None:
+        if self.refuse:
+            raise BrokerUnavailable(self.refuse)
+        self.published.append(list(pieces))
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[Client]:
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+def ingest(broker: RecordingBroker, **settings: Any) -> web.Application:
+    return make_ingest(Settings(**settings), cast(BrokerClient, broker))
+
+
+async def test_ingest_answers_202_after_handing_the_events_to_the_broker() -> None:
+    broker = RecordingBroker()
+    async with serve(ingest(broker)) as client:
+        body = [event("apps", str(i)) for i in range(3)]
+        resp = await client.post("/publish", json=body, headers={"X-Request-Id": "req-1"})
+        assert resp.status == 202
+        assert await resp.json() == {"accepted": 3, "request_id": "req-1"}
+        assert resp.headers["X-Request-Id"] == "req-1"
+    assert [p.count for pieces in broker.published for p in pieces] == [3]
+
+
+async def test_ingest_names_at_most_the_configured_number_of_payload_problems() -> None:
+    broker = RecordingBroker()
+    async with serve(ingest(broker, max_errors_reported=3)) as client:
+        body = [event("apps", str(i), payload={"text": "nul \u0000"}) for i in range(5)]
+        resp = await client.post(
+            "/publish", data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        reply = await resp.json()
+    assert resp.status == 422
+    assert len(reply["problems"]) == 3 and reply["problem_count"] == 5
+    assert resp.headers["X-Request-Id"]
+    assert not broker.published
+
+
+async def test_ingest_answers_503_with_the_configured_retry_after() -> None:
+    broker = RecordingBroker(refuse="not connected to the broker")
+    async with serve(ingest(broker, retry_after=9)) as client:
+        resp = await client.post("/publish", json=event("apps", "e"))
+        reply = await resp.json()
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "9" and resp.headers["X-Request-Id"]
+    assert "broker unavailable: not connected to the broker" in reply["error"]
+
+
+async def test_ingest_refusals_are_json_with_a_reason() -> None:
+    async with serve(ingest(RecordingBroker(), publish_token="secret")) as client:
+        resp = await client.post("/publish", json=event("apps", "e"))
+        assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
+        assert (await resp.json())["error"] == "missing or wrong bearer token"
+        resp = await client.post(
+            "/publish",
+            data=b"x",
+            headers={"Authorization": "Bearer secret", "Content-Type": "text/plain"},
+        )
+        assert resp.status == 415 and "unsupported content type" in (await resp.json())["error"]
+        resp = await client.get("/nowhere")
+        assert resp.status == 404 and (await resp.json())["error"]
+
+
+async def test_ingest_is_not_ready_without_the_broker_and_documents_publish() -> None:
+    async with serve(ingest(RecordingBroker(connected=False))) as client:
+        resp = await client.get("/readyz")
+        assert resp.status == 503
+        assert (await resp.json())["checks"] == {"broker": False}
+        document = await (await client.get("/openapi.json")).json()
+        assert "/publish" in document["paths"]
+
+
+@asynccontextmanager
+async def read_api(settings: Settings) -> AsyncIterator[Client]:
+    """The read API over the database, without a broker: queue depths are unknown."""
+    sources = Sources(settings)
+    await sources.pool.open(wait=False)
+    try:
+        async with serve(make_read(sources)) as client:
+            yield client
+    finally:
+        await sources.close()
+
+
+async def test_read_api_serves_stats_and_refuses_bad_parameters(settings: Settings) -> None:
+    async with read_api(settings) as client:
+        stats = await (await client.get("/stats")).json()
+        assert {"received", "unique_processed", "duplicate_dropped", "topics", "uptime"} <= set(
+            stats
+        )
+        assert stats["queued_messages"] is None
+        for query, reason in (("limit=0", "limit must be between"), ("color=red", "unknown")):
+            resp = await client.get(f"/events?{query}")
+            assert resp.status == 400
+            assert reason in (await resp.json())["error"]
+        gateway = await (await client.get("/openapi/gateway.json")).json()
+        assert {"/publish", "/events", "/stats"} <= set(gateway["paths"])
+
+
+async def test_read_api_answers_503_with_the_configured_retry_after(settings: Settings) -> None:
+    unreachable = dataclasses.replace(
+        settings, database_url="postgresql://postgres@127.0.0.1:1/test", retry_after=7
+    )
+    async with read_api(unreachable) as client:
+        for path in ("/stats", "/events"):
+            resp = await client.get(path)
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "7"
+            assert (await resp.json())["error"] == "database unavailable; retry later"
