@@ -1,5 +1,3 @@
 from __future__ import annotations
 
-from tests.containers.fix_compose import compose
-
-__all__ = ["compose"]
+pytest_plugins = ["tests.containers.fix_compose"]
