@@ -7,14 +7,14 @@ import logging
 from collections.abc import Mapping
 
 from consumer.worker import Worker
-from pubsub import http, service
+from pubsub import dbschema, http, service
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer")
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    await service.prepare_database(settings, stop=stop)
+    await dbschema.prepare(settings, stop=stop)
     worker = Worker(settings)
     await worker.start(stop)
 

@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from pubsub import database
+from pubsub import database, service
+from pubsub.backoff import Backoff
 from pubsub.settings import Settings
 
 _LOCK_KEY = 0x70756273  # any constant shared by every process of the project
@@ -53,6 +55,13 @@ CREATE TABLE IF NOT EXISTS counters (
     duplicate_dropped bigint  NOT NULL DEFAULT 0
 );
 """
+
+
+async def prepare(settings: Settings, *, stop: asyncio.Event) -> None:
+    """:func:`ensure`, waiting for PostgreSQL as long as it takes to answer (service start-up)."""
+    await service.retry(
+        lambda: ensure(settings), what="PostgreSQL", stop=stop, backoff=Backoff.of(settings)
+    )
 
 
 async def ensure(settings: Settings) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pubsub import http, service
+from pubsub import dbschema, http, service
 from pubsub.settings import Settings
 from readapi.app import Sources, make_app
 
@@ -13,7 +13,7 @@ log = logging.getLogger("pubsub.readapi")
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    await service.prepare_database(settings, stop=stop)
+    await dbschema.prepare(settings, stop=stop)
     sources = Sources(settings)
     await sources.start(stop)
     app = make_app(sources)
