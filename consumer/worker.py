@@ -4,11 +4,15 @@ Nothing is acknowledged before its transaction committed, so a crash anywhere le
 redelivery, which the message ledger in :mod:`consumer.store` makes harmless. While PostgreSQL
 is unreachable the batch in hand is retried with capped exponential backoff; the deliveries
 stay unacknowledged (not rejected), so an outage neither loops nor fills the dead-letter queue.
+
+Asked to stop, a consumer stores what it already holds, for at most ``PUBSUB_STOP_TIMEOUT``
+seconds; what is still unstored then stays unacknowledged, and the broker redelivers it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -35,6 +39,10 @@ log = logging.getLogger("pubsub.consumer.worker")
 _PRUNE_EVERY = 600.0  # seconds between ledger clean-ups (spread over the consumers)
 
 
+class Abandoned(Exception):
+    """The grace period after the stop request ran out before the batch was stored."""
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     message: AbstractIncomingMessage
@@ -56,6 +64,7 @@ class Worker:
         self._pending_events = 0
         self._arrived = asyncio.Event()  # something is pending
         self._full = asyncio.Event()  # a whole batch is pending
+        self._give_up = asyncio.Event()  # the grace period after the stop request is over
         self._consumer_tag: str | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
 
@@ -91,7 +100,29 @@ class Worker:
             self._full.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Store batches until ``stop`` is set, then drain what was already delivered."""
+        """Store batches until ``stop`` is set, then what was already delivered (within the
+        grace period)."""
+        grace = asyncio.create_task(self._grace(stop))
+        try:
+            await self._consume(stop)
+            await self._stop_consuming()
+            while self._pending:
+                await self._flush()
+        except Abandoned:
+            log.warning(
+                "stopping with messages not stored within %.0fs: they stay unacknowledged, "
+                "and the broker redelivers them",
+                self.settings.stop_timeout,
+            )
+        finally:
+            grace.cancel()
+
+    async def _grace(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        await asyncio.sleep(self.settings.stop_timeout)
+        self._give_up.set()
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         stopping = asyncio.ensure_future(stop.wait())
         next_prune = time.monotonic() + random.uniform(0, _PRUNE_EVERY)
         try:
@@ -109,9 +140,6 @@ class Worker:
                     await self._prune()
         finally:
             stopping.cancel()
-        await self._stop_consuming()
-        while self._pending:
-            await self._flush()
 
     async def _prune(self) -> None:
         try:
@@ -166,7 +194,7 @@ class Worker:
         while True:
             started = time.perf_counter()
             try:
-                stored = await self.store.store([u for d in batch for u in d.units])
+                stored = await self._attempt([u for d in batch for u in d.units])
             except database.REFUSED as exc:
                 log.error("batch of %d message(s) refused: %s", len(batch), exc)
                 await self._store_one_by_one(batch)
@@ -178,15 +206,34 @@ class Worker:
                 failures += 1
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
                 await self.store.close()
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._give_up.wait(), delay)
                 continue
             metrics.STORE_SECONDS.observe(time.perf_counter() - started)
             return stored
 
+    async def _attempt(self, units: list[tuple[str, list[Row]]]) -> Stored:
+        """One store; :class:`Abandoned` once the grace period after a stop request is over
+        (an attempt then in progress is cancelled: uncommitted, nothing is acknowledged)."""
+        if self._give_up.is_set():
+            raise Abandoned
+        attempt = asyncio.ensure_future(self.store.store(units))
+        give_up = asyncio.ensure_future(self._give_up.wait())
+        try:
+            await asyncio.wait({attempt, give_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            give_up.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            await asyncio.wait({attempt})  # cancelled, or finished meanwhile: either way unacked
+            await self.store.close()
+            raise Abandoned
+        return attempt.result()
+
     async def _store_one_by_one(self, batch: list[Delivery]) -> None:
         for delivery in batch:
             try:
-                stored = await self.store.store(delivery.units)
+                stored = await self._attempt(delivery.units)
             except database.REFUSED as exc:
                 await _dead_letter(delivery.message, exc)
             else:

@@ -13,6 +13,7 @@ from aiohttp import web
 from ingest import metrics
 from ingest import openapi as documents
 from ingest.broker import BrokerClient, BrokerUnavailable
+from ingest.budget import Budget, OverBudget
 from ingest.validate import validate
 from pubsub import http, openapi
 from pubsub.http import Refusal
@@ -21,6 +22,7 @@ from pubsub.settings import Settings
 log = logging.getLogger("pubsub.ingest.app")
 
 BROKER = web.AppKey("broker", BrokerClient)
+BUDGET = web.AppKey("budget", Budget)
 SETTINGS = web.AppKey("settings", Settings)
 
 _JSON_TYPES = frozenset({"application/json"})
@@ -66,10 +68,21 @@ async def _accept(request: web.Request, request_id: str) -> int:
     if length is not None and length > settings.max_body_bytes:
         raise Refusal(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
     key = _idempotency_key(request)
-    body = await request.read()
-    pieces = validate(body, received_at=received_at, settings=settings, key=key, ndjson=ndjson)
     try:
-        await request.app[BROKER].publish(pieces, received_at=received_at, request_id=request_id)
+        # The body, its events and their message live until the broker confirmed them.
+        with request.app[BUDGET].reserve(settings.max_body_bytes if length is None else length):
+            body = await request.read()
+            pieces = validate(
+                body, received_at=received_at, settings=settings, key=key, ndjson=ndjson
+            )
+            await request.app[BROKER].publish(
+                pieces, received_at=received_at, request_id=request_id
+            )
+    except OverBudget as exc:
+        raise Refusal.unavailable(
+            f"ingest is busy ({exc}); nothing was accepted, retry later",
+            retry_after=settings.retry_after,
+        ) from None
     except BrokerUnavailable as exc:
         raise Refusal.unavailable(
             f"broker unavailable: {exc}; nothing was accepted, retry later",
@@ -118,6 +131,7 @@ def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
     )
     app[SETTINGS] = settings
     app[BROKER] = broker
+    app[BUDGET] = Budget(settings.ingest_memory_budget)
 
     async def ready() -> Mapping[str, bool]:
         return {"broker": broker.connected}

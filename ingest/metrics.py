@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("pubsub_ingest_requests", "POST /publish requests by answer.", ["status"])
 # Bound once: labels() takes a lock and a dict lookup on every call.
@@ -20,4 +20,10 @@ MESSAGE_EVENTS = Histogram(
     "pubsub_ingest_message_events",
     "Events packed into one broker message.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+)
+BYTES_IN_FLIGHT = Gauge(
+    "pubsub_ingest_bytes_in_flight", "Request body bytes reserved by the requests in flight."
+)
+OVER_BUDGET = Counter(
+    "pubsub_ingest_over_budget", "Requests refused because the memory budget was spent."
 )

@@ -32,7 +32,9 @@ def json_response(
     )
 
 
-@dataclass(frozen=True)
+# Not frozen: raising sets __traceback__ (also through context managers), and eq=False keeps
+# the exception hashable.
+@dataclass(eq=False)
 class Refusal(Exception):
     """A request that is answered with an error; the error middleware renders it as JSON.
 

@@ -43,6 +43,11 @@ class Settings:
         9100, "Port of a consumer's `/metrics` and health endpoints; 0 picks a free one."
     )
     max_body_bytes: int = _opt(16 * 1024 * 1024, "Largest accepted request body (413 above).")
+    ingest_memory_budget: int = _opt(
+        32 * 1024 * 1024,
+        "Request body bytes one ingest process holds at once (a request reserves its "
+        "`Content-Length`, or `PUBSUB_MAX_BODY_BYTES` without one); past it: 503.",
+    )
     max_batch_events: int = _opt(20_000, "Most events in one request (413 above).")
     max_errors_reported: int = _opt(20, "Most validation problems listed in one 422 reply.")
     publish_timeout: float = _opt(
@@ -59,6 +64,11 @@ class Settings:
     batch_max_events: int = _opt(5000, "Most events a consumer stores in one transaction.")
     batch_max_wait: float = _opt(
         0.02, "Seconds a consumer waits for more messages before storing a partial batch."
+    )
+    stop_timeout: float = _opt(
+        8.0,
+        "Seconds a consumer keeps trying to store what it holds after SIGTERM; then it exits, "
+        "leaving the rest unacknowledged for the broker to redeliver.",
     )
     delivery_limit: int = _opt(
         5, "Deliveries of one message before the broker dead-letters it (quorum queue)."
@@ -131,6 +141,11 @@ class Settings:
         if not 0 < self.retry_first_delay <= self.retry_max_delay:
             raise ValueError(
                 "PUBSUB_RETRY_FIRST_DELAY must be above 0 and at most PUBSUB_RETRY_MAX_DELAY"
+            )
+        if self.ingest_memory_budget < self.max_body_bytes:
+            raise ValueError(
+                "PUBSUB_INGEST_MEMORY_BUDGET must be at least PUBSUB_MAX_BODY_BYTES, or the "
+                "largest bodies could never be accepted"
             )
         if self.log_format not in ("json", "text"):
             raise ValueError("PUBSUB_LOG_FORMAT must be json or text")

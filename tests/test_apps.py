@@ -3,6 +3,7 @@ client that records what it is given, the read API over the real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -25,12 +26,17 @@ Client = TestClient[web.Request, web.Application]
 
 
 class RecordingBroker:
-    """Stands in for :class:`BrokerClient`: keeps what it is asked to publish."""
+    """Stands in for :class:`BrokerClient`: keeps what it is asked to publish; confirms at
+    once, or when ``confirm`` is set if one is given."""
 
-    def __init__(self, *, refuse: str = "", connected: bool = True) -> None:
+    def __init__(
+        self, *, refuse: str = "", connected: bool = True, confirm: asyncio.Event | None = None
+    ) -> None:
         self.refuse = refuse
         self.connected = connected
+        self.confirm = confirm
         self.published: list[list[message.Piece]] = []
+        self.arrived = asyncio.Event()
 
     async def publish(
         self, pieces: Sequence[message.Piece], *, received_at: datetime, request_id: str
@@ -38,6 +44,9 @@ class RecordingBroker:
         if self.refuse:
             raise BrokerUnavailable(self.refuse)
         self.published.append(list(pieces))
+        self.arrived.set()
+        if self.confirm is not None:
+            await self.confirm.wait()
 
 
 @asynccontextmanager
@@ -83,6 +92,26 @@ async def test_ingest_answers_503_with_the_configured_retry_after() -> None:
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "9" and resp.headers["X-Request-Id"]
     assert "broker unavailable: not connected to the broker" in reply["error"]
+
+
+async def test_ingest_refuses_past_its_memory_budget_and_accepts_again_after() -> None:
+    confirm = asyncio.Event()
+    broker = RecordingBroker(confirm=confirm)
+    app = ingest(broker, max_body_bytes=4000, ingest_memory_budget=4000, retry_after=3)
+    body = orjson.dumps([event("apps", str(i), payload={"pad": "x" * 200}) for i in range(10)])
+    assert 2000 < len(body) <= 4000, "one fits in the budget, two do not"
+    headers = {"Content-Type": "application/json"}
+    async with serve(app) as client:
+        held = asyncio.create_task(client.post("/publish", data=body, headers=headers))
+        # The first request holds its bytes until it is confirmed.
+        await asyncio.wait_for(broker.arrived.wait(), 5)
+        resp = await client.post("/publish", data=body, headers=headers)
+        assert resp.status == 503 and resp.headers["Retry-After"] == "3"
+        assert "ingest is busy" in (await resp.json())["error"]
+        confirm.set()
+        assert (await held).status == 202
+        resp = await client.post("/publish", data=body, headers=headers)
+        assert resp.status == 202
 
 
 async def test_ingest_refusals_are_json_with_a_reason() -> None:

@@ -9,12 +9,14 @@ that one multiple-ack per channel settles a batch.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import aio_pika
 import orjson
+import psycopg
 from aio_pika.abc import AbstractIncomingMessage
 
 from consumer.store import Row, Store, Stored
@@ -147,3 +149,24 @@ async def test_what_was_delivered_is_stored_before_stopping() -> None:
     stop.set()
     await asyncio.wait_for(w.run(stop), 5)
     assert log.entries == [("store", 4), ("ack", 2, True), ("store", 2), ("ack", 3, True)]
+
+
+class UnreachableStore(RecordingStore):
+    async def store(self, batch: Sequence[tuple[str, Sequence[Row]]]) -> Stored:
+        self._log.add("attempt", sum(len(rows) for _, rows in batch))
+        raise psycopg.OperationalError("connection refused")
+
+
+async def test_asked_to_stop_while_the_database_is_down_it_leaves_within_the_grace() -> None:
+    log = Journal()
+    w = Worker(Settings(stop_timeout=0.3, batch_max_wait=0.01), shard=1)
+    w.store = cast(Store, UnreachableStore(log))
+    stop = asyncio.Event()
+    running = asyncio.create_task(w.run(stop))
+    await deliver(w, Delivery(outgoing(2), 9, object(), log))
+    await log.wait_for("attempt", 2)  # retrying with backoff
+    stop.set()
+    started = time.monotonic()
+    await asyncio.wait_for(running, 5)
+    assert time.monotonic() - started < 0.3 + 1.0
+    assert {entry[0] for entry in log.entries} == {"attempt"}, "nothing acked nor rejected"

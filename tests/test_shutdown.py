@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import uuid
+from collections.abc import Iterator
 
 import aiohttp
 import orjson
+import psycopg
+import pytest
 
+from pubsub.settings import Settings
 from stack.supervisor import Supervisor
-from tests.support import event, settled, stats
+from tests.fix_services import private_settings
+from tests.fix_stack import StackFactory
+from tests.support import event, eventually, settled, stats
+from tests.tcpproxy import proxy
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: bytes) -> int:
@@ -63,3 +71,53 @@ async def test_sigterm_on_consumers_finishes_and_acks_the_batch_in_hand(
     for name in stack.consumers:
         async with http.get(stack.url(name) + "/metrics") as resp:
             assert "pubsub_consumer_units_repeated_total 0.0" in await resp.text()
+
+
+@pytest.fixture
+def private(settings: Settings) -> Iterator[Settings]:
+    """A schema and queue of the test's own, removed afterwards."""
+    with private_settings(settings.amqp_url, settings.database_url, prefix="grace") as s:
+        yield s
+
+
+async def test_a_consumer_stops_within_its_grace_while_the_database_is_down(
+    settings: Settings,
+    private: Settings,
+    own_stack: StackFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    """SIGTERM while PostgreSQL does not answer: the consumer gives up after
+    ``PUBSUB_STOP_TIMEOUT``, acknowledges nothing it did not store, and a consumer started
+    later stores every event exactly once."""
+    db = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+    topic = f"grace-{uuid.uuid4().hex[:6]}"
+    with proxy(str(db.get("host", "127.0.0.1")), int(str(db.get("port", 5432)))) as database:
+        own = own_stack(
+            consumers=1, db_schema=private.db_schema, queue=private.queue, stop_timeout=2.0
+        )
+        own.overrides["consumer-1"] = {
+            "database_url": psycopg.conninfo.make_conninfo(
+                settings.database_url, host="127.0.0.1", port=database.port
+            )
+        }
+        own.start_all()
+        database.cut()
+        for i in range(5):
+            body = orjson.dumps([event(topic, f"{i}-{j}") for j in range(100)])
+            assert await _post(http, own.ingest_url, body) == 202
+
+        async def retrying() -> bool:
+            return "database unavailable" in own.log("consumer-1")
+
+        await eventually(retrying, bool, what="the consumer retrying the store")
+        started = time.monotonic()
+        own.send("consumer-1", signal.SIGTERM)
+        assert await asyncio.to_thread(own.procs["consumer-1"].wait, 15) == 0
+        assert time.monotonic() - started < 2.0 + 3.0, own.log("consumer-1")
+        assert "stopping with messages not stored" in own.log("consumer-1")
+
+        database.restore()
+        own.start("consumer-1")
+        after = await settled(http, own.read_url, 500)
+        assert (after["received"], after["unique_processed"]) == (500, 500)
+        own.stop_all()
