@@ -200,7 +200,14 @@ class Bench:
         return drive
 
     def publisher(
-        self, topic: str, *, events: int, batch: int, concurrency: int
+        self,
+        topic: str,
+        *,
+        events: int,
+        batch: int,
+        concurrency: int,
+        payload_bytes: int = 0,
+        retries: int = 20,
     ) -> Callable[[], Awaitable[tuple[float, float]]]:
         async def drive() -> tuple[float, float]:
             cfg = LoadConfig(
@@ -210,6 +217,8 @@ class Bench:
                 batch_size=batch,
                 concurrency=concurrency,
                 topic=topic,
+                payload_bytes=payload_bytes,
+                retries=retries,
             )
             report = Report()
             await send_load(self.http, cfg, EventSource(cfg), report)
@@ -316,6 +325,16 @@ async def main(args: argparse.Namespace) -> int:
                 f"batches of 1,000, {d:g} s",
                 lambda t: bench.wrk(t, batch=1000, connections=4, seconds=d),
             )
+            # A hostile or simply busy client: 40 maximal batches at once (15.6 MB, 20,000
+            # events each). Ingest's memory budget turns most away with 503 + Retry-After; the
+            # publisher retries them, and ingest's RSS must stay under its cap throughout.
+            await step(
+                "burst: 40 concurrent batches of 20,000 events (15.6 MB)",
+                lambda t: bench.publisher(
+                    t, events=800_000, batch=20_000, concurrency=40, payload_bytes=595,
+                    retries=200,
+                ),
+            )  # fmt: skip
             print(f"backlog of {args.backlog:,} ...", file=sys.stderr)
             results.append(
                 await bench.drain(

@@ -71,7 +71,7 @@ async def _accept(request: web.Request, request_id: str) -> int:
     try:
         # The body, its events and their message live until the broker confirmed them.
         with request.app[BUDGET].reserve(settings.max_body_bytes if length is None else length):
-            body = await request.read()
+            body = await _read(request)
             pieces = validate(
                 body, received_at=received_at, settings=settings, key=key, ndjson=ndjson
             )
@@ -89,6 +89,19 @@ async def _accept(request: web.Request, request_id: str) -> int:
             retry_after=settings.retry_after,
         ) from None
     return sum(piece.count for piece in pieces)
+
+
+async def _read(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.RequestPayloadError as exc:
+        # A body cut short, or a compressed one that cannot be decoded (corrupt, or more
+        # members than aiohttp accepts): name the deepest cause, it says what was wrong.
+        cause: BaseException = exc
+        while (deeper := cause.__cause__ or cause.__context__) is not None:
+            cause = deeper
+        reason = " ".join(str(cause).split())
+        raise Refusal(400, f"the body could not be read: {reason}") from None
 
 
 _FAST_TYPES = frozenset({"application/json", "application/json; charset=utf-8"})

@@ -30,6 +30,7 @@ class LoadConfig:
     batch_size: int = 5000
     concurrency: int = 16
     topic: str = "stress.logs"
+    payload_bytes: int = 0  # pad each payload with this many characters (large-body loads)
     duration: float | None = None  # seconds of sustained load instead of a count of events
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     seed: int = 0
@@ -77,6 +78,7 @@ class EventSource:
         self.made = 0
         self.unique = 0
         self.now = datetime.now(UTC).isoformat()
+        self.pad = "x" * cfg.payload_bytes
 
     def next(self) -> dict[str, Any]:
         k, d = self.made, self.cfg.duplicates
@@ -91,7 +93,8 @@ class EventSource:
             "event_id": f"{self.cfg.run_id}-{n}",
             "timestamp": self.now,
             "source": "publisher",
-            "payload": {"msg": f"Event {k}", "run": self.cfg.run_id},
+            "payload": {"msg": f"Event {k}", "run": self.cfg.run_id}
+            | ({"pad": self.pad} if self.pad else {}),
         }
 
     def body(self, limit: int | None) -> tuple[bytes, int] | None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
+import time
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -112,6 +115,39 @@ async def test_ingest_refuses_past_its_memory_budget_and_accepts_again_after() -
         assert (await held).status == 202
         resp = await client.post("/publish", data=body, headers=headers)
         assert resp.status == 202
+
+
+def _gzip_bomb(megabytes: int) -> bytes:
+    """``megabytes`` MiB of zeros in one gzip member (about 1,000 to 1), made in pieces."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    return b"".join([packer.compress(zeros) for _ in range(megabytes)] + [packer.flush()])
+
+
+async def test_gzip_bombs_are_refused_quickly_and_accept_nothing() -> None:
+    broker = RecordingBroker()
+    # Connection: close: after a refused body the server drops the connection anyway.
+    gzipped = {
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+        "Connection": "close",
+    }
+    one_event = gzip.compress(orjson.dumps([event("gz", "1")]))
+    async with serve(ingest(broker)) as client:
+        for body, status, reason in (
+            (_gzip_bomb(200), 413, "body exceeds the limit"),  # one member, 200 MiB inside
+            (gzip.compress(b"") * 100_000 + one_event, 400, "more than 1024 members"),
+        ):
+            started = time.monotonic()
+            resp = await client.post("/publish", data=body, headers=gzipped)
+            assert resp.status == status and reason in (await resp.json())["error"]
+            assert time.monotonic() - started < 2.0
+        # Compressed bodies as such are welcome, several members too.
+        resp = await client.post(
+            "/publish", data=gzip.compress(b"") * 10 + one_event, headers=gzipped
+        )
+        assert resp.status == 202
+    assert [p.count for pieces in broker.published for p in pieces] == [1]
 
 
 async def test_ingest_refusals_are_json_with_a_reason() -> None:
