@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from aiormq.exceptions import DeliveryError, PublishError
 
 from ingest import metrics
 from pubsub import message, service, topology
@@ -160,16 +161,13 @@ class BrokerClient:
             )
         except Exception as exc:  # noqa: BLE001 - every failure means "not confirmed"
             metrics.PUBLISH_FAILURES.inc()
+            failure = BrokerUnavailable(self._reason(exc))
             log.warning(
-                "publish of %d event(s) failed: %r",
+                "publish of %d event(s) failed: %s",
                 group.count,
-                exc,
+                failure,
                 extra={"request_ids": group.request_ids},
             )
-            reason = str(exc) or type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                reason = f"no confirm from the broker within {self.settings.publish_timeout}s"
-            failure = BrokerUnavailable(reason)
             for waiter in group.waiters:
                 waiter.failed(failure)
         else:
@@ -181,6 +179,18 @@ class BrokerClient:
             self._in_flight -= 1
             if self._open is not None and self._open.pieces:
                 self._flush_open()
+
+    def _reason(self, exc: Exception) -> str:
+        """What the client is told about a message that was not confirmed."""
+        if isinstance(exc, TimeoutError):
+            return f"no confirm from the broker within {self.settings.publish_timeout}s"
+        if isinstance(exc, DeliveryError) and not isinstance(exc, PublishError):
+            # A nack: with reject-publish overflow, the queue is at its length limit.
+            return "the queue is full (PUBSUB_MAX_QUEUE_BYTES) while the consumers catch up"
+        try:
+            return str(exc) or type(exc).__name__
+        except Exception:  # noqa: BLE001 - a reason must never keep the requests waiting
+            return type(exc).__name__
 
     async def close(self) -> None:
         """Let messages in flight finish (bounded by their deadline), then disconnect."""

@@ -70,6 +70,12 @@ class Settings:
         "Seconds a consumer keeps trying to store what it holds after SIGTERM; then it exits, "
         "leaving the rest unacknowledged for the broker to redeliver.",
     )
+    max_queue_bytes: int = _opt(
+        1024**3,
+        "Most bytes of messages the events queue holds; past it the broker refuses new ones and "
+        "ingest answers 503 until the consumers catch up. Keep it well below the broker's free "
+        "disk. Applies to a queue when it is created.",
+    )
     delivery_limit: int = _opt(
         5, "Deliveries of one message before the broker dead-letters it (quorum queue)."
     )
@@ -132,6 +138,7 @@ class Settings:
             "prefetch",
             "batch_max_events",
             "delivery_limit",
+            "max_queue_bytes",
             "db_pool_size",
             "events_max_limit",
             "events_default_limit",

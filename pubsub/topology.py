@@ -6,6 +6,7 @@ creates it and the others find it as expected.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import aio_pika
@@ -15,9 +16,12 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq.exceptions import ChannelPreconditionFailed
 from pamqp.common import FieldTable
 
 from pubsub.settings import Settings
+
+log = logging.getLogger("pubsub.topology")
 
 ROUTING_KEY = "events"
 RECONNECT_INTERVAL = 1.0  # seconds; aio-pika's default of 5 s stretches every broker outage
@@ -53,13 +57,16 @@ class Names:
 def queue_arguments(settings: Settings) -> FieldTable:
     names = Names.of(settings)
     # Quorum queues on RabbitMQ 3.10 have no default delivery limit: without one a poison
-    # message would loop forever. at-least-once dead-lettering needs reject-publish overflow.
+    # message would loop forever. at-least-once dead-lettering needs reject-publish overflow,
+    # which also makes a full queue (x-max-length-bytes) refuse new messages with a nack:
+    # ingest answers 503 instead of the broker's disk filling up.
     return {
         "x-queue-type": "quorum",
         "x-delivery-limit": settings.delivery_limit,
         "x-dead-letter-exchange": names.dead_exchange,
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
+        "x-max-length-bytes": settings.max_queue_bytes,
     }
 
 
@@ -83,9 +90,24 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     exchange = await channel.declare_exchange(
         names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
-    queue = await channel.declare_queue(
-        names.queue, durable=True, arguments=queue_arguments(settings)
-    )
+    try:
+        queue = await channel.declare_queue(
+            names.queue, durable=True, arguments=queue_arguments(settings)
+        )
+    except ChannelPreconditionFailed as exc:
+        # Made by an earlier version or with other settings: arguments of an existing queue
+        # cannot change. Use it as it is rather than refuse to start.
+        log.warning(
+            "queue %r exists with other arguments (%s); using it as it is, so its length limit "
+            "and delivery limit may not be those of PUBSUB_MAX_QUEUE_BYTES and "
+            "PUBSUB_DELIVERY_LIMIT. To apply them: stop ingest, let the consumers drain the "
+            "queue, delete it (rabbitmqctl delete_queue %s) and restart the services",
+            names.queue,
+            exc,
+            names.queue,
+        )
+        await channel.reopen()
+        queue = await channel.declare_queue(names.queue, passive=True)
     await queue.bind(exchange, ROUTING_KEY)
     return Topology(exchange, queue, dead_queue)
 
