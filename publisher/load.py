@@ -135,7 +135,7 @@ async def send_load(
             # One key per body, kept across its retries: a retry whose first attempt did
             # reach the broker is then not counted twice.
             key = f"{cfg.run_id}:{source.made}"
-            if await _send(session, cfg, body, report, key):
+            if await send_body(session, cfg, body, report, key):
                 report.sent += count
             else:
                 report.failed_events += count
@@ -180,9 +180,11 @@ async def run_load(cfg: LoadConfig) -> Report:
     return report
 
 
-async def _send(
+async def send_body(
     session: aiohttp.ClientSession, cfg: LoadConfig, body: bytes, report: Report, key: str
 ) -> bool:
+    """POST one body, retrying 503s and lost answers (``cfg.retries`` times, with backoff) under
+    one idempotency key; record every answer in ``report``. Whether it was accepted."""
     for attempt in range(cfg.retries + 1):
         if attempt:
             report.retried_requests += 1
