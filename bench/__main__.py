@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -25,17 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiohttp
 import psycopg
 
 from bench.ceilings import Ceilings
 from bench.ceilings import measure as measure_ceilings
+from bench.system import private_system
 from publisher import watch
 from publisher.load import EventSource, LoadConfig, Report, send_load
-from pubsub import database, dbschema, topology
+from pubsub import database
 from pubsub.settings import Settings
-from stack.supervisor import Supervisor, free_port
+from stack.supervisor import Supervisor
 
 LUA = Path(__file__).with_name("load.lua")
 # Resident memory each process must stay under, whatever the load (MiB): every buffer in the
@@ -272,92 +271,74 @@ def _table(results: list[Result], ceilings: Ceilings) -> str:
 
 
 async def main(args: argparse.Namespace) -> int:
-    run = uuid.uuid4().hex[:8]
-    settings = Settings.from_env(
-        db_schema=f"bench_{run}",
-        queue=f"bench.{run}.events",
-        ingest_port=free_port(),
-        read_port=free_port(),
-        consumer_port=0,
-        log_level="WARNING",
-    )
-    await dbschema.ensure(settings)
-    print(f"raw ceilings (schema {settings.db_schema}) ...", file=sys.stderr)
-    ceilings = await measure_ceilings(settings)
-    print(
-        f"ceilings: broker publish+consume {ceilings.broker_events_per_s:,.0f} events/s"
-        f" ({settings.message_max_events} events/message); database upsert"
-        f" {ceilings.database_events_per_s:,.0f} events/s",
-        file=sys.stderr,
-    )
-    logdir = Path(tempfile.mkdtemp(prefix="pubsub-bench-"))
-    stack = Supervisor(settings, logdir=logdir, consumers=4)
-    two = ["readapi", "ingest", "consumer-1", "consumer-2"]
-    stack.start_all(two)
     results: list[Result] = []
     d = args.duration
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
-            bench = Bench(settings, stack, http)
+    async with (
+        private_system("bench", consumers=4) as stack,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http,
+    ):
+        settings = stack.settings
+        print(f"raw ceilings (schema {settings.db_schema}) ...", file=sys.stderr)
+        ceilings = await measure_ceilings(settings)
+        print(
+            f"ceilings: broker publish+consume {ceilings.broker_events_per_s:,.0f} events/s"
+            f" ({settings.message_max_events} events/message); database upsert"
+            f" {ceilings.database_events_per_s:,.0f} events/s",
+            file=sys.stderr,
+        )
+        stack.start_all(["readapi", "ingest", "consumer-1", "consumer-2"])
+        bench = Bench(settings, stack, http)
 
-            async def step(name: str, make: Callable[[str], Any]) -> None:
-                topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-                print(f"workload {name} ...", file=sys.stderr)
-                results.append(await bench.run(name, topic, make(topic)))
+        async def step(name: str, make: Callable[[str], Any]) -> None:
+            topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+            print(f"workload {name} ...", file=sys.stderr)
+            results.append(await bench.run(name, topic, make(topic)))
 
-            await step(
-                "seeds 5,000 / 20% as one batch",
-                lambda t: bench.publisher(t, events=5000, batch=5000, concurrency=1),
+        await step(
+            "seeds 5,000 / 20% as one batch",
+            lambda t: bench.publisher(t, events=5000, batch=5000, concurrency=1),
+        )
+        await step(
+            "single events, concurrency 16",
+            lambda t: bench.wrk(t, batch=1, connections=16, seconds=args.single),
+        )
+        await step(
+            "single events, concurrency 64",
+            lambda t: bench.wrk(t, batch=1, connections=64, seconds=args.single),
+        )
+        await step(
+            f"batches of 100, {d:g} s",
+            lambda t: bench.wrk(t, batch=100, connections=16, seconds=d),
+        )
+        await step(
+            f"batches of 1,000, {d:g} s",
+            lambda t: bench.wrk(t, batch=1000, connections=4, seconds=d),
+        )
+        # A hostile or simply busy client: 40 maximal batches at once (15.6 MB, 20,000
+        # events each). Ingest's memory budget turns most away with 503 + Retry-After; the
+        # publisher retries them, and ingest's RSS must stay under its cap throughout.
+        await step(
+            "burst: 40 concurrent batches of 20,000 events (15.6 MB)",
+            lambda t: bench.publisher(
+                t, events=800_000, batch=20_000, concurrency=40, payload_bytes=595,
+                retries=200,
+            ),
+        )  # fmt: skip
+        print(f"backlog of {args.backlog:,} ...", file=sys.stderr)
+        results.append(
+            await bench.drain(
+                f"backlog {args.backlog:,}, 2 consumers",
+                args.backlog,
+                ["consumer-1", "consumer-2"],
             )
-            await step(
-                "single events, concurrency 16",
-                lambda t: bench.wrk(t, batch=1, connections=16, seconds=args.single),
-            )
-            await step(
-                "single events, concurrency 64",
-                lambda t: bench.wrk(t, batch=1, connections=64, seconds=args.single),
-            )
-            await step(
-                f"batches of 100, {d:g} s",
-                lambda t: bench.wrk(t, batch=100, connections=16, seconds=d),
-            )
-            await step(
-                f"batches of 1,000, {d:g} s",
-                lambda t: bench.wrk(t, batch=1000, connections=4, seconds=d),
-            )
-            # A hostile or simply busy client: 40 maximal batches at once (15.6 MB, 20,000
-            # events each). Ingest's memory budget turns most away with 503 + Retry-After; the
-            # publisher retries them, and ingest's RSS must stay under its cap throughout.
-            await step(
-                "burst: 40 concurrent batches of 20,000 events (15.6 MB)",
-                lambda t: bench.publisher(
-                    t, events=800_000, batch=20_000, concurrency=40, payload_bytes=595,
-                    retries=200,
-                ),
-            )  # fmt: skip
-            print(f"backlog of {args.backlog:,} ...", file=sys.stderr)
+        )
+        for n in (1, 2, 4):
+            print(f"drain with {n} consumer(s) ...", file=sys.stderr)
+            names = [f"consumer-{i}" for i in range(1, n + 1)]
             results.append(
-                await bench.drain(
-                    f"backlog {args.backlog:,}, 2 consumers",
-                    args.backlog,
-                    ["consumer-1", "consumer-2"],
-                )
+                await bench.drain(f"drain {args.scaling:,}, {n} consumer(s)", args.scaling, names)
             )
-            for n in (1, 2, 4):
-                print(f"drain with {n} consumer(s) ...", file=sys.stderr)
-                names = [f"consumer-{i}" for i in range(1, n + 1)]
-                results.append(
-                    await bench.drain(
-                        f"drain {args.scaling:,}, {n} consumer(s)", args.scaling, names
-                    )
-                )
-            bench.db.close()
-    finally:
-        stack.stop_all()
-        await dbschema.drop(settings)
-        async with await aio_pika.connect(settings.amqp_url) as conn:
-            await topology.delete(await conn.channel(), settings)
-        shutil.rmtree(logdir, ignore_errors=True)
+        bench.db.close()
     print()
     print(
         f"ceilings: broker {ceilings.broker_events_per_s:,.0f} events/s, database"

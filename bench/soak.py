@@ -25,24 +25,21 @@ import asyncio
 import contextlib
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aio_pika
 import aiohttp
 import psycopg
 
+from bench.system import private_system
 from publisher import watch
 from publisher.load import EventSource, LoadConfig, Report, send_body
-from pubsub import database, dbschema, topology
+from pubsub import database
 from pubsub.settings import Settings
-from stack.supervisor import Supervisor, free_port
+from stack.supervisor import Supervisor
 
 BATCH = 100
 RSS_GROWTH = 0.10
@@ -315,44 +312,28 @@ def plot(rows: list[Minute], path: Path) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
-    run = uuid.uuid4().hex[:8]
-    settings = Settings.from_env(
-        db_schema=f"soak_{run}",
-        queue=f"soak.{run}.events",
-        ingest_port=free_port(),
-        read_port=free_port(),
-        consumer_port=0,
-        log_level="WARNING",
-    )
-    await dbschema.ensure(settings)
-    logdir = Path(tempfile.mkdtemp(prefix="pubsub-soak-"))
-    stack = Supervisor(settings, logdir=logdir, consumers=2)
-    stack.start_all()
     rows: list[Minute] = []
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-            soak = Soak(settings, stack, http)
-            before = await soak.counts()
-            print(f"measuring the sustained batched rate ({args.probe:g} s) ...", file=sys.stderr)
-            await soak.send_batches(0, time.monotonic() + args.probe)
-            await watch.wait_stored(http, stack.read_url, soak.target(before), timeout=600)
-            peak = soak.source.made / args.probe
-            rate = peak / 2
-            print(f"peak {peak:,.0f} events/s; soaking at {rate:,.0f}", file=sys.stderr)
-            until = time.monotonic() + args.minutes * 60 + 1
-            await asyncio.gather(
-                soak.send_batches(rate, until),
-                soak.trickle(until),
-                soak.sample(args.minutes, rows),
-            )
-            await watch.wait_stored(http, stack.read_url, soak.target(before), timeout=600)
-            problems = soak.verify(before, await soak.counts())
-    finally:
-        stack.stop_all()
-        await dbschema.drop(settings)
-        async with await aio_pika.connect(settings.amqp_url) as conn:
-            await topology.delete(await conn.channel(), settings)
-        shutil.rmtree(logdir, ignore_errors=True)
+    async with (
+        private_system("soak", consumers=2) as stack,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
+    ):
+        stack.start_all()
+        soak = Soak(stack.settings, stack, http)
+        before = await soak.counts()
+        print(f"measuring the sustained batched rate ({args.probe:g} s) ...", file=sys.stderr)
+        await soak.send_batches(0, time.monotonic() + args.probe)
+        await watch.wait_stored(http, stack.read_url, soak.target(before), timeout=600)
+        peak = soak.source.made / args.probe
+        rate = peak / 2
+        print(f"peak {peak:,.0f} events/s; soaking at {rate:,.0f}", file=sys.stderr)
+        until = time.monotonic() + args.minutes * 60 + 1
+        await asyncio.gather(
+            soak.send_batches(rate, until),
+            soak.trickle(until),
+            soak.sample(args.minutes, rows),
+        )
+        await watch.wait_stored(http, stack.read_url, soak.target(before), timeout=600)
+        problems = soak.verify(before, await soak.counts())
     verdict = judge(rows)
     verdict.problems += problems
     print()

@@ -1,0 +1,43 @@
+"""A system of the bench's own: a schema, a queue and ports no one else uses, and the services
+as child processes; all of it removed again afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+
+from pubsub import dbschema, topology
+from pubsub.settings import Settings
+from stack.supervisor import Supervisor, free_port
+
+
+@contextlib.asynccontextmanager
+async def private_system(prefix: str, *, consumers: int) -> AsyncIterator[Supervisor]:
+    """A :class:`Supervisor` over fresh settings (``<prefix>_<run>`` schema, created; its own
+    queue and ports), its services not started yet; stopped and removed on leaving."""
+    run = uuid.uuid4().hex[:8]
+    settings = Settings.from_env(
+        db_schema=f"{prefix}_{run}",
+        queue=f"{prefix}.{run}.events",
+        ingest_port=free_port(),
+        read_port=free_port(),
+        consumer_port=0,
+        log_level="WARNING",
+    )
+    await dbschema.ensure(settings)
+    logdir = Path(tempfile.mkdtemp(prefix=f"pubsub-{prefix}-"))
+    stack = Supervisor(settings, logdir=logdir, consumers=consumers)
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+        await dbschema.drop(settings)
+        async with await aio_pika.connect(settings.amqp_url) as conn:
+            await topology.delete(await conn.channel(), settings)
+        shutil.rmtree(logdir, ignore_errors=True)
