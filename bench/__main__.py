@@ -320,7 +320,7 @@ async def main(args: argparse.Namespace) -> int:
         await step(
             "burst: 40 concurrent batches of 20,000 events (15.6 MB)",
             lambda t: bench.publisher(
-                t, events=800_000, batch=20_000, concurrency=40, payload_bytes=595,
+                t, events=800_000, batch=20_000, concurrency=40, payload_bytes=530,
                 retries=200,
             ),
         )  # fmt: skip
