@@ -12,7 +12,6 @@ seconds; what is still unstored then stays unacknowledged, and the broker redeli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -206,8 +205,7 @@ class Worker:
                 failures += 1
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
                 await self.store.close()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._give_up.wait(), delay)
+                await service.stopped_within(self._give_up, delay)
                 continue
             metrics.STORE_SECONDS.observe(time.perf_counter() - started)
             return stored
