@@ -1,6 +1,11 @@
 -- wrk script: POST /publish with BENCH_BATCH events per request (1 = a single JSON object),
 -- a BENCH_DUP share of them repeating an earlier id of the same thread (every fifth at 0.2).
+-- With BENCH_READ set, GET requests of that kind instead: "stats" (/stats), "events" (a page
+-- of 100 of all events) or "topic" (a page of 100 of one of BENCH_TOPICS topics "topic-<n>",
+-- picked at random per request).
 -- Prints one JSON line at the end: requests, non-2xx answers, latency percentiles in us.
+local read = os.getenv("BENCH_READ")
+local topics = tonumber(os.getenv("BENCH_TOPICS") or "1")
 local run = os.getenv("BENCH_RUN") or "run"
 local dup = tonumber(os.getenv("BENCH_DUP") or "0.2")
 local batch = tonumber(os.getenv("BENCH_BATCH") or "1")
@@ -36,7 +41,18 @@ local function event()
     '"source":"wrk","payload":{"msg":"event %d","n":%d}}', topic, run, tid, n, n, n)
 end
 
+local function read_request()
+  if read == "stats" then
+    return wrk.format("GET", "/stats")
+  elseif read == "events" then
+    return wrk.format("GET", "/events?limit=100")
+  end
+  return wrk.format("GET", string.format("/events?topic=topic-%d&limit=100",
+                                         math.random(0, topics - 1)))
+end
+
 request = function()
+  if read then return read_request() end
   local body
   if batch == 1 then
     body = event()

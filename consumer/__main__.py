@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
+from consumer.retention import Sweeper
 from consumer.worker import Worker
 from pubsub import dbschema, http, service
 from pubsub.settings import Settings
@@ -25,11 +26,19 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     http.add_health(app, ready)
     host, port = settings.http_host, settings.consumer_port
     # The health endpoints answer until the worker has stored what it held.
+    sweeping = None
+    if settings.retention_seconds is not None:
+        sweeping = asyncio.create_task(Sweeper(settings).run(stop))
     async with http.serving(app, host, port, what="consumer (metrics, health)"):
         try:
             await worker.run(stop)
         finally:
             log.info("consumer stopping")
+            if sweeping is not None:
+                # Each batch of a sweep is a transaction of its own: cancelling one rolls
+                # back at most that batch, which the next sweep removes.
+                sweeping.cancel()
+                await asyncio.gather(sweeping, return_exceptions=True)
             await worker.close()
 
 

@@ -16,6 +16,10 @@ REDELIVERED = Counter(
     "pubsub_consumer_units_repeated",
     "Pieces skipped because they were stored before (redeliveries, client retries).",
 )
+EVENTS_EXPIRED = Counter(
+    "pubsub_consumer_events_expired",
+    "Events removed by this consumer's retention sweeps (older than PUBSUB_RETENTION).",
+)
 DEAD_LETTERED = Counter(
     "pubsub_consumer_messages_dead_lettered", "Messages rejected to the dead-letter queue."
 )

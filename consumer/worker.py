@@ -142,7 +142,7 @@ class Worker:
 
     async def _prune(self) -> None:
         try:
-            pruned = await self.store.prune(older_than_hours=self.settings.ledger_retention_hours)
+            pruned = await self.store.prune(older_than=self.settings.ledger_retention_seconds)
         except psycopg.Error as exc:
             log.warning("could not prune the ledger: %s", exc)
             await self.store.close()

@@ -18,7 +18,8 @@ from pubsub.settings import Settings
 
 _LOCK_KEY = 0x70756273  # any constant shared by every process of the project
 
-SCHEMA_VERSION = 1
+# 2: counters.expired, events_received_at (retention) and the topics table (/stats).
+SCHEMA_VERSION = 2
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -38,6 +39,16 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_topic_ts ON events (topic, ts, event_id);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts, topic, event_id);
+-- The retention sweep takes the oldest rows from here; received_at only grows, so inserts land
+-- on the index's right edge and cost little.
+CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at);
+
+-- Every topic that has stored events: consumers add new ones in the transaction that stores
+-- them, the retention sweep removes those left without events. /stats reads this instead of
+-- probing the events index once per topic.
+CREATE TABLE IF NOT EXISTS topics (
+    topic text PRIMARY KEY
+);
 
 -- One row per stored piece of a message (see pubsub.message): a redelivered message, or a client's
 -- retry under the same Idempotency-Key, is recognised and not counted again.
@@ -52,8 +63,23 @@ CREATE TABLE IF NOT EXISTS counters (
     shard             integer PRIMARY KEY,
     received          bigint  NOT NULL DEFAULT 0,
     unique_processed  bigint  NOT NULL DEFAULT 0,
-    duplicate_dropped bigint  NOT NULL DEFAULT 0
+    duplicate_dropped bigint  NOT NULL DEFAULT 0,
+    expired           bigint  NOT NULL DEFAULT 0
 );
+"""
+
+# From version 1: the statements above create what is new; these fill it in.
+_UPGRADE = """
+ALTER TABLE counters ADD COLUMN IF NOT EXISTS expired bigint NOT NULL DEFAULT 0;
+INSERT INTO topics (topic)
+WITH RECURSIVE t(topic) AS (
+    (SELECT topic FROM events ORDER BY topic LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.topic FROM events e WHERE e.topic > t.topic ORDER BY e.topic LIMIT 1)
+    FROM t WHERE t.topic IS NOT NULL
+)
+SELECT topic FROM t WHERE topic IS NOT NULL
+ON CONFLICT DO NOTHING;
 """
 
 
@@ -83,6 +109,7 @@ async def ensure(settings: Settings) -> None:
             sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
         )
         await conn.execute(_DDL)
+        await conn.execute(_UPGRADE)
         await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
 
 

@@ -82,7 +82,21 @@ class Settings:
     ledger_retention_hours: float = _opt(
         168.0,
         "How long consumers remember stored pieces (see pubsub/message.py): a redelivery or a "
-        "client retry later than this would be counted again.",
+        "client retry later than this would be counted again. Never longer than "
+        "`PUBSUB_RETENTION`.",
+    )
+    retention: str = _opt(
+        "",
+        "Age after which events are removed, by the time ingest received them: a number and "
+        "a unit (`s`, `m`, `h`, `d`, `w`), e.g. `30d`; empty keeps every event. An event is "
+        "deduplicated for at least this long; sent again after it was removed, it is stored "
+        "and counted as new.",
+    )
+    retention_interval: float = _opt(
+        60.0, "Seconds between two retention sweeps (one consumer sweeps at a time)."
+    )
+    retention_batch: int = _opt(
+        2000, "Most events one retention transaction removes; sweeps pause between them."
     )
     retry_first_delay: float = _opt(
         0.1,
@@ -142,6 +156,7 @@ class Settings:
             "db_pool_size",
             "events_max_limit",
             "events_default_limit",
+            "retention_batch",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
@@ -158,6 +173,23 @@ class Settings:
             raise ValueError("PUBSUB_LOG_FORMAT must be json or text")
         if self.events_default_limit > self.events_max_limit:
             raise ValueError("PUBSUB_EVENTS_DEFAULT_LIMIT exceeds PUBSUB_EVENTS_MAX_LIMIT")
+        if self.retention:
+            parse_duration(self.retention, name="PUBSUB_RETENTION")
+        if self.retention_interval <= 0:
+            raise ValueError("PUBSUB_RETENTION_INTERVAL must be above 0")
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """The retention horizon in seconds; ``None`` keeps events forever."""
+        return parse_duration(self.retention, name="PUBSUB_RETENTION") if self.retention else None
+
+    @property
+    def ledger_retention_seconds(self) -> float:
+        """How long ledger keys are kept: a piece is not remembered past its events, so a
+        re-send after expiry is stored and counted again, with or without its key."""
+        ledger = self.ledger_retention_hours * 3600
+        horizon = self.retention_seconds
+        return ledger if horizon is None else min(ledger, horizon)
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict, passwords and tokens masked, for logging."""
@@ -167,6 +199,21 @@ class Settings:
         for key in ("amqp_url", "database_url"):
             out[key] = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", out[key])
         return out
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, *, name: str) -> float:
+    """Seconds in ``30d``, ``12h``, ``90m``, ``45s`` or ``2w``; ``ValueError`` naming ``name``
+    otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    seconds = float(match[1]) * _UNITS[match[2]] if match else 0.0
+    if seconds <= 0:
+        raise ValueError(
+            f"{name}={text!r}: give a positive number and a unit (s, m, h, d or w), e.g. 30d"
+        )
+    return seconds
 
 
 def _convert(name: str, raw: str, kind: type) -> Any:

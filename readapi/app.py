@@ -134,8 +134,11 @@ async def get_stats(request: web.Request) -> web.Response:
             "received": counts.received,
             "unique_processed": counts.unique_processed,
             "duplicate_dropped": counts.duplicate_dropped,
+            "stored": counts.stored,
+            "expired": counts.expired,
             "topics": counts.topics,
             "topics_truncated": counts.topics_truncated,
+            "topic_count": counts.topic_count,
             "uptime": round(time.monotonic() - sources.started, 3),
             **depths,
         }

@@ -13,11 +13,19 @@ from pubsub.openapi import ErrorReply
 
 
 class Stats(TypedDict):
+    """Lifetime counters (``received = unique_processed + duplicate_dropped``), what is stored
+    now (``stored = unique_processed - expired``, ``expired`` being the events the retention
+    removed), and the topics that have stored events (at most ``PUBSUB_STATS_MAX_TOPICS``
+    names, in order; ``topic_count`` counts them all)."""
+
     received: int
     unique_processed: int
     duplicate_dropped: int
+    stored: int
+    expired: int
     topics: list[str]
     topics_truncated: bool
+    topic_count: int
     uptime: float
     queued_messages: int | None
     dead_letter_messages: int | None

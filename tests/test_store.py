@@ -130,7 +130,7 @@ async def test_ledger_keys_past_the_retention_are_forgotten(
             "UPDATE ledger SET seen_at = now() - interval '2 hours' WHERE key = %s",
             ("old-" + topic,),
         )
-        assert await store.prune(older_than_hours=1) >= 1
+        assert await store.prune(older_than=3600) >= 1
     finally:
         await store.close()
     keys = {k for (k,) in db.execute("SELECT key FROM ledger WHERE key LIKE %s", (f"%{topic}",))}

@@ -1,0 +1,232 @@
+"""``python -m bench.storage``: a retention sweep next to full load, and reads on a big table.
+
+1. **Retention.** The events table first gets ``--expired`` events received 40 days ago. Then
+   batched load (wrk, batches of 100, 20 % duplicates) runs for ``--duration`` seconds three
+   times: without a sweep, while a 30-day retention sweep removes those events, and without
+   again. It prints the three rates and the ratio of the one during the sweep to the mean of
+   the two without (goal: at least 0.90), and fails when the sweep ran out of work before the
+   load ended (then the middle run did not measure a sweep).
+2. **Reads.** ``--rows`` events (10,000,000) over ``--topics`` topics (10,000) are written
+   straight into PostgreSQL, as consumers would have stored them. ``wrk`` then reads
+   ``GET /stats``, ``GET /events?limit=100`` and ``GET /events?topic=<random>&limit=100`` for
+   ``--read-seconds`` each at ``--read-connections`` connections (goals: ``/stats`` p99 under
+   25 ms, ``/events`` p99 under 15 ms). The topic listing of ``/stats`` is also timed in SQL
+   against the loose index scan over ``events`` it replaced, in the same database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+import psycopg
+
+from bench.system import private_system
+from bench.workloads import LUA, Bench, Result, launch, run_wrk, table
+from consumer.retention import Sweeper
+from pubsub import database
+from pubsub.settings import Settings
+
+SWEEP_RATIO_GOAL = 0.90
+P99_GOAL_MS = {"stats": 25.0, "events": 15.0, "topic": 15.0}
+
+# Rows as consumers store them, in bulk: topics "topic-<n>", timestamps over 30 days.
+_FILL = """
+INSERT INTO events (topic, event_id, ts, source, payload, received_at)
+SELECT %(prefix)s || (g %% %(topics)s), md5(g::text),
+       now() - (g %% 2592000) * interval '1 second', 'bench',
+       jsonb_build_object('n', g, 'msg', 'event ' || g, 'pad', repeat('x', 100)),
+       now() - %(age)s * interval '1 day'
+FROM generate_series(%(first)s, %(last)s) AS g
+"""
+_FILL_TOPICS = """
+INSERT INTO topics SELECT %(prefix)s || n FROM generate_series(0, %(topics)s - 1) AS n
+ON CONFLICT DO NOTHING
+"""
+_COUNT = """
+INSERT INTO counters AS c (shard, received, unique_processed) VALUES (-2, %(n)s, %(n)s)
+ON CONFLICT (shard) DO UPDATE SET received = c.received + excluded.received,
+    unique_processed = c.unique_processed + excluded.unique_processed
+"""
+# What /stats ran before the topics table: one probe of the events index per topic.
+_LOOSE_SCAN = """
+WITH RECURSIVE t(topic) AS (
+    (SELECT topic FROM events ORDER BY topic LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.topic FROM events e WHERE e.topic > t.topic ORDER BY e.topic LIMIT 1)
+    FROM t WHERE t.topic IS NOT NULL
+)
+SELECT topic FROM t WHERE topic IS NOT NULL LIMIT 1001
+"""
+_TOPICS_TABLE = "SELECT topic FROM topics ORDER BY topic LIMIT 1001"
+
+
+def fill(settings: Settings, *, rows: int, topics: int, prefix: str, age_days: float) -> float:
+    """Write ``rows`` events straight into the table, a million per transaction; seconds."""
+    started = time.perf_counter()
+    with psycopg.connect(
+        settings.database_url, autocommit=True, **database.connect_kwargs(settings)
+    ) as conn:
+        for first in range(1, rows + 1, 1_000_000):
+            last = min(rows, first + 999_999)
+            params = {"prefix": prefix, "topics": topics, "age": age_days}
+            conn.execute(_FILL, {**params, "first": first, "last": last})
+            print(f"  {last:,} of {rows:,} rows", file=sys.stderr, flush=True)
+        conn.execute(_FILL_TOPICS, {"prefix": prefix, "topics": topics})
+        conn.execute(_COUNT, {"n": rows})
+        conn.execute("VACUUM ANALYZE events")
+    return time.perf_counter() - started
+
+
+async def retention(args: argparse.Namespace, bench: Bench) -> tuple[list[Result], list[str]]:
+    settings = bench.settings
+    print(f"retention: {args.expired:,} events received 40 days ago ...", file=sys.stderr)
+    fill(settings, rows=args.expired, topics=100, prefix="expired-", age_days=40)
+    sweeper = Sweeper(dataclasses.replace(settings, retention="30d"))
+    results, problems = [], []
+
+    async def load(name: str) -> Result:
+        topic = f"storage-{uuid.uuid4().hex[:6]}"
+        print(f"workload {name} ...", file=sys.stderr)
+        drive = bench.wrk(topic, batch=100, connections=16, seconds=args.duration)
+        return await bench.run(name, topic, drive)
+
+    results.append(await load("batches of 100, no sweep"))
+    stop = asyncio.Event()
+    sweeping = asyncio.create_task(sweeper.sweep(stop))
+    results.append(await load("batches of 100, during a retention sweep"))
+    stop.set()
+    swept = await sweeping
+    await sweeper.close()
+    results.append(await load("batches of 100, no sweep again"))
+    removed = swept.events if swept else 0
+    with psycopg.connect(settings.database_url, **database.connect_kwargs(settings)) as conn:
+        row = conn.execute("SELECT count(*) FROM events WHERE topic LIKE 'expired-%'").fetchone()
+    left = int(row[0]) if row else 0
+    print(f"the sweep removed {removed:,} events during the load; {left:,} were left")
+    if left == 0:
+        problems.append("the sweep ran out of work before the load ended: raise --expired")
+    if removed + left != args.expired:
+        problems.append(f"removed {removed:,} + left {left:,} != {args.expired:,}")
+    without = (results[0].rate + results[2].rate) / 2
+    ratio = results[1].rate / without if without else 0.0
+    verdict = "met" if ratio >= SWEEP_RATIO_GOAL else "NOT MET"
+    print(
+        f"throughput during the sweep / without: {ratio:.2f} (goal {SWEEP_RATIO_GOAL}): {verdict}"
+    )
+    if ratio < SWEEP_RATIO_GOAL:
+        problems.append(f"throughput during the sweep was {ratio:.2f} of the rate without")
+    return results, problems
+
+
+@dataclass
+class Read:
+    kind: str
+    path: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def goal_met(self) -> bool:
+        return self.p99_ms < P99_GOAL_MS[self.kind]
+
+
+async def reads(args: argparse.Namespace, settings: Settings, read_url: str) -> list[Read]:
+    print(f"reads: {args.rows:,} events over {args.topics:,} topics ...", file=sys.stderr)
+    seconds = fill(settings, rows=args.rows, topics=args.topics, prefix="topic-", age_days=0)
+    print(f"  filled in {seconds:.0f} s", file=sys.stderr)
+    out = []
+    paths = {
+        "stats": "/stats",
+        "events": "/events?limit=100",
+        "topic": "/events?topic=topic-<random>&limit=100",
+    }
+    for kind, path in paths.items():
+        summary = await run_wrk(
+            LUA, read_url, threads=1, connections=args.read_connections,
+            seconds=args.read_seconds, env={"BENCH_READ": kind, "BENCH_TOPICS": str(args.topics)},
+        )  # fmt: skip
+        out.append(
+            Read(
+                kind, path, summary["requests"] / (summary["duration_us"] / 1e6),
+                summary["p50_us"] / 1000, summary["p99_us"] / 1000,
+            )
+        )  # fmt: skip
+    return out
+
+
+def topic_listing_ms(settings: Settings, runs: int = 50) -> dict[str, tuple[float, float]]:
+    """p50 and p99 of listing 1,001 topics: the topics table against the loose index scan."""
+    out = {}
+    with psycopg.connect(settings.database_url, **database.connect_kwargs(settings)) as conn:
+        for name, query in (("topics table", _TOPICS_TABLE), ("loose index scan", _LOOSE_SCAN)):
+            times = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                conn.execute(query).fetchall()
+                times.append((time.perf_counter() - started) * 1000)
+            times.sort()
+            out[name] = (times[len(times) // 2], times[min(len(times) - 1, int(runs * 0.99))])
+    return out
+
+
+async def main(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    async with (
+        private_system("storage", consumers=2) as stack,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http,
+    ):
+        stack.start_all(["readapi", "ingest", "consumer-1", "consumer-2"])
+        bench = Bench(stack.settings, stack, http)
+        results: list[Result] = []
+        if args.expired:
+            results, problems = await retention(args, bench)
+        read_rows = await reads(args, stack.settings, stack.read_url) if args.rows else []
+        listing = topic_listing_ms(stack.settings) if args.rows else {}
+        bench.db.close()
+    if results:
+        print()
+        print(table(results))
+    if read_rows:
+        print()
+        print(
+            f"reads on {args.rows:,} events over {args.topics:,} topics,"
+            f" {args.read_connections} connections, {args.read_seconds:g} s each:"
+        )
+        print("| request | req/s | p50 ms | p99 ms | goal (p99) |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in read_rows:
+            goal = f"< {P99_GOAL_MS[r.kind]:g} ms: " + ("met" if r.goal_met else "NOT MET")
+            cells = [f"`GET {r.path}`", f"{r.requests_per_s:,.0f}", f"{r.p50_ms:.1f}"]
+            print("| " + " | ".join([*cells, f"{r.p99_ms:.1f}", goal]) + " |")
+            if not r.goal_met:
+                problems.append(f"GET {r.path}: p99 {r.p99_ms:.1f} ms")
+        for name, (p50, p99) in listing.items():
+            print(f"listing 1,001 topics in SQL, {name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    for problem in problems:
+        print(f"problem: {problem}")
+    return 1 if problems or any(r.problems for r in results) else 0
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.storage", description=__doc__)
+    p.add_argument("--duration", type=float, default=30, help="seconds of each batched load")
+    p.add_argument(
+        "--expired", type=int, default=3_000_000, help="backdated events to sweep (0: skip)"
+    )
+    p.add_argument("--rows", type=int, default=10_000_000, help="events for the reads (0: skip)")
+    p.add_argument("--topics", type=int, default=10_000, help="topics of those events")
+    p.add_argument("--read-seconds", type=float, default=10, help="seconds of each read load")
+    p.add_argument("--read-connections", type=int, default=4, help="connections of the reads")
+    launch(main, p.parse_args())
+
+
+if __name__ == "__main__":
+    cli()

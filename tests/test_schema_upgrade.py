@@ -1,0 +1,43 @@
+"""A database made by the version before retention (schema 1) is upgraded in place on start."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from pubsub import dbschema
+from pubsub.database import connect_kwargs
+from pubsub.settings import Settings
+from tests.fix_services import private_settings
+from tests.support import run_async
+
+
+@pytest.fixture
+def old(amqp_url: str, database_url: str) -> Iterator[Settings]:
+    """A schema as version 1 left it, with events in two topics."""
+    with private_settings(amqp_url, database_url, prefix="upg") as s:
+        with psycopg.connect(s.database_url, autocommit=True, **connect_kwargs(s)) as c:
+            c.execute("DROP TABLE topics")
+            c.execute("DROP INDEX events_received_at")
+            c.execute("ALTER TABLE counters DROP COLUMN expired")
+            c.execute("DELETE FROM schema_version")
+            c.execute("INSERT INTO schema_version (version) VALUES (1)")
+            c.execute(
+                "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
+                " SELECT 't' || (g % 2), g::text, now(), 's', '{}', now()"
+                " FROM generate_series(1, 10) g"
+            )
+            c.execute("INSERT INTO counters (shard, received, unique_processed) VALUES (1, 10, 10)")
+        yield s
+
+
+def test_a_version_1_schema_is_upgraded_with_its_topics_and_counters(old: Settings) -> None:
+    run_async(dbschema.ensure(old))
+    with psycopg.connect(old.database_url, **connect_kwargs(old)) as c:
+        assert c.execute("SELECT topic FROM topics ORDER BY topic").fetchall() == [("t0",), ("t1",)]
+        assert c.execute("SELECT unique_processed, expired FROM counters").fetchall() == [(10, 0)]
+        assert c.execute("SELECT max(version) FROM schema_version").fetchone() == (2,)
+        index = c.execute("SELECT to_regclass('events_received_at') IS NOT NULL").fetchone()
+        assert index == (True,)
