@@ -6,7 +6,8 @@ one of them sweep at a time, and the others skip that round. A sweep deletes the
 the ``expired`` counter in the same transaction, and pauses between transactions as long as
 the last one took, so that it never holds more than half of one connection's time against the
 consumers' inserts. Autovacuum makes the freed space reusable; the table then stays at the
-size of one horizon's worth of events.
+size of one horizon's worth of events. Where autovacuum is off, the sweep vacuums the table
+itself each time it removed a fifth of it.
 
 Deletes, not time partitions: a unique key on a partitioned table must contain the partition
 key, so ``(topic, event_id)`` would need a key table of its own, written for every event,
@@ -55,6 +56,14 @@ WITH removed AS (
 )
 SELECT topic, count(*) FROM removed GROUP BY topic
 """
+# Whether autovacuum looks after ``events`` (server setting and table option), and the live
+# rows the last vacuum or analyze counted.
+_AUTOVACUUM = """
+SELECT current_setting('autovacuum')::boolean
+       AND coalesce(NOT ('autovacuum_enabled=false' = ANY (c.reloptions)), true),
+       greatest(c.reltuples, 0)
+FROM pg_class c WHERE c.oid = 'events'::regclass
+"""
 _EMPTY = """
 SELECT t FROM unnest(%s::text[]) AS t
 WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.topic = t)
@@ -85,6 +94,7 @@ class Sweeper:
             raise ValueError("no retention is set (PUBSUB_RETENTION)")
         self.settings, self.horizon = settings, horizon
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._removed_since_vacuum = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sweep every ``PUBSUB_RETENTION_INTERVAL`` seconds until ``stop`` is set; a database
@@ -136,6 +146,8 @@ class Sweeper:
             if await service.stopped_within(stop, time.monotonic() - t0):
                 break
         forgotten = await self.forget_empty_topics(sorted(touched)) if touched else 0
+        if removed:
+            await self._vacuum_if_no_autovacuum(conn, removed)
         swept = Swept(removed, forgotten, time.monotonic() - started)
         if removed:
             log.info(
@@ -143,6 +155,27 @@ class Sweeper:
                 removed, self.settings.retention, forgotten, swept.seconds,
             )  # fmt: skip
         return swept
+
+    async def _vacuum_if_no_autovacuum(
+        self, conn: psycopg.AsyncConnection[Any], removed: int
+    ) -> None:
+        """Where autovacuum is off, vacuum ``events`` once a fifth of it was removed (as
+        autovacuum's default scale factor would): deleted rows free no space until then."""
+        cur = await conn.execute(_AUTOVACUUM)
+        row = await cur.fetchone()
+        if row is None or row[0]:
+            return
+        self._removed_since_vacuum += removed
+        live = float(row[1] or 0)
+        if live > 0 and self._removed_since_vacuum < 0.2 * live:
+            return
+        started = time.monotonic()
+        await conn.execute("VACUUM (ANALYZE) events")
+        log.info(
+            "autovacuum is off: vacuumed events after %d removal(s), in %.1fs",
+            self._removed_since_vacuum, time.monotonic() - started,
+        )  # fmt: skip
+        self._removed_since_vacuum = 0
 
     async def forget_empty_topics(self, topics: list[str]) -> int:
         """Remove those of ``topics`` that have no events left; return how many."""

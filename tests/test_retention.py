@@ -175,6 +175,27 @@ async def test_storage_settles_at_one_horizon_of_events_instead_of_growing(
     assert peaks[-1] < 2 * first_round, sizes  # six rounds kept would be six times the first
 
 
+async def test_where_autovacuum_is_off_the_sweep_vacuums_by_itself(
+    retained: Settings, conn: Conn
+) -> None:
+    conn.execute("ALTER TABLE events SET (autovacuum_enabled = false)")
+
+    async def vacuums() -> int:
+        row = conn.execute(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'events'::regclass"
+        ).fetchone()
+        count = row[0] if row else 0
+        return count if isinstance(count, int) else 0
+
+    before = await vacuums()
+    async with opened(retained) as (store, sweeper):
+        await store.store([("old", rows("v", ids("old", 500), days_ago=40))])
+        await store.store([("new", rows("v", ids("new", 500), days_ago=0))])
+        swept = await sweeper.sweep()
+    assert swept is not None and swept.events == 500  # half the table: past a fifth
+    await eventually(vacuums, lambda n: n > before, timeout=10, what="a vacuum of events")
+
+
 async def test_the_sweep_waits_for_a_topics_first_events_in_flight(
     retained: Settings, conn: Conn
 ) -> None:
