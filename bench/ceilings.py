@@ -18,7 +18,7 @@ import aio_pika
 import orjson
 
 from consumer.store import Store, copy_rows
-from pubsub import dbschema, topology
+from pubsub import dbschema, failover, topology
 from pubsub.settings import Settings
 
 
@@ -48,7 +48,7 @@ async def broker_ceiling(settings: Settings, *, messages: int = 300) -> float:
     per = settings.message_max_events
     body = b"[" + b",".join(_event("c", n) for n in range(per)) + b"]"
     own = replace(settings, queue=f"{settings.queue}.ceiling")
-    async with await aio_pika.connect(settings.amqp_url) as conn:
+    async with await failover.connect_once(settings.amqp_urls) as conn:
         pub = await conn.channel(publisher_confirms=True)
         topo = await topology.declare(pub, own)
         sub = await conn.channel()

@@ -10,9 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aio_pika
-
-from pubsub import dbschema, topology
+from pubsub import dbschema, failover, topology
 from pubsub.settings import Settings
 from stack.supervisor import Supervisor, free_port
 
@@ -38,6 +36,6 @@ async def private_system(prefix: str, *, consumers: int) -> AsyncIterator[Superv
     finally:
         stack.stop_all()
         await dbschema.drop(settings)
-        async with await aio_pika.connect(settings.amqp_url) as conn:
+        async with await failover.connect_once(settings.amqp_urls) as conn:
             await topology.delete(await conn.channel(), settings)
         shutil.rmtree(logdir, ignore_errors=True)

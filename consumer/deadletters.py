@@ -18,7 +18,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from pubsub import topology
+from pubsub import failover, topology
 from pubsub.settings import Settings
 
 
@@ -49,7 +49,7 @@ def describe(message: AbstractIncomingMessage) -> DeadLetter:
 
 async def list_dead(settings: Settings, *, limit: int) -> list[DeadLetter]:
     """Up to ``limit`` dead letters; they stay in the queue."""
-    async with await aio_pika.connect(settings.amqp_url) as conn:
+    async with await failover.connect_once(settings.amqp_urls) as conn:
         channel = await conn.channel()
         topo = await topology.declare(channel, settings)
         held: list[AbstractIncomingMessage] = []
@@ -72,7 +72,7 @@ async def replay(settings: Settings, *, limit: int) -> int:
     queue while this runs, and must not be picked up a second time.
     """
     moved = 0
-    async with await aio_pika.connect(settings.amqp_url) as conn:
+    async with await failover.connect_once(settings.amqp_urls) as conn:
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
         topo = await topology.declare(channel, settings)
         present = topo.dead_queue.declaration_result.message_count or 0

@@ -138,10 +138,15 @@ def add_health(app: web.Application, ready: ReadyCheck) -> None:
 
     async def readyz(_: web.Request) -> web.Response:
         checks = dict(await ready())
-        ok = all(checks.values())
+        down = [name for name, up in checks.items() if not up]
+        if not down:
+            return json_response({"status": "ready", "checks": checks})
+        message = (
+            f"not connected to: {', '.join(down)}; retrying with backoff"
+            " (the log names each server tried)"
+        )
         return json_response(
-            {"status": "ready" if ok else "unavailable", "checks": checks},
-            status=200 if ok else 503,
+            {"status": "unavailable", "checks": checks, "message": message}, status=503
         )
 
     app.router.add_get("/healthz", healthz)

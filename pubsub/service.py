@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import signal
 import sys
@@ -51,9 +52,11 @@ async def retry(
 async def connect_broker(
     settings: Settings, *, name: str, stop: asyncio.Event
 ) -> AbstractRobustConnection:
-    """A robust RabbitMQ connection, waiting for the broker as long as it takes to answer."""
+    """A robust RabbitMQ connection, waiting for the broker as long as it takes to answer;
+    each attempt tries the next node of the list."""
+    attempts = itertools.count()
     return await retry(
-        lambda: topology.connect(settings, name=name),
+        lambda: topology.connect(settings, name=name, first=next(attempts)),
         what="RabbitMQ",
         stop=stop,
         backoff=Backoff.of(settings),

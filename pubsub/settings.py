@@ -27,9 +27,18 @@ def _opt(default: Any, doc: str, *, secret: bool = False) -> Any:
 class Settings:
     """Configuration of the ingest, consumer and read API services."""
 
-    amqp_url: str = _opt("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ URL.")
+    amqp_url: str = _opt(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        "RabbitMQ URL, or the URLs of a cluster's nodes separated by commas: clients connect "
+        "to the first that answers and move to the next when a node is lost.",
+    )
     database_url: str = _opt(
         "postgresql://postgres@127.0.0.1:5432/test", "PostgreSQL URL (libpq syntax)."
+    )
+    read_database_url: str = _opt(
+        "",
+        "PostgreSQL URL the read API reads from, e.g. a streaming replica; empty: "
+        "`PUBSUB_DATABASE_URL`. Consumers always write to `PUBSUB_DATABASE_URL`.",
     )
     db_schema: str = _opt("pubsub", "PostgreSQL schema that holds the tables.")
     queue: str = _opt(
@@ -75,6 +84,12 @@ class Settings:
         "Most bytes of messages the events queue holds; past it the broker refuses new ones and "
         "ingest answers 503 until the consumers catch up. Keep it well below the broker's free "
         "disk. Applies to a queue when it is created.",
+    )
+    quorum_size: int = _opt(
+        3,
+        "Replicas of the events queue and the dead-letter queue on a RabbitMQ cluster "
+        "(`x-quorum-initial-group-size`): a cluster of fewer nodes gives each queue one on "
+        "every node. Applies to a queue when it is created.",
     )
     delivery_limit: int = _opt(
         5, "Deliveries of one message before the broker dead-letters it (quorum queue)."
@@ -157,6 +172,7 @@ class Settings:
             "events_max_limit",
             "events_default_limit",
             "retention_batch",
+            "quorum_size",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
@@ -173,10 +189,27 @@ class Settings:
             raise ValueError("PUBSUB_LOG_FORMAT must be json or text")
         if self.events_default_limit > self.events_max_limit:
             raise ValueError("PUBSUB_EVENTS_DEFAULT_LIMIT exceeds PUBSUB_EVENTS_MAX_LIMIT")
+        if not self.amqp_urls or not all(
+            re.match(r"amqps?://", u, re.IGNORECASE) for u in self.amqp_urls
+        ):
+            raise ValueError(
+                "PUBSUB_AMQP_URL: give amqp:// or amqps:// URLs, several separated by commas"
+            )
         if self.retention:
             parse_duration(self.retention, name="PUBSUB_RETENTION")
         if self.retention_interval <= 0:
             raise ValueError("PUBSUB_RETENTION_INTERVAL must be above 0")
+
+    @property
+    def reads_from(self) -> str:
+        """Where the read API reads: the replica of ``PUBSUB_READ_DATABASE_URL``, or the
+        primary."""
+        return self.read_database_url or self.database_url
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The RabbitMQ nodes of ``PUBSUB_AMQP_URL``, in order."""
+        return [u.strip() for u in self.amqp_url.split(",") if u.strip()]
 
     @property
     def retention_seconds(self) -> float | None:
@@ -196,7 +229,7 @@ class Settings:
         out = dataclasses.asdict(self)
         for key in ("publish_token", "read_token"):
             out[key] = "***" if out[key] else ""
-        for key in ("amqp_url", "database_url"):
+        for key in ("amqp_url", "database_url", "read_database_url"):
             out[key] = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", out[key])
         return out
 

@@ -19,6 +19,7 @@ from aio_pika.abc import (
 from aiormq.exceptions import ChannelPreconditionFailed
 from pamqp.common import FieldTable
 
+from pubsub import failover
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.topology")
@@ -27,10 +28,13 @@ ROUTING_KEY = "events"
 RECONNECT_INTERVAL = 1.0  # seconds; aio-pika's default of 5 s stretches every broker outage
 
 
-async def connect(settings: Settings, *, name: str) -> AbstractRobustConnection:
-    """A connection that reconnects by itself and restores its channels and consumers."""
-    return await aio_pika.connect_robust(
-        settings.amqp_url,
+async def connect(settings: Settings, *, name: str, first: int = 0) -> AbstractRobustConnection:
+    """A connection that reconnects by itself, to the next node of the list when there are
+    several, and restores its channels and consumers; the first attempt goes to node
+    ``first``."""
+    return await failover.connect_robust(
+        settings.amqp_urls,
+        first=first,
         reconnect_interval=RECONNECT_INTERVAL,
         client_properties={"connection_name": f"pubsub {name}"},
     )
@@ -62,6 +66,7 @@ def queue_arguments(settings: Settings) -> FieldTable:
     # ingest answers 503 instead of the broker's disk filling up.
     return {
         "x-queue-type": "quorum",
+        "x-quorum-initial-group-size": settings.quorum_size,
         "x-delivery-limit": settings.delivery_limit,
         "x-dead-letter-exchange": names.dead_exchange,
         "x-dead-letter-strategy": "at-least-once",
@@ -83,33 +88,38 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     dead_exchange = await channel.declare_exchange(
         names.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    dead_queue = await channel.declare_queue(
-        names.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    dead_queue = await _queue(
+        channel,
+        names.dead_queue,
+        {"x-queue-type": "quorum", "x-quorum-initial-group-size": settings.quorum_size},
     )
     await dead_queue.bind(dead_exchange)
     exchange = await channel.declare_exchange(
         names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
+    queue = await _queue(channel, names.queue, queue_arguments(settings))
+    await queue.bind(exchange, ROUTING_KEY)
+    return Topology(exchange, queue, dead_queue)
+
+
+async def _queue(channel: AbstractChannel, name: str, arguments: FieldTable) -> AbstractQueue:
     try:
-        queue = await channel.declare_queue(
-            names.queue, durable=True, arguments=queue_arguments(settings)
-        )
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
     except ChannelPreconditionFailed as exc:
         # Made by an earlier version or with other settings: arguments of an existing queue
         # cannot change. Use it as it is rather than refuse to start.
         log.warning(
-            "queue %r exists with other arguments (%s); using it as it is, so its length limit "
-            "and delivery limit may not be those of PUBSUB_MAX_QUEUE_BYTES and "
-            "PUBSUB_DELIVERY_LIMIT. To apply them: stop ingest, let the consumers drain the "
-            "queue, delete it (rabbitmqctl delete_queue %s) and restart the services",
-            names.queue,
+            "queue %r exists with other arguments (%s); using it as it is, so its length limit, "
+            "delivery limit and replicas may not be those of PUBSUB_MAX_QUEUE_BYTES, "
+            "PUBSUB_DELIVERY_LIMIT and PUBSUB_QUORUM_SIZE. To apply them: stop ingest, let the "
+            "consumers drain the queue, delete it (rabbitmqctl delete_queue %s) and restart "
+            "the services",
+            name,
             exc,
-            names.queue,
+            name,
         )
         await channel.reopen()
-        queue = await channel.declare_queue(names.queue, passive=True)
-    await queue.bind(exchange, ROUTING_KEY)
-    return Topology(exchange, queue, dead_queue)
+        return await channel.declare_queue(name, passive=True)
 
 
 async def delete(channel: AbstractChannel, settings: Settings) -> None:

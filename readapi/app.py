@@ -33,7 +33,7 @@ class Sources:
         self.settings = settings
         self.started = time.monotonic()
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            settings.database_url,
+            settings.reads_from,
             min_size=1,
             max_size=settings.db_pool_size,
             kwargs=database.connect_kwargs(settings),

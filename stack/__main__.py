@@ -14,9 +14,7 @@ import signal
 import threading
 from collections.abc import Sequence
 
-import aio_pika
-
-from pubsub import dbschema, service, topology
+from pubsub import dbschema, failover, service, topology
 from pubsub.errors import Unusable
 from pubsub.settings import Settings
 from stack.supervisor import ChildFailed, Role, Supervisor, role_of
@@ -27,7 +25,7 @@ log = logging.getLogger("pubsub.stack")
 async def prepare(settings: Settings) -> None:
     """The schema and the queues, before any service starts."""
     await dbschema.ensure(settings)
-    async with await aio_pika.connect(settings.amqp_url) as conn:
+    async with await failover.connect_once(settings.amqp_urls) as conn:
         await topology.declare(await conn.channel(), settings)
 
 

@@ -13,7 +13,7 @@ import aiohttp
 
 from publisher.load import EventSource, LoadConfig, Report, send_load
 from publisher.watch import stats_if_up, wait_stored
-from pubsub import message, topology
+from pubsub import failover, message, topology
 from pubsub.settings import Settings
 
 T = TypeVar("T")
@@ -46,7 +46,7 @@ async def eventually(
 
 
 async def queue_depth(settings: Settings, name: str) -> int:
-    async with await aio_pika.connect(settings.amqp_url) as conn:
+    async with await failover.connect_once(settings.amqp_urls) as conn:
         channel = await conn.channel()
         queue = await channel.declare_queue(name, passive=True)
         count = queue.declaration_result.message_count
@@ -54,7 +54,7 @@ async def queue_depth(settings: Settings, name: str) -> int:
 
 
 async def delete_topology(settings: Settings) -> None:
-    async with await aio_pika.connect(settings.amqp_url) as conn:
+    async with await failover.connect_once(settings.amqp_urls) as conn:
         await topology.delete(await conn.channel(), settings)
 
 
@@ -156,7 +156,7 @@ async def stream_through(
 
 async def publish_raw(settings: Settings, exchange: str, bodies: list[bytes]) -> None:
     """Put messages on the broker the way ingest would, bypassing ingest's validation."""
-    async with await aio_pika.connect(settings.amqp_url) as conn:
+    async with await failover.connect_once(settings.amqp_urls) as conn:
         target = await (await conn.channel()).get_exchange(exchange)
         for body in bodies:
             await target.publish(

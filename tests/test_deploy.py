@@ -12,7 +12,9 @@ from typing import Any
 
 import aiohttp
 import yaml
+import yarl
 
+from pubsub.settings import Settings
 from stack.supervisor import Supervisor
 
 ROOT = Path(__file__).parent.parent
@@ -20,9 +22,9 @@ DEPLOY = ROOT / "deploy"
 APP_SERVICES = ("ingest", "consumer", "readapi")
 
 
-def compose() -> dict[str, Any]:
-    """docker-compose.yml with every ``${VAR:-default}`` at its default."""
-    text = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", (ROOT / "docker-compose.yml").read_text())
+def compose(name: str = "docker-compose.yml") -> dict[str, Any]:
+    """A compose file with every ``${VAR:-default}`` at its default."""
+    text = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", (ROOT / name).read_text())
     loaded: dict[str, Any] = yaml.safe_load(text)
     return loaded
 
@@ -103,6 +105,29 @@ def test_kubernetes_manifests() -> None:
         assert importlib.util.find_spec(module) is not None
         assert {"readinessProbe", "livenessProbe"} <= set(container)
         assert d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_cluster_compose_file_gives_every_service_the_three_nodes() -> None:
+    base, cluster = compose(), compose("docker-compose.cluster.yml")
+    nodes = [n for n in cluster["services"] if n.startswith("rabbitmq")]
+    assert nodes == ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+    assert {cluster["services"][n]["hostname"] for n in nodes} == set(nodes)
+    cookies = {cluster["services"][n]["environment"]["RABBITMQ_ERLANG_COOKIE"] for n in nodes}
+    assert len(cookies) == 1
+    conf = (DEPLOY / "rabbitmq" / "cluster.conf").read_text()
+    assert set(re.findall(r"= rabbit@(\S+)", conf)) == set(nodes)
+    for service in (*APP_SERVICES, "publisher"):
+        assert service in base["services"]
+        env = cluster["services"][service]["environment"]
+        urls = Settings(amqp_url=env["PUBSUB_AMQP_URL"]).amqp_urls
+        assert [yarl.URL(u).host for u in urls] == nodes
+        assert int(env["PUBSUB_QUORUM_SIZE"]) == 3
+
+
+def test_rabbitmq_cluster_resource_for_the_operator() -> None:
+    (doc,) = yaml.safe_load_all((DEPLOY / "k8s" / "rabbitmq-cluster.yaml").read_text())
+    assert doc["kind"] == "RabbitmqCluster" and doc["spec"]["replicas"] == 3
+    assert "pause_minority" in doc["spec"]["rabbitmq"]["additionalConfig"]
 
 
 def _named_metrics() -> set[str]:
