@@ -36,7 +36,9 @@ class Sources:
             settings.reads_from,
             min_size=1,
             max_size=settings.db_pool_size,
-            kwargs=database.connect_kwargs(settings),
+            # Autocommit: each read is one statement, so one snapshot, and needs no BEGIN
+            # before it nor ROLLBACK when the pool takes the connection back.
+            kwargs={**database.connect_kwargs(settings), "autocommit": True},
             timeout=5.0,
             # A database restart leaves dead connections in the pool: check before lending.
             check=AsyncConnectionPool.check_connection,
@@ -68,6 +70,8 @@ class Sources:
 
 
 SOURCES = web.AppKey("sources", Sources)
+# How stale the queue depths in /stats may be (seconds): requests within it share one sample.
+QUEUE_DEPTH_MAX_AGE = 0.25
 
 
 def _time_param(query: Mapping[str, str], name: str) -> datetime | None:
@@ -128,7 +132,7 @@ async def get_stats(request: web.Request) -> web.Response:
             counts = await queries.counts(conn, max_topics=sources.settings.stats_max_topics)
     except _DB_UNAVAILABLE as exc:
         raise sources.unavailable(exc) from None
-    depths = await sources.queues.depths()
+    depths = await sources.queues.depths(max_age=QUEUE_DEPTH_MAX_AGE)
     return http.json_response(
         {
             "received": counts.received,

@@ -108,15 +108,16 @@ def rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-_COUNTERS = """
+# One statement, so one snapshot: the counters and the topics agree with each other. The
+# consumers keep ``topics`` in the transactions that store events, so listing them is one short
+# index scan however many events and topics there are.
+_COUNTS = """
 SELECT coalesce(sum(received), 0), coalesce(sum(unique_processed), 0),
        coalesce(sum(duplicate_dropped), 0), coalesce(sum(expired), 0),
-       (SELECT count(*) FROM topics)
+       (SELECT count(*) FROM topics),
+       ARRAY(SELECT topic FROM topics ORDER BY topic LIMIT %s)
 FROM counters
 """
-# The consumers keep ``topics`` in the transactions that store events: one short index scan,
-# however many events and topics there are.
-_TOPICS = "SELECT topic FROM topics ORDER BY topic LIMIT %s"
 
 
 @dataclass(frozen=True)
@@ -136,14 +137,12 @@ class Counts:
 
 
 async def counts(conn: psycopg.AsyncConnection[Any], *, max_topics: int) -> Counts:
-    # One snapshot for both reads, so the numbers agree with each other.
-    async with conn.transaction():
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        cur = await conn.execute(_COUNTERS)
-        row = await cur.fetchone() or (0, 0, 0, 0, 0)  # sums always give one row
-        cur = await conn.execute(_TOPICS, (max_topics + 1,))
-        topics = [t for (t,) in await cur.fetchall()]
-    received, unique, duplicate, expired, topic_count = (int(v) for v in row)
+    cur = await conn.execute(_COUNTS, (max_topics + 1,))
+    row = await cur.fetchone()  # sums always give one row
+    if row is None:
+        raise RuntimeError("the counters query returned no row")
+    received, unique, duplicate, expired, topic_count = (int(v) for v in row[:5])
+    topics = list(row[5])
     return Counts(
         received, unique, duplicate, expired, topic_count,
         topics[:max_topics], len(topics) > max_topics,
