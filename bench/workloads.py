@@ -217,8 +217,16 @@ class Bench:
 
         return drive
 
-    async def drain(self, name: str, events: int, consumers: list[str]) -> Result:
-        """Queue ``events`` with every consumer stopped, then time ``consumers`` draining it."""
+    async def drain(
+        self,
+        name: str,
+        events: int,
+        consumers: list[str],
+        *,
+        queued: Callable[[], None] | None = None,
+    ) -> Result:
+        """Queue ``events`` with every consumer stopped, then time ``consumers`` draining it;
+        ``queued()`` is called once the backlog is in the queue."""
         for c in self.stack.consumers:
             if self.stack.running(c):
                 self.stack.stop(c)
@@ -232,7 +240,8 @@ class Bench:
         await send_load(self.http, cfg, EventSource(cfg), report)
         if report.failed_events:
             raise RuntimeError(f"{report.failed_events} events of the backlog not accepted")
-
+        if queued is not None:
+            queued()
         self.stack.start_all(consumers)
         # The clock starts once the consumers answer /readyz: this times the drain alone.
         return await self.run(name, topic, nothing, before=before)

@@ -61,6 +61,17 @@ def role_of(name: str) -> Role:
     return Role(name.split("-", 1)[0])
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` (``/proc``; 0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The command name may hold spaces: the fields that follow it start after ")".
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     return {
         ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name))
@@ -109,6 +120,14 @@ class Supervisor:
         name = f"consumer-{index + 1}"
         base = self.settings.consumer_port
         self.ports[name] = base + index if base else free_port()
+        return name
+
+    def add_ingest(self) -> str:
+        """Name another ingest process (``start`` runs it) on the same port: ingest listens
+        with ``reuse_port``, and the kernel spreads connections over the processes."""
+        index = sum(role_of(n) is Role.INGEST for n in self.ports)
+        name = f"ingest-{index + 1}"
+        self.ports[name] = self.settings.ingest_port
         return name
 
     @property
@@ -255,6 +274,13 @@ class Supervisor:
         except OSError:
             pass
         return 0
+
+    def cpu_seconds(self, name: str) -> float:
+        """User and system CPU time a running child has used so far (0 when not running)."""
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return 0.0
+        return process_cpu_seconds(proc.pid)
 
     def log(self, name: str, tail: int = 4000) -> str:
         """The end of a child's log (empty when it logs to the terminal)."""
