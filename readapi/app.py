@@ -70,8 +70,6 @@ class Sources:
 
 
 SOURCES = web.AppKey("sources", Sources)
-# How stale the queue depths in /stats may be (seconds): requests within it share one sample.
-QUEUE_DEPTH_MAX_AGE = 0.25
 
 
 def _time_param(query: Mapping[str, str], name: str) -> datetime | None:
@@ -132,7 +130,7 @@ async def get_stats(request: web.Request) -> web.Response:
             counts = await queries.counts(conn, max_topics=sources.settings.stats_max_topics)
     except _DB_UNAVAILABLE as exc:
         raise sources.unavailable(exc) from None
-    depths = await sources.queues.depths(max_age=QUEUE_DEPTH_MAX_AGE)
+    depths = await sources.queues.depths(share=True)
     return http.json_response(
         {
             "received": counts.received,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from prometheus_client import Gauge
@@ -30,9 +29,7 @@ class QueueMonitor:
         self.settings = settings
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
-        self._last: dict[str, int | None] = {"queued_messages": None, "dead_letter_messages": None}
-        self._sampled_at = float("-inf")
-        self._sampling = asyncio.Lock()
+        self._asking: asyncio.Future[dict[str, int | None]] | None = None
 
     async def start(self, stop: asyncio.Event) -> None:
         self.connection = await service.connect_broker(self.settings, name="read API", stop=stop)
@@ -45,17 +42,20 @@ class QueueMonitor:
     def connected(self) -> bool:
         return topology.is_connected(self.connection)
 
-    async def depths(self, *, max_age: float = 0.0) -> dict[str, int | None]:
-        """Messages ready in the events queue and in the dead-letter queue (None if unknown),
-        asked of the broker unless a sample younger than ``max_age`` seconds exists. Requests
-        arriving together share one sample: under load, ``/stats`` costs no broker round
-        trips of its own."""
-        async with self._sampling:
-            if time.monotonic() - self._sampled_at < max_age:
-                return dict(self._last)
-            self._last = await self._ask()
-            self._sampled_at = time.monotonic()
-            return dict(self._last)
+    async def depths(self, *, share: bool = False) -> dict[str, int | None]:
+        """Messages ready in the events queue and in the dead-letter queue (None if unknown).
+        With ``share``, a request that arrives while the broker is being asked waits for that
+        answer instead of asking again: under load ``/stats`` costs no broker round trips of
+        its own, and no answer is older than one round trip."""
+        asking = self._asking
+        if share and asking is not None:
+            return dict(await asyncio.shield(asking))
+        asking = self._asking = asyncio.ensure_future(self._ask())
+        try:
+            return dict(await asyncio.shield(asking))
+        finally:
+            if self._asking is asking:
+                self._asking = None
 
     async def _ask(self) -> dict[str, int | None]:
         names = Names.of(self.settings)
