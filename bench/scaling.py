@@ -27,6 +27,7 @@ import aiohttp
 
 from bench.system import private_system
 from bench.workloads import LUA, Bench, launch, run_wrk
+from publisher import watch
 from stack.supervisor import Supervisor, process_cpu_seconds
 
 
@@ -126,9 +127,8 @@ async def ingests(
 async def _drained(http: aiohttp.ClientSession, stack: Supervisor) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        async with http.get(f"{stack.read_url}/stats") as resp:
-            if (await resp.json()).get("queued_messages") == 0:
-                return
+        if (await watch.fetch_stats(http, stack.read_url)).get("queued_messages") == 0:
+            return
         await asyncio.sleep(0.5)
     raise RuntimeError("the queue did not drain within 600 s")
 

@@ -30,7 +30,7 @@ import psycopg
 from bench.system import private_system
 from bench.workloads import LUA, Bench, Result, launch, run_wrk, table
 from consumer.retention import Sweeper
-from pubsub import database
+from pubsub import database, dbschema
 from pubsub.settings import Settings
 
 SWEEP_RATIO_GOAL = 0.90
@@ -55,15 +55,7 @@ ON CONFLICT (shard) DO UPDATE SET received = c.received + excluded.received,
     unique_processed = c.unique_processed + excluded.unique_processed
 """
 # What /stats ran before the topics table: one probe of the events index per topic.
-_LOOSE_SCAN = """
-WITH RECURSIVE t(topic) AS (
-    (SELECT topic FROM events ORDER BY topic LIMIT 1)
-    UNION ALL
-    SELECT (SELECT e.topic FROM events e WHERE e.topic > t.topic ORDER BY e.topic LIMIT 1)
-    FROM t WHERE t.topic IS NOT NULL
-)
-SELECT topic FROM t WHERE topic IS NOT NULL LIMIT 1001
-"""
+_LOOSE_SCAN = dbschema.TOPICS_BY_INDEX_SCAN + "LIMIT 1001"
 _TOPICS_TABLE = "SELECT topic FROM topics ORDER BY topic LIMIT 1001"
 
 

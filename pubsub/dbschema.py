@@ -68,10 +68,9 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
-# From version 1: the statements above create what is new; these fill it in.
-_UPGRADE = """
-ALTER TABLE counters ADD COLUMN IF NOT EXISTS expired bigint NOT NULL DEFAULT 0;
-INSERT INTO topics (topic)
+# Every topic that has events, by a loose index scan over the primary key: one probe per topic.
+# What /stats ran before the topics table; now it fills that table on upgrade.
+TOPICS_BY_INDEX_SCAN = """
 WITH RECURSIVE t(topic) AS (
     (SELECT topic FROM events ORDER BY topic LIMIT 1)
     UNION ALL
@@ -79,7 +78,12 @@ WITH RECURSIVE t(topic) AS (
     FROM t WHERE t.topic IS NOT NULL
 )
 SELECT topic FROM t WHERE topic IS NOT NULL
-ON CONFLICT DO NOTHING;
+"""
+
+# From version 1: the statements above create what is new; these fill it in.
+_UPGRADE = f"""
+ALTER TABLE counters ADD COLUMN IF NOT EXISTS expired bigint NOT NULL DEFAULT 0;
+INSERT INTO topics (topic) {TOPICS_BY_INDEX_SCAN} ON CONFLICT DO NOTHING;
 """
 
 

@@ -94,13 +94,21 @@ class Cluster:
             raise RuntimeError(f"rabbitmqctl -n {node.name} {' '.join(args)}: {out.stderr}")
         return out.stdout
 
-    def boot(self, node: Node) -> None:
-        """Start ``node`` detached and wait until it runs its applications."""
+    def launch(self, node: Node) -> None:
+        """Start ``node`` detached; it returns at once (:meth:`wait` for it)."""
         subprocess.run(
             ["rabbitmq-server", "-detached"], env=node.env(), check=True, timeout=60,
             capture_output=True,
         )  # fmt: skip
+
+    def wait(self, node: Node) -> None:
+        """Wait until a launched node runs its applications."""
         self.ctl(node, "wait", "--timeout", "90", str(node.pid_file), timeout=100)
+
+    def boot(self, node: Node) -> None:
+        """Start ``node`` and wait until it runs its applications."""
+        self.launch(node)
+        self.wait(node)
 
     def start(self) -> None:
         for node in self.nodes:
@@ -112,14 +120,11 @@ class Cluster:
             (node.home / "enabled_plugins").write_text("[].\n")
             for path in (node.home, *node.home.iterdir()):
                 shutil.chown(path, "rabbitmq", "rabbitmq")
-        # rabbitmq-server -detached returns at once: boot them side by side, then wait.
+        # Boot them side by side, then wait for each.
         for node in self.nodes:
-            subprocess.run(
-                ["rabbitmq-server", "-detached"], env=node.env(), check=True, timeout=60,
-                capture_output=True,
-            )  # fmt: skip
+            self.launch(node)
         for node in self.nodes:
-            self.ctl(node, "wait", "--timeout", "90", str(node.pid_file), timeout=100)
+            self.wait(node)
         first = self.nodes[0]
         for node in self.nodes[1:]:
             self.ctl(node, "stop_app")
