@@ -18,7 +18,7 @@ import aio_pika
 import orjson
 
 from consumer.store import Store, copy_rows
-from pubsub import dbschema, failover, topology
+from pubsub import database, dbschema, failover, topology
 from pubsub.settings import Settings
 
 
@@ -85,9 +85,16 @@ async def broker_ceiling(settings: Settings, *, messages: int = 300) -> float:
     return messages * per / elapsed
 
 
-async def database_ceiling(settings: Settings, *, events: int = 200_000) -> float:
-    own = replace(settings, db_schema=f"{settings.db_schema}_ceiling")
+async def database_ceiling(
+    settings: Settings, *, events: int = 200_000, alter: str = "", name: str = "ceiling"
+) -> float:
+    """Events/s of the batch upsert; ``alter`` is SQL run on the fresh schema first (the
+    schema variants of :mod:`bench.store`)."""
+    own = replace(settings, db_schema=f"{settings.db_schema}_{name}")
     await dbschema.ensure(own)
+    if alter:
+        async with await database.connect(own, autocommit=True) as conn:
+            await conn.execute(alter)
     run = uuid.uuid4().hex[:8]
     now = datetime.now(UTC).isoformat()
     size = settings.batch_max_events

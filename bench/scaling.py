@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import time
 import uuid
@@ -25,40 +24,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bench.cpu import CpuMeter
 from bench.system import private_system
 from bench.workloads import LUA, Bench, launch, run_wrk
 from publisher import watch
-from stack.supervisor import Supervisor, process_cpu_seconds
-
-
-def _pids(user: str, command: str) -> list[int]:
-    cmd = ["pgrep", "-u", user, "-x", command]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    return [int(p) for p in out.stdout.split()]
-
-
-class CpuMeter:
-    """CPU seconds of the system's processes by kind, between ``start()`` and ``stop()``."""
-
-    def __init__(self, stack: Supervisor) -> None:
-        self.stack = stack
-        self._before: dict[str, float] = {}
-
-    def _now(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for name in self.stack.names:
-            kind = name.split("-")[0]
-            out[kind] = out.get(kind, 0.0) + self.stack.cpu_seconds(name)
-        out["postgresql"] = sum(process_cpu_seconds(p) for p in _pids("postgres", "postgres"))
-        out["rabbitmq"] = sum(process_cpu_seconds(p) for p in _pids("rabbitmq", "beam.smp"))
-        return out
-
-    def start(self) -> None:
-        self._before = self._now()
-
-    def stop(self) -> dict[str, float]:
-        now = self._now()
-        return {k: max(0.0, v - self._before.get(k, 0.0)) for k, v in now.items()}
+from stack.supervisor import Supervisor
 
 
 @dataclass

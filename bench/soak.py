@@ -36,6 +36,7 @@ from pathlib import Path
 import aiohttp
 import psycopg
 
+from bench.cpu import CpuMeter, machine_busy
 from bench.system import private_system
 from publisher import watch
 from publisher.load import EventSource, LoadConfig, Report, send_body
@@ -59,6 +60,8 @@ class Minute:
     rss_mib: dict[str, float]
     table_mib: float
     queued: int
+    cpu_us: float = 0.0  # CPU of the services, PostgreSQL and RabbitMQ per accepted event
+    busy: float = 0.0  # share of the machine's CPU time spent busy, load generator included
 
 
 @dataclass
@@ -167,11 +170,17 @@ class Soak:
     async def sample(self, minutes: int, out: list[Minute]) -> None:
         """One row a minute, printed as it comes."""
         accepted, lag = await self.accepted(), await self.lag_buckets()
+        meter = CpuMeter(self.stack)
+        meter.start()
+        busy, total = machine_busy()
         print(_HEAD, file=sys.stderr, flush=True)
         for minute in range(1, minutes + 1):
             await asyncio.sleep(60)
             report, self.report = self.report, Report()
             now_accepted, now_lag = await self.accepted(), await self.lag_buckets()
+            cpu = sum(meter.stop().values())
+            meter.start()
+            now_busy, now_total = machine_busy()
             stats = await watch.stats_if_up(self.http, self.stack.read_url) or {}
             row = Minute(
                 minute=minute,
@@ -181,8 +190,10 @@ class Soak:
                 rss_mib={n: self.stack.rss_kib(n) / 1024 for n in self.stack.names},
                 table_mib=self.table_mib(),
                 queued=int(stats.get("queued_messages") or 0),
+                cpu_us=cpu / max(now_accepted - accepted, 1) * 1e6,
+                busy=(now_busy - busy) / max(now_total - total, 1e-9),
             )
-            accepted, lag = now_accepted, now_lag
+            accepted, lag, busy, total = now_accepted, now_lag, now_busy, now_total
             out.append(row)
             print(_row(row), file=sys.stderr, flush=True)
 
@@ -240,7 +251,8 @@ def _p99(buckets: dict[float, float]) -> float:
 
 _HEAD = (
     "| minute | events/s | p99 HTTP ms | p99 lag ms | RSS MiB ingest / consumers / read API"
-    " | tables MiB | queued |\n| --- | --- | --- | --- | --- | --- | --- |"
+    " | tables MiB | queued | CPU µs/event | machine busy |"
+    "\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -249,7 +261,7 @@ def _row(m: Minute) -> str:
     rss = f"{m.rss_mib.get('ingest', 0):.0f} / {consumers} / {m.rss_mib.get('readapi', 0):.0f}"
     return (
         f"| {m.minute} | {m.rate:,.0f} | {m.p99_ms:.1f} | {m.lag_p99_ms:.0f} | {rss}"
-        f" | {m.table_mib:,.0f} | {m.queued} |"
+        f" | {m.table_mib:,.0f} | {m.queued} | {m.cpu_us:.0f} | {m.busy:.0%} |"
     )
 
 

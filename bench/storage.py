@@ -41,7 +41,7 @@ _FILL = """
 INSERT INTO events (topic, event_id, ts, source, payload, received_at)
 SELECT %(prefix)s || (g %% %(topics)s), md5(g::text),
        now() - (g %% 2592000) * interval '1 second', 'bench',
-       jsonb_build_object('n', g, 'msg', 'event ' || g, 'pad', repeat('x', 100)),
+       json_build_object('n', g, 'msg', 'event ' || g, 'pad', repeat('x', 100)),
        now() - %(age)s * interval '1 day'
 FROM generate_series(%(first)s, %(last)s) AS g
 """

@@ -44,7 +44,7 @@ RETURNING key
 _INSERT_EVENTS = """
 WITH inserted AS (
     INSERT INTO events (topic, event_id, ts, source, payload, received_at)
-    SELECT topic, event_id, ts::timestamptz, source, payload::jsonb, received_at::timestamptz
+    SELECT topic, event_id, ts::timestamptz, source, payload::json, received_at::timestamptz
     FROM incoming
     ORDER BY topic COLLATE "C", event_id COLLATE "C"
     ON CONFLICT DO NOTHING

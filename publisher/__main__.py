@@ -1,5 +1,7 @@
 """``python -m publisher``: send events with duplicates, wait until stored, compare counts.
 
+``python -m publisher tail --topic X`` follows the stored events instead, like ``tail -f``.
+
 Bearer tokens, when the services require them, come from PUBSUB_PUBLISH_TOKEN and
 PUBSUB_READ_TOKEN (the same variables the services read).
 """
@@ -103,6 +105,10 @@ def render(cfg: LoadConfig, r: Report) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["tail"]:
+        from publisher import tail
+
+        tail.main(sys.argv[2:])
     cfg = parse_args()
     report = asyncio.run(run_load(cfg))
     print(render(cfg, report))

@@ -19,7 +19,8 @@ from pubsub.settings import Settings
 _LOCK_KEY = 0x70756273  # any constant shared by every process of the project
 
 # 2: counters.expired, events_received_at (retention) and the topics table (/stats).
-SCHEMA_VERSION = 2
+# 3: payload as json (kept as sent), events.txid and its index (the live stream's order).
+SCHEMA_VERSION = 3
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -32,9 +33,13 @@ CREATE TABLE IF NOT EXISTS events (
     event_id    text        NOT NULL,
     ts          timestamptz NOT NULL,
     source      text        NOT NULL,
-    payload     jsonb       NOT NULL,
+    -- json, not jsonb: jsonb normalises numbers (1e308 comes back as 309 digits, -0.0 as 0);
+    -- json keeps the text the consumer wrote, and nothing queries inside payloads.
+    payload     json        NOT NULL,
     received_at timestamptz NOT NULL,
     stored_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The storing transaction: the live stream reads in this order (see readapi.stream).
+    txid        xid8                 DEFAULT pg_current_xact_id(),
     PRIMARY KEY (topic, event_id)
 );
 CREATE INDEX IF NOT EXISTS events_topic_ts ON events (topic, ts, event_id);
@@ -42,6 +47,8 @@ CREATE INDEX IF NOT EXISTS events_ts ON events (ts, topic, event_id);
 -- The retention sweep takes the oldest rows from here; received_at only grows, so inserts land
 -- on the index's right edge and cost little.
 CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at);
+-- The live stream's cursor; transaction ids only grow, so this index too grows at its right edge.
+CREATE INDEX IF NOT EXISTS events_txid ON events (txid);
 
 -- Every topic that has stored events: consumers add new ones in the transaction that stores
 -- them, the retention sweep removes those left without events. /stats reads this instead of
@@ -80,7 +87,21 @@ WITH RECURSIVE t(topic) AS (
 SELECT topic FROM t WHERE topic IS NOT NULL
 """
 
-# From version 1: the statements above create what is new; these fill it in.
+# From versions 1 and 2, before the statements above: what they cannot add by themselves.
+# Events stored before version 3 keep a NULL txid (the stream starts after them); a jsonb
+# payload becomes json, a rewrite of the table.
+_UPGRADE_TABLES = """
+ALTER TABLE IF EXISTS events ADD COLUMN IF NOT EXISTS txid xid8;
+ALTER TABLE IF EXISTS events ALTER COLUMN txid SET DEFAULT pg_current_xact_id();
+DO $$
+BEGIN
+    IF (SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema()
+        AND table_name = 'events' AND column_name = 'payload') = 'jsonb' THEN
+        ALTER TABLE events ALTER COLUMN payload TYPE json USING payload::json;
+    END IF;
+END $$;
+"""
+# After them: fill in what is new.
 _UPGRADE = f"""
 ALTER TABLE counters ADD COLUMN IF NOT EXISTS expired bigint NOT NULL DEFAULT 0;
 INSERT INTO topics (topic) {TOPICS_BY_INDEX_SCAN} ON CONFLICT DO NOTHING;
@@ -112,6 +133,7 @@ async def ensure(settings: Settings) -> None:
         await conn.execute(
             sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
         )
+        await conn.execute(_UPGRADE_TABLES)
         await conn.execute(_DDL)
         await conn.execute(_UPGRADE)
         await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))

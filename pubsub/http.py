@@ -119,10 +119,15 @@ def new_app(
     return app
 
 
+def index_body(service: str, endpoints: list[str]) -> dict[str, Any]:
+    """What a service is and what it serves."""
+    return {"service": service, "endpoints": [*endpoints, "/docs", "/openapi.json", "/healthz",
+                                               "/readyz", "/metrics"]}  # fmt: skip
+
+
 def add_index(app: web.Application, service: str, endpoints: list[str]) -> None:
     """``/``: what this service is and what it serves, for whoever opens it in a browser."""
-    body = {"service": service, "endpoints": [*endpoints, "/docs", "/openapi.json", "/healthz",
-                                                "/readyz", "/metrics"]}  # fmt: skip
+    body = index_body(service, endpoints)
 
     async def index(_: web.Request) -> web.Response:
         return json_response(body)

@@ -123,6 +123,23 @@ class Settings:
     events_max_limit: int = _opt(1000, "Largest `limit` accepted by `GET /events`.")
     events_default_limit: int = _opt(100, "`limit` of `GET /events` when none is given.")
     stats_max_topics: int = _opt(1000, "Most topic names listed by `GET /stats`.")
+    stream_max_clients: int = _opt(
+        64, "Live streams (`GET /events/stream`) one read API serves at once; past it: 503."
+    )
+    stream_buffer: int = _opt(
+        1000, "Events a live stream reads ahead of its client; the most it holds in memory."
+    )
+    stream_slow_timeout: float = _opt(
+        10.0,
+        "Seconds an event may wait in a stream's buffer for its client; a client slower than "
+        "that is cut off with a final message (it resumes with `Last-Event-ID`).",
+    )
+    stream_poll_interval: float = _opt(
+        0.25, "Seconds between a live stream's looks for newly stored events."
+    )
+    stream_heartbeat: float = _opt(
+        15.0, "Seconds between heartbeats (SSE comments) that keep idle streams open in proxies."
+    )
     log_level: str = _opt("INFO", "Log level of every service.")
     log_format: str = _opt("json", "`json` (one object per line) or `text`.")
     publish_token: str = _opt(
@@ -130,7 +147,9 @@ class Settings:
     )
     publish_token_file: str = _opt("", "File holding the publish token (wins over the variable).")
     read_token: str = _opt(
-        "", "Bearer token required by `/events` and `/stats`; empty: open.", secret=True
+        "",
+        "Bearer token required by `/events`, `/events/stream` and `/stats`; empty: open.",
+        secret=True,
     )
     read_token_file: str = _opt("", "File holding the read token (wins over the variable).")
 
@@ -173,6 +192,8 @@ class Settings:
             "events_default_limit",
             "retention_batch",
             "quorum_size",
+            "stream_max_clients",
+            "stream_buffer",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
@@ -199,6 +220,9 @@ class Settings:
             parse_duration(self.retention, name="PUBSUB_RETENTION")
         if self.retention_interval <= 0:
             raise ValueError("PUBSUB_RETENTION_INTERVAL must be above 0")
+        for name in ("stream_slow_timeout", "stream_poll_interval", "stream_heartbeat"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()} must be above 0")
 
     @property
     def reads_from(self) -> str:

@@ -16,7 +16,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     await dbschema.prepare(settings, stop=stop)
     sources = Sources(settings)
     await sources.start(stop)
-    app = make_app(sources)
+    app = make_app(sources, stop)
     async with http.serving(app, settings.http_host, settings.read_port, what="read API"):
         await sources.queues.sample(stop)
         log.info("read API stopping")

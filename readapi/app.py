@@ -11,19 +11,18 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from pubsub import database, http, openapi
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 from readapi import openapi as documents
-from readapi import queries
+from readapi import page, queries, stream
 from readapi.queues import QueueMonitor
 
 log = logging.getLogger("pubsub.readapi.app")
 
-# The pool waited in vain for a connection, or PostgreSQL is down: answer 503, retry later.
-_DB_UNAVAILABLE: tuple[type[Exception], ...] = (PoolTimeout, *database.UNAVAILABLE)
+_DB_UNAVAILABLE = queries.UNAVAILABLE
 
 
 class Sources:
@@ -85,16 +84,36 @@ def _time_param(query: Mapping[str, str], name: str) -> datetime | None:
     return value
 
 
+def _known(query: Mapping[str, str], allowed: set[str]) -> None:
+    unknown = set(query) - allowed
+    if unknown:
+        raise Refusal(
+            400,
+            f"unknown query parameter(s): {', '.join(sorted(unknown)[:5])};"
+            f" known: {', '.join(sorted(allowed))}",
+        )
+
+
+def _filters(query: Mapping[str, str]) -> queries.Filters:
+    """``topic``, ``source`` and ``event_id``: exact matches; empty means any."""
+    values: dict[str, str | None] = {}
+    for name in ("topic", "source", "event_id"):
+        value = query.get(name) or None
+        if value is not None and (len(value) > 255 or "\x00" in value):
+            raise Refusal(400, f"{name} must be at most 255 characters without NUL")
+        values[name] = value
+    return queries.Filters(**values)
+
+
+_FILTERS = {"topic", "source", "event_id"}
+
+
 async def get_events(request: web.Request) -> web.Response:
     sources = request.app[SOURCES]
     settings = sources.settings
     q = request.query
-    unknown = set(q) - {"topic", "since", "until", "limit", "cursor"}
-    if unknown:
-        raise Refusal(400, f"unknown query parameter(s): {', '.join(sorted(unknown)[:5])}")
-    topic = q.get("topic") or None
-    if topic is not None and (len(topic) > 255 or "\x00" in topic):
-        raise Refusal(400, "topic must be at most 255 characters without NUL")
+    _known(q, {*_FILTERS, "since", "until", "limit", "cursor"})
+    filters = _filters(q)
     try:
         limit = int(q.get("limit", settings.events_default_limit))
     except ValueError:
@@ -108,8 +127,9 @@ async def get_events(request: web.Request) -> web.Response:
         except queries.BadCursor as exc:
             raise Refusal(400, str(exc)) from None
     query = queries.EventQuery(
-        topic, _time_param(q, "since"), _time_param(q, "until"), after, limit
-    )
+        filters.topic, _time_param(q, "since"), _time_param(q, "until"), after, limit,
+        source=filters.source, event_id=filters.event_id,
+    )  # fmt: skip
     try:
         async with sources.pool.connection() as conn:
             events, next_cursor = await queries.events_page(conn, query)
@@ -121,6 +141,17 @@ async def get_events(request: web.Request) -> web.Response:
         params["cursor"] = next_cursor.encode()
         headers["Link"] = f'</events?{urlencode(params)}>; rel="next"'
     return http.json_response(events, headers=headers)
+
+
+async def get_stream(request: web.Request) -> web.StreamResponse:
+    q = request.query
+    _known(q, {*_FILTERS, "since", "last_event_id"})
+    return await stream.stream_events(
+        request,
+        pool=request.app[SOURCES].pool,
+        filters=_filters(q),
+        since=_time_param(q, "since"),
+    )
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -147,17 +178,21 @@ async def get_stats(request: web.Request) -> web.Response:
     )
 
 
-def make_app(sources: Sources) -> web.Application:
+def make_app(sources: Sources, stop: asyncio.Event | None = None) -> web.Application:
+    """The read API; ``stop`` ends its live streams (a fresh event when not given)."""
     app = http.new_app(
-        token=sources.settings.read_token, protected=frozenset({"/events", "/stats"})
+        token=sources.settings.read_token,
+        protected=frozenset({"/events", "/events/stream", "/stats"}),
     )
     app[SOURCES] = sources
+    app[stream.STREAMS] = stream.Streams(sources.settings, stop or asyncio.Event())
 
     async def ready() -> Mapping[str, bool]:
         return {"broker": sources.queues.connected, "database": await sources.database_ok()}
 
-    http.add_index(app, "pubsub read API", ["GET /events", "GET /stats"])
+    page.add_page(app, "pubsub read API", ["GET /events", "GET /events/stream", "GET /stats"])
     app.router.add_get("/events", get_events)
+    app.router.add_get("/events/stream", get_stream)
     app.router.add_get("/stats", get_stats)
     http.add_health(app, ready)
     max_limit = sources.settings.events_max_limit

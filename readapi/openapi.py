@@ -31,6 +31,19 @@ class Stats(TypedDict):
     dead_letter_messages: int | None
 
 
+_TEXT = {"type": "string", "maxLength": 255}
+_FILTERS = [
+    {"name": "topic", "in": "query", "schema": _TEXT, "description": "Only this topic."},
+    {"name": "source", "in": "query", "schema": _TEXT, "description": "Only this source."},
+    {
+        "name": "event_id",
+        "in": "query",
+        "schema": _TEXT,
+        "description": "Only this event id (found in every topic when no topic is given).",
+    },
+]
+
+
 def document(*, max_limit: int) -> dict[str, Any]:
     time_param = {"type": "string", "format": "date-time"}
     events = {
@@ -39,7 +52,7 @@ def document(*, max_limit: int) -> dict[str, Any]:
             "security": openapi.OPTIONAL_BEARER,
             "description": 'The next page is in the `Link: <...>; rel="next"` header.',
             "parameters": [
-                {"name": "topic", "in": "query", "schema": {"type": "string", "maxLength": 255}},
+                *_FILTERS,
                 {"name": "since", "in": "query", "schema": time_param},
                 {"name": "until", "in": "query", "schema": time_param},
                 {
@@ -57,6 +70,42 @@ def document(*, max_limit: int) -> dict[str, Any]:
             },
         }
     }
+    stream = {
+        "get": {
+            "summary": "Live tail: stored events as Server-Sent Events, as they are stored.",
+            "security": openapi.OPTIONAL_BEARER,
+            "description": (
+                "One SSE event per stored event, its data in the shape of `/events`, its `id` a "
+                "cursor: reconnect with `Last-Event-ID` to resume with no gap and no repeat. "
+                "Without `since` or `Last-Event-ID` the stream starts with what is stored from "
+                "now on. Heartbeats are SSE comments. The stream ends with `event: error` when "
+                "the client reads more slowly than events arrive, and with `event: end` when the "
+                'service shuts down; both carry `{"error": "..."}` saying why.'
+            ),
+            "parameters": [
+                *_FILTERS,
+                {
+                    "name": "since",
+                    "in": "query",
+                    "schema": time_param,
+                    "description": "Start with the events received at or after this time.",
+                },
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "schema": {"type": "string"},
+                    "description": "Resume after this event (the `id` of an SSE event).",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "The stream.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **openapi.errors(400, 401, 503),
+            },
+        }
+    }
     stats = {
         "get": {
             "summary": "Counters (durable, shared by all consumers), topics, queue depths.",
@@ -69,7 +118,7 @@ def document(*, max_limit: int) -> dict[str, Any]:
     }
     return openapi.document(
         "pubsub read API",
-        {"/events": events, "/stats": stats, **openapi.HEALTH},
+        {"/events": events, "/events/stream": stream, "/stats": stats, **openapi.HEALTH},
         openapi.schemas(Event, Stats, ErrorReply),
     )
 

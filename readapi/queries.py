@@ -1,4 +1,5 @@
-"""SQL of the read API: pages of events (keyset pagination) and the statistics."""
+"""SQL of the read API: pages of events (keyset pagination), the live stream's reads in the
+order events were stored, and the statistics."""
 
 from __future__ import annotations
 
@@ -10,10 +11,34 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg_pool import PoolTimeout
+
+from pubsub import database
+
+# The pool waited in vain for a connection, or PostgreSQL is down: answer 503, retry later.
+UNAVAILABLE: tuple[type[Exception], ...] = (PoolTimeout, *database.UNAVAILABLE)
 
 
 class BadCursor(ValueError):
     """A pagination cursor that this service did not produce."""
+
+
+def _pack(first: str, topic: str, event_id: str) -> str:
+    raw = orjson.dumps([first, topic, event_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unpack(text: str, what: str) -> tuple[str, str, str]:
+    """The three strings of a cursor made by :func:`_pack`; :class:`BadCursor` otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(text[:2048] + "=" * (-len(text[:2048]) % 4))
+        first, topic, event_id = orjson.loads(raw)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise BadCursor(f"{what} is not one this service produced") from None
+    fields = (first, topic, event_id)
+    if not all(isinstance(f, str) and "\x00" not in f for f in fields):
+        raise BadCursor(f"{what} is not one this service produced")
+    return fields
 
 
 @dataclass(frozen=True)
@@ -25,22 +50,62 @@ class Cursor:
     event_id: str
 
     def encode(self) -> str:
-        raw = orjson.dumps([self.ts.isoformat(), self.topic, self.event_id])
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return _pack(self.ts.isoformat(), self.topic, self.event_id)
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
+        ts, topic, event_id = _unpack(text, "cursor")
         try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            ts, topic, event_id = orjson.loads(raw)
-            if not (isinstance(ts, str) and isinstance(topic, str) and isinstance(event_id, str)):
-                raise ValueError
             parsed = datetime.fromisoformat(ts)
-        except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        except ValueError:
             raise BadCursor("cursor is not one this service produced") from None
-        if parsed.tzinfo is None or "\x00" in topic or "\x00" in event_id:
+        if parsed.tzinfo is None:
             raise BadCursor("cursor is not one this service produced")
         return cls(parsed, topic, event_id)
+
+
+@dataclass(frozen=True)
+class StreamCursor:
+    """Position in the live stream: ``(storing transaction, topic, event_id)``, the order in
+    which events became visible (see :func:`stream_page`)."""
+
+    txid: int
+    topic: str
+    event_id: str
+
+    def encode(self) -> str:
+        return _pack(str(self.txid), self.topic, self.event_id)
+
+    @classmethod
+    def decode(cls, text: str) -> StreamCursor:
+        txid, topic, event_id = _unpack(text, "Last-Event-ID")
+        if not txid.isdigit() or len(txid) > 20:
+            raise BadCursor("Last-Event-ID is not one this service produced")
+        return cls(int(txid), topic, event_id)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a reader narrows events to, on ``/events`` and on the stream alike."""
+
+    topic: str | None = None
+    source: str | None = None
+    event_id: str | None = None
+
+    def sql(self, where: list[str], params: list[Any]) -> None:
+        if self.topic is not None:
+            where.append("topic = %s")
+            params.append(self.topic)
+        elif self.event_id is not None:
+            # Without a topic, find an event id by one probe of the primary key per topic
+            # instead of a scan of the whole table.
+            where.append("topic = ANY(ARRAY(SELECT topic FROM topics))")
+        if self.event_id is not None:
+            where.append("event_id = %s")
+            params.append(self.event_id)
+        if self.source is not None:
+            where.append("source = %s")
+            params.append(self.source)
 
 
 @dataclass(frozen=True)
@@ -50,6 +115,8 @@ class EventQuery:
     until: datetime | None
     after: Cursor | None
     limit: int
+    source: str | None = None
+    event_id: str | None = None
 
 
 _EPOCH_MIN = datetime(1, 1, 1, tzinfo=UTC)
@@ -61,9 +128,7 @@ async def events_page(
     """One page of events ordered by ``(timestamp, topic, event_id)``, and the next cursor."""
     where = ["TRUE"]
     params: list[Any] = []
-    if q.topic is not None:
-        where.append("topic = %s")
-        params.append(q.topic)
+    Filters(q.topic, q.source, q.event_id).sql(where, params)
     if q.since is not None:
         where.append("ts >= %s")
         params.append(q.since)
@@ -87,16 +152,7 @@ async def events_page(
     cur = await conn.execute(query, params)
     rows = await cur.fetchall()
     page = rows[: q.limit]
-    events = [
-        {
-            "topic": topic,
-            "event_id": event_id,
-            "timestamp": rfc3339(ts),
-            "source": source,
-            "payload": orjson.Fragment(payload),
-        }
-        for topic, event_id, ts, source, payload in page
-    ]
+    events = [_event(*row) for row in page]
     after = None
     if len(rows) > q.limit:
         topic, event_id, ts, _, _ = page[-1]
@@ -104,8 +160,69 @@ async def events_page(
     return events, after
 
 
+def _event(topic: str, event_id: str, ts: datetime, source: str, payload: str) -> dict[str, Any]:
+    """An event in the shape it was sent; the payload's text goes out as stored."""
+    return {
+        "topic": topic,
+        "event_id": event_id,
+        "timestamp": rfc3339(ts),
+        "source": source,
+        "payload": orjson.Fragment(payload),
+    }
+
+
 def rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# The stream reads only what transactions older than every running one stored: those have all
+# ended, so nothing can appear behind the cursor later (a transaction that commits after a
+# younger one would otherwise be skipped). The price: a write transaction that stays open
+# holds the stream back until it ends.
+_STREAM_PAGE = """
+SELECT txid::text, topic, event_id, ts, source, payload::text FROM events
+WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+  AND txid >= %s::text::xid8 AND (txid, topic, event_id) > (%s::text::xid8, %s, %s) {filters}
+ORDER BY txid, topic, event_id
+LIMIT %s
+"""
+# The live head: transactions from the oldest one still running on are still to be read.
+_STREAM_HEAD = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
+# The first transaction that stored an event received at or after a time.
+_STREAM_SINCE = """
+SELECT txid::text FROM events WHERE received_at >= %s AND txid IS NOT NULL
+ORDER BY received_at LIMIT 1
+"""
+
+
+async def stream_start(conn: psycopg.AsyncConnection[Any], since: datetime | None) -> StreamCursor:
+    """Where a new stream begins: at the first event received at or after ``since``, or at
+    the live head (what is stored from now on)."""
+    row = None
+    if since is not None:
+        cur = await conn.execute(_STREAM_SINCE, (since,))
+        row = await cur.fetchone()
+    if row is None:
+        cur = await conn.execute(_STREAM_HEAD)
+        row = await cur.fetchone()
+    txid = int(row[0]) if row else 0
+    # Topics are never empty, so ("", "") sorts before every event of that transaction.
+    return StreamCursor(txid, "", "")
+
+
+async def stream_page(
+    conn: psycopg.AsyncConnection[Any], after: StreamCursor, filters: Filters, limit: int
+) -> list[tuple[StreamCursor, dict[str, Any]]]:
+    """Up to ``limit`` events stored after ``after``, in the order they became visible."""
+    where: list[str] = []
+    params: list[Any] = [str(after.txid), str(after.txid), after.topic, after.event_id]
+    filters.sql(where, params)
+    query = _STREAM_PAGE.format(filters="".join(f" AND {w}" for w in where))
+    cur = await conn.execute(query, [*params, limit])
+    return [
+        (StreamCursor(int(txid), topic, event_id), _event(topic, event_id, ts, source, payload))
+        for txid, topic, event_id, ts, source, payload in await cur.fetchall()
+    ]
 
 
 # One statement, so one snapshot: the counters and the topics agree with each other. The

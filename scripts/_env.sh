@@ -31,3 +31,16 @@ if [ -n "$started_local" ]; then
         sleep 1
     done
 fi
+
+# The events page is tested in a real browser (tests/test_events_page.py): Debian's headless
+# Chromium and its driver, installed when missing (as root, or through sudo).
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return
+    fi
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "installing Debian's chromium and chromium-driver for the browser tests" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+}

@@ -1,3 +1,8 @@
 from __future__ import annotations
 
-pytest_plugins = ["tests.fix_services", "tests.fix_stack", "tests.fix_faults"]
+pytest_plugins = [
+    "tests.fix_services",
+    "tests.fix_stack",
+    "tests.fix_faults",
+    "tests.fix_browser",
+]

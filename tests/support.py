@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -168,3 +169,19 @@ async def publish_raw(settings: Settings, exchange: str, bodies: list[bytes]) ->
                 ),
                 topology.ROUTING_KEY,
             )
+
+
+def grafana_sql(text: str, *, topic: str, start: str, end: str) -> str:
+    """A dashboard's SQL with Grafana's PostgreSQL macros and ``$topic`` expanded as Grafana
+    expands them, for a time range from ``start`` to ``end`` (RFC 3339)."""
+    text = re.sub(r"\$__timeFilter\((\w+)\)", rf"\1 BETWEEN '{start}' AND '{end}'", text)
+    text = re.sub(
+        r"\$__timeGroupAlias\((\w+), '1m'\)",
+        r'floor(extract(epoch from \1)/60)*60 AS "time"',
+        text,
+    )
+    quoted = "'" + topic.replace("'", "''") + "'"
+    text = text.replace("${topic:sqlstring}", quoted).replace("$topic", topic)
+    if "$" in text:
+        raise ValueError(f"a Grafana macro left unexpanded: {text}")
+    return text

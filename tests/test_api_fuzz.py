@@ -30,7 +30,13 @@ FUZZ = settings(
 @pytest.mark.parametrize("service", ["ingest", "readapi"])
 def test_api_fuzz(stack: Supervisor, service: str) -> None:
     schema = schemathesis.openapi.from_url(stack.url(service) + "/openapi.json")
-    operations = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)]
+    operations = [
+        op
+        for r in schema.get_all_operations()
+        if isinstance(r, Ok)
+        # A stream that is accepted never ends: tests/test_stream.py covers its refusals.
+        and (op := r.ok()).path != "/events/stream"
+    ]
     assert len(operations) >= 4
     for operation in operations:
 

@@ -1,4 +1,5 @@
-"""A database made by the version before retention (schema 1) is upgraded in place on start."""
+"""A database made by the version before retention (schema 1) is upgraded in place on start,
+to the current version (json payloads, the stream's txid)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ def old(amqp_url: str, database_url: str) -> Iterator[Settings]:
             c.execute("DROP TABLE topics")
             c.execute("DROP INDEX events_received_at")
             c.execute("ALTER TABLE counters DROP COLUMN expired")
+            c.execute("ALTER TABLE events DROP COLUMN txid")
+            c.execute("ALTER TABLE events ALTER COLUMN payload TYPE jsonb USING payload::jsonb")
             c.execute("DELETE FROM schema_version")
             c.execute("INSERT INTO schema_version (version) VALUES (1)")
             c.execute(
                 "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
-                " SELECT 't' || (g % 2), g::text, now(), 's', '{}', now()"
+                " SELECT 't' || (g % 2), g::text, now(), 's', '{\"n\": 1.5}', now()"
                 " FROM generate_series(1, 10) g"
             )
             c.execute("INSERT INTO counters (shard, received, unique_processed) VALUES (1, 10, 10)")
@@ -38,6 +41,15 @@ def test_a_version_1_schema_is_upgraded_with_its_topics_and_counters(old: Settin
     with psycopg.connect(old.database_url, **connect_kwargs(old)) as c:
         assert c.execute("SELECT topic FROM topics ORDER BY topic").fetchall() == [("t0",), ("t1",)]
         assert c.execute("SELECT unique_processed, expired FROM counters").fetchall() == [(10, 0)]
-        assert c.execute("SELECT max(version) FROM schema_version").fetchone() == (2,)
-        index = c.execute("SELECT to_regclass('events_received_at') IS NOT NULL").fetchone()
-        assert index == (True,)
+        assert c.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
+        for index in ("events_received_at", "events_txid"):
+            assert c.execute("SELECT to_regclass(%s) IS NOT NULL", (index,)).fetchone() == (True,)
+        kind = "SELECT pg_typeof(payload)::text, payload::text, txid IS NULL FROM events LIMIT 1"
+        assert c.execute(kind).fetchone() == ("json", '{"n": 1.5}', True)
+        # Events stored from now on carry their transaction for the stream.
+        c.execute(
+            "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
+            " VALUES ('t0', 'new', now(), 's', '{\"x\": -0.0}', now())"
+        )
+        new = "SELECT txid IS NOT NULL, payload::text FROM events WHERE event_id = 'new'"
+        assert c.execute(new).fetchone() == (True, '{"x": -0.0}')

@@ -16,12 +16,14 @@ import uuid
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from publisher.load import LoadConfig, run_load
+from publisher.tail import messages
 from publisher.watch import fetch_stats
 from tests.containers.fix_compose import APP, HEALTHY_WITHIN, ROOT, Compose, docker
-from tests.support import eventually, settled, stream_through
+from tests.support import eventually, grafana_sql, settled, stream_through
 
 DEPLOY = ROOT / "deploy"
 QUEUE = "pubsub.events"
@@ -237,6 +239,47 @@ async def test_prometheus_scrapes_every_target_and_every_query_returns_data(
                 return result
 
             await eventually(query, bool, timeout=60, interval=1, what=f"data for {expr}")
+
+
+async def test_the_live_stream_and_the_events_page_work_through_the_gateway(
+    compose: Compose,
+) -> None:
+    """nginx must pass the stream through unbuffered: each event arrives on its own."""
+    topic = f"gw-stream-{uuid.uuid4().hex[:8]}"
+    async with _session() as http:
+        async with http.get(f"{compose.gateway}/", headers={"Accept": "text/html"}) as resp:
+            assert resp.status == 200 and "<title>pubsub-aggregator" in await resp.text()
+        async with http.get(f"{compose.gateway}/events/stream", params={"topic": topic}) as stream:
+            assert stream.status == 200
+            for i in range(3):
+                sent = time.monotonic()
+                body = [{"topic": topic, "event_id": f"s{i}", "source": "compose"}]
+                async with http.post(f"{compose.gateway}/publish", json=body) as resp:
+                    assert resp.status == 202
+                async with asyncio.timeout(5):
+                    async for msg in messages(stream):
+                        assert json.loads(msg.data)["event_id"] == f"s{i}"
+                        break
+                assert time.monotonic() - sent < 2.0
+
+
+def test_grafana_reads_events_through_its_read_only_role(compose: Compose) -> None:
+    """The role made on the database's first start runs the events dashboard's logs query,
+    and cannot write."""
+    (pg,) = compose.ids("postgres")
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / "events.json").read_text())
+    (logs,) = [p for p in board["panels"] if p["type"] == "logs"]
+    query = grafana_sql(
+        logs["targets"][0]["rawSql"], topic="__all", start="2000-01-01T00:00:00Z",
+        end="2100-01-01T00:00:00Z",
+    )  # fmt: skip
+
+    def as_reader(sql: str) -> str:
+        return compose.exec(pg, "psql", "-U", "grafana_reader", "-d", "pubsub", "-tAc", sql)
+
+    assert len(as_reader(query).strip().splitlines()) == 1000  # the panel's limit
+    with pytest.raises(AssertionError, match="read-only transaction"):
+        as_reader("DELETE FROM events")
 
 
 async def test_events_and_counters_persist_across_down_and_up(compose: Compose) -> None:

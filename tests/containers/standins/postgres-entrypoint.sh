@@ -29,6 +29,14 @@ if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
 CREATE DATABASE :"db";
 SQL
     fi
+    # As the official image: scripts in /docker-entrypoint-initdb.d, in order, against the
+    # new database (executable .sh files run, other .sh files are sourced, .sql files piped).
+    for f in /docker-entrypoint-initdb.d/*; do
+        case "$f" in
+            *.sh) if [ -x "$f" ]; then "$f"; else . "$f"; fi ;;
+            *.sql) psql -q -v ON_ERROR_STOP=1 -U "$user" -d "$db" -f "$f" ;;
+        esac
+    done
     pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
     echo "stand-in postgres: initialised $PGDATA (UTF8), user $user, database $db"
 fi

@@ -1,0 +1,71 @@
+"""``python -m bench.store``: the consumer's batch store with the schema as shipped, and as it
+was or could be, measured in one run.
+
+The variants, each a fresh schema altered before the clock starts:
+
+- ``as shipped``: payloads as ``json``, and ``events.txid`` with its index (the live stream's
+  cursor);
+- ``schema 2``: what came before, payloads as ``jsonb`` and no ``txid``;
+- ``payload jsonb``: only the payload type of before;
+- ``no txid index``: the stream's index left out;
+- ``NOTIFY per batch``: as shipped, plus a ``pg_notify`` in every storing transaction (a
+  statement trigger), what waking live streams by ``LISTEN`` would cost the write path.
+
+The variants run in turn, ``--rounds`` times, so that drift on a shared machine spreads over
+all of them; each prints its median events/s and its ratio to ``as shipped``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import uuid
+
+from bench.ceilings import database_ceiling
+from pubsub.settings import Settings
+
+VARIANTS = {
+    "as shipped": "",
+    "schema 2 (jsonb, no txid)": (
+        "ALTER TABLE events DROP COLUMN txid;"
+        " ALTER TABLE events ALTER COLUMN payload TYPE jsonb USING payload::jsonb"
+    ),
+    "payload jsonb": "ALTER TABLE events ALTER COLUMN payload TYPE jsonb USING payload::jsonb",
+    "no txid index": "DROP INDEX events_txid",
+    "NOTIFY per batch": """
+        CREATE FUNCTION notify_stored() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM pg_notify('pubsub_stored', ''); RETURN NULL; END $$;
+        CREATE TRIGGER notify_stored AFTER INSERT ON events
+        FOR EACH STATEMENT EXECUTE FUNCTION notify_stored();
+    """,
+}
+
+
+async def main(args: argparse.Namespace) -> None:
+    settings = Settings.from_env(db_schema=f"store_{uuid.uuid4().hex[:8]}", log_level="WARNING")
+    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for _ in range(args.rounds):
+        for i, (name, alter) in enumerate(VARIANTS.items()):
+            rates[name].append(
+                await database_ceiling(settings, events=args.events, alter=alter, name=f"v{i}")
+            )
+    base = statistics.median(rates["as shipped"])
+    print(f"batch store, {args.events:,} events a run (20% duplicates), {args.rounds} rounds")
+    print("| schema | events/s (median) | runs | vs as shipped |")
+    print("| --- | --- | --- | --- |")
+    for name, runs in rates.items():
+        median = statistics.median(runs)
+        each = ", ".join(f"{r:,.0f}" for r in runs)
+        print(f"| {name} | {median:,.0f} | {each} | {median / base:.2f} |")
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.store", description=__doc__)
+    p.add_argument("--events", type=int, default=200_000, help="events stored per run")
+    p.add_argument("--rounds", type=int, default=3, help="runs of every variant")
+    asyncio.run(main(p.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

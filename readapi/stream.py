@@ -1,0 +1,185 @@
+"""``GET /events/stream``: a live tail of stored events over Server-Sent Events.
+
+Each stream polls PostgreSQL by its own cursor, ``(storing transaction, topic, event_id)``
+(see :func:`readapi.queries.stream_page`), every ``PUBSUB_STREAM_POLL_INTERVAL`` seconds when
+it has caught up. Polling rather than consumers' ``NOTIFY``: a ``NOTIFY`` in the storing
+transaction serialises every commit on the notification queue's lock, a cost on the write path
+paid whether or not anybody watches; a poll that finds nothing costs one index probe.
+
+Every SSE event carries its cursor as ``id:``, so a client that reconnects with
+``Last-Event-ID`` resumes exactly after the last event it got: no gap, no repeat.
+
+Memory per stream is bounded: it reads at most ``PUBSUB_STREAM_BUFFER`` events ahead of its
+client. An event that waited longer than ``PUBSUB_STREAM_SLOW_TIMEOUT`` seconds in that buffer
+means the client reads more slowly than events arrive; the stream then ends with a final
+``event: error`` saying so. A client that stops reading altogether is aborted after the same
+time (aiohttp-sse's send timeout): nothing more can reach it. Heartbeats are SSE comments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from pubsub import service
+from pubsub.backoff import Backoff
+from pubsub.http import Refusal
+from pubsub.settings import Settings
+from readapi import queries
+
+log = logging.getLogger("pubsub.readapi.stream")
+
+# The kernel's send buffer of a stream's socket. Left to autotuning it grows to megabytes per
+# connection: memory outside the stream's own bound, and a slow client would hide behind it
+# for minutes before the stream could notice. 256 KiB still carries ~10 MB/s at 25 ms RTT.
+_SEND_BUFFER = 256 * 1024
+
+_UNAVAILABLE = queries.UNAVAILABLE
+
+
+class Streams:
+    """The live streams of one read API: how many run, and when they must all end."""
+
+    def __init__(self, settings: Settings, stop: asyncio.Event) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.active = 0
+
+    def admit(self) -> None:
+        limit = self.settings.stream_max_clients
+        if self.active >= limit:
+            raise Refusal.unavailable(
+                f"too many live streams: this read API serves at most {limit} at once "
+                "(PUBSUB_STREAM_MAX_CLIENTS); retry later or read pages of /events",
+                retry_after=self.settings.retry_after,
+            )
+
+
+STREAMS = web.AppKey("streams", Streams)
+
+
+def _data(payload: dict[str, Any]) -> str:
+    return orjson.dumps(payload).decode()
+
+
+async def stream_events(
+    request: web.Request,
+    *,
+    pool: Any,
+    filters: queries.Filters,
+    since: datetime | None,
+) -> web.StreamResponse:
+    """Serve one stream until the client leaves, is too slow, or the service stops."""
+    streams = request.app[STREAMS]
+    settings = streams.settings
+    streams.admit()
+    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    try:
+        cursor = queries.StreamCursor.decode(last) if last else None
+    except queries.BadCursor as exc:
+        raise Refusal(400, str(exc)) from None
+    if cursor is None:
+        try:
+            async with pool.connection() as conn:
+                cursor = await queries.stream_start(conn, since)
+        except _UNAVAILABLE as exc:
+            log.warning("database unavailable: %r", exc)
+            raise Refusal.unavailable(
+                "database unavailable; retry later", retry_after=settings.retry_after
+            ) from None
+    # A slow client is told so (see _serve); one whose writes stall for longer than that
+    # cannot be told anything any more, and is aborted.
+    resp = EventSourceResponse(
+        ping_interval=settings.stream_heartbeat, send_timeout=settings.stream_slow_timeout * 3
+    )
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+    streams.active += 1
+    try:
+        await resp.prepare(request)
+        async with resp:  # on leaving: heartbeats stop
+            await _Stream(request, resp, streams, pool, filters).run(cursor)
+    except (ConnectionResetError, TimeoutError):
+        pass  # the client left, or stopped reading and was aborted
+    finally:
+        streams.active -= 1
+    return resp
+
+
+def _gone(request: web.Request) -> bool:
+    """Whether the client closed its connection (noticed without writing to it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+@dataclass
+class _Stream:
+    """One client's stream: read a page after the cursor, send it, look again."""
+
+    request: web.Request
+    resp: EventSourceResponse
+    streams: Streams
+    pool: Any
+    filters: queries.Filters
+
+    async def run(self, cursor: queries.StreamCursor) -> None:
+        settings, stop, resp = self.streams.settings, self.streams.stop, self.resp
+        backoff, failures = Backoff.of(settings), 0
+        pending: deque[tuple[float, queries.StreamCursor, dict[str, Any]]] = deque()
+        while resp.is_connected() and not _gone(self.request):
+            if stop.is_set():
+                await _final(resp, "end", "the read API is shutting down; reconnect with "
+                             "Last-Event-ID to resume")  # fmt: skip
+                return
+            if not pending:
+                try:
+                    async with self.pool.connection() as conn:
+                        page = await queries.stream_page(
+                            conn, cursor, self.filters, settings.stream_buffer
+                        )
+                    failures = 0
+                except _UNAVAILABLE as exc:
+                    # Keep the client: heartbeats go on, and reading resumes where it stopped.
+                    log.warning("stream: database unavailable: %r", exc)
+                    await service.stopped_within(stop, backoff.delay(failures))
+                    failures += 1
+                    continue
+                if not page:
+                    await service.stopped_within(stop, settings.stream_poll_interval)
+                    continue
+                fetched = time.monotonic()
+                pending.extend((fetched, c, e) for c, e in page)
+                cursor = page[-1][0]
+                continue
+            fetched, at, event = pending.popleft()
+            waited = time.monotonic() - fetched
+            if waited > settings.stream_slow_timeout:
+                behind = len(pending) + 1
+                log.info("stream: cutting off a slow client (%d events waited %.1fs)", behind,
+                         waited)  # fmt: skip
+                await _final(
+                    resp,
+                    "error",
+                    f"this client reads more slowly than events arrive: {behind} events waited "
+                    f"more than {settings.stream_slow_timeout:g} s (PUBSUB_STREAM_SLOW_TIMEOUT) "
+                    f"in a buffer of {settings.stream_buffer} (PUBSUB_STREAM_BUFFER); reconnect "
+                    "with Last-Event-ID to resume, or narrow the stream by topic",
+                )
+                return
+            await resp.send(_data(event), id=at.encode())
+
+
+async def _final(resp: EventSourceResponse, kind: str, message: str) -> None:
+    """The last message of a stream; the stream ends when the caller returns."""
+    await resp.send(_data({"error": message}), event=kind)
