@@ -11,16 +11,21 @@ The variants, each a fresh schema altered before the clock starts:
 - ``NOTIFY per batch``: as shipped, plus a ``pg_notify`` in every storing transaction (a
   statement trigger), what waking live streams by ``LISTEN`` would cost the write path.
 
-The variants run in turn, ``--rounds`` times, so that drift on a shared machine spreads over
-all of them; each prints its median events/s and its ratio to ``as shipped``.
+The variants run in turn, ``--rounds`` times, each round starting one variant later, so that
+drift on a shared machine and the order spread over all of them; a checkpoint before each run
+starts every run with the same clean buffers (where the role may checkpoint). Each prints its
+median events/s and its ratio to ``as shipped``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import uuid
+
+import psycopg
 
 from bench.ceilings import database_ceiling
 from pubsub.settings import Settings
@@ -45,10 +50,14 @@ VARIANTS = {
 async def main(args: argparse.Namespace) -> None:
     settings = Settings.from_env(db_schema=f"store_{uuid.uuid4().hex[:8]}", log_level="WARNING")
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for _ in range(args.rounds):
-        for i, (name, alter) in enumerate(VARIANTS.items()):
+    names = list(VARIANTS)
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            await _checkpoint(settings)
             rates[name].append(
-                await database_ceiling(settings, events=args.events, alter=alter, name=f"v{i}")
+                await database_ceiling(
+                    settings, events=args.events, alter=VARIANTS[name], name=f"v{names.index(name)}"
+                )
             )
     base = statistics.median(rates["as shipped"])
     print(f"batch store, {args.events:,} events a run (20% duplicates), {args.rounds} rounds")
@@ -60,10 +69,18 @@ async def main(args: argparse.Namespace) -> None:
         print(f"| {name} | {median:,.0f} | {each} | {median / base:.2f} |")
 
 
+async def _checkpoint(settings: Settings) -> None:
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+        async with await psycopg.AsyncConnection.connect(
+            settings.database_url, autocommit=True
+        ) as conn:
+            await conn.execute("CHECKPOINT")
+
+
 def cli() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.store", description=__doc__)
     p.add_argument("--events", type=int, default=200_000, help="events stored per run")
-    p.add_argument("--rounds", type=int, default=3, help="runs of every variant")
+    p.add_argument("--rounds", type=int, default=5, help="runs of every variant")
     asyncio.run(main(p.parse_args()))
 
 
