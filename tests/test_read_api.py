@@ -77,6 +77,34 @@ async def test_unfiltered_listing_pages_across_topics(
     assert keys == sorted(keys)
 
 
+async def test_an_event_id_is_found_without_its_topic_and_source_narrows(
+    stack: Supervisor, http: aiohttp.ClientSession
+) -> None:
+    """The search of the events page: an id in whatever topic holds it; a source."""
+    run = uuid.uuid4().hex[:8]
+    wanted = f"needle-{run}"
+    batch = [
+        event(f"hay-{run}-a", wanted, source=f"src-{run}"),
+        event(f"hay-{run}-b", wanted, source=f"other-{run}"),
+        event(f"hay-{run}-b", f"straw-{run}", source=f"src-{run}"),
+    ]
+    before = await stats(http, stack.read_url)
+    status, _, _ = await post_json(http, stack.ingest_url, batch)
+    assert status == 202
+    await settled(http, stack.read_url, before["received"] + 3)
+    status, page, _ = await fetch(http, f"{stack.read_url}/events?event_id={wanted}")
+    assert status == 200
+    assert sorted(e["topic"] for e in page) == [f"hay-{run}-a", f"hay-{run}-b"]
+    status, page, _ = await fetch(
+        http, f"{stack.read_url}/events?event_id={wanted}&source=src-{run}"
+    )
+    assert [e["topic"] for e in page] == [f"hay-{run}-a"]
+    status, page, _ = await fetch(
+        http, f"{stack.read_url}/events?topic=hay-{run}-b&source=src-{run}"
+    )
+    assert [e["event_id"] for e in page] == [f"straw-{run}"]
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -92,6 +120,8 @@ async def test_unfiltered_listing_pages_across_topics(
         "cursor=" + "A" * 5000,
         "bogus=1",
         "topic=" + "x" * 300,
+        "source=" + "x" * 300,
+        "event_id=%00",
     ],
 )
 async def test_bad_parameters_are_400(
