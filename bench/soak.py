@@ -1,13 +1,21 @@
 """``python -m bench.soak``: the whole system under steady load for a long time, judged by itself.
 
 Runs the services as separate processes (ingest, two consumers, read API) in a schema and queue
-of their own. First it measures the batched rate the system sustains on this machine (events
-sent at full speed for ``--probe`` seconds, divided by the time until all of them are stored:
-ingest accepts faster than the consumers store, so its own rate would overstate it), then for
-``--minutes`` it sends batches of 100 events (20 % duplicates) at half that rate, plus a trickle
-of single events and of ``GET /events`` reads. Every minute it prints a row: events/s, p99 HTTP
-latency, p99 lag (ingest's accept to the consumer's commit), the RSS of every process, the
-PostgreSQL table and index bytes, and the queue depth. At the end it judges the run:
+of their own. First it measures the batched rate the system sustains on this machine, twice:
+
+- a burst: events sent at full speed for ``--probe`` seconds, divided by the time until all of
+  them are stored (ingest accepts faster than the consumers store, so its own rate would
+  overstate it). The consumers then store batches of thousands, the cheapest per event;
+- the soak's own shape: ``--shape`` seconds of batches of 100 at half the burst rate, measuring
+  how busy the machine was (load generator included). A steady flow fills smaller batches, so
+  an event costs more than in the burst; the rate at which the machine would be fully busy,
+  ``rate / busy``, is the maximum for this shape.
+
+Then for ``--minutes`` it sends batches of 100 events (20 % duplicates) at half the lower of
+the two maximums, plus a trickle of single events and of ``GET /events`` reads. Every minute
+it prints a row: events/s, p99 HTTP latency, p99 lag (ingest's accept to the consumer's
+commit), the RSS of every process, the PostgreSQL table and index bytes, the queue depth, the
+CPU per event and how busy the machine was. At the end it judges the run:
 
 - no process's RSS grows by 10 % or more after the warm-up;
 - p99 latency and lag stay flat: the last window within 1.5 times the window after the warm-up
@@ -113,6 +121,18 @@ class Soak:
                     self.failed += body[1]
 
         await asyncio.gather(*(sender() for _ in range(concurrency)))
+
+    async def shape_maximum(self, rate: float, seconds: float) -> float:
+        """Events/s at which batches of :data:`BATCH` would keep the machine fully busy, from
+        ``seconds`` of them at ``rate``: the accepted rate divided by the busy share."""
+        accepted = await self.accepted()
+        busy, total = machine_busy()
+        started = time.monotonic()
+        await self.send_batches(rate, started + seconds)
+        elapsed = time.monotonic() - started
+        now_busy, now_total = machine_busy()
+        share = (now_busy - busy) / max(now_total - total, 1e-9)
+        return (await self.accepted() - accepted) / elapsed / max(share, 0.05)
 
     async def trickle(self, until: float) -> None:
         """Single events (20/s) and ``GET /events`` reads (5/s), alongside the batches."""
@@ -334,20 +354,32 @@ async def main(args: argparse.Namespace) -> int:
         stack.start_all()
         soak = Soak(stack.settings, stack, http)
         before = await soak.counts()
-        print(f"measuring the sustained batched rate ({args.probe:g} s) ...", file=sys.stderr)
-        started = time.monotonic()
-        await soak.send_batches(0, started + args.probe)
-        accept_rate = soak.source.made / args.probe
-        await watch.wait_stored(http, stack.read_url, soak.target(before), timeout=600)
-        # What the system sustains is what it stores: ingest alone accepts faster, and the
-        # queue takes the difference only for a while.
-        peak = soak.source.made / (time.monotonic() - started)
-        rate = peak / 2
-        print(
-            f"accepted {accept_rate:,.0f} events/s, stored {peak:,.0f} events/s end to end;"
-            f" soaking at {rate:,.0f}",
-            file=sys.stderr,
-        )
+        peak = 0.0
+        if args.rate:
+            rate = args.rate
+            print(f"soaking at {rate:,.0f} events/s (given)", file=sys.stderr)
+        else:
+            print(f"measuring the sustained batched rate ({args.probe:g} s) ...", file=sys.stderr)
+            started = time.monotonic()
+            await soak.send_batches(0, started + args.probe)
+            accept_rate = soak.source.made / args.probe
+            await watch.wait_stored(http, stack.read_url, soak.target(before), timeout=600)
+            # What the system sustains is what it stores: ingest alone accepts faster, and the
+            # queue takes the difference only for a while.
+            burst = soak.source.made / (time.monotonic() - started)
+            print(
+                f"burst: accepted {accept_rate:,.0f} events/s, stored {burst:,.0f} events/s"
+                f" end to end; now {args.shape:g} s at {burst / 2:,.0f} ...",
+                file=sys.stderr,
+            )
+            steady = await soak.shape_maximum(burst / 2, args.shape)
+            peak = min(burst, steady)
+            rate = peak / 2
+            print(
+                f"steady batches of {BATCH} would fill the machine at {steady:,.0f} events/s;"
+                f" soaking at {rate:,.0f} (half of {peak:,.0f})",
+                file=sys.stderr,
+            )
         until = time.monotonic() + args.minutes * 60 + 1
         await asyncio.gather(
             soak.send_batches(rate, until),
@@ -359,7 +391,8 @@ async def main(args: argparse.Namespace) -> int:
     verdict = judge(rows)
     verdict.problems += problems
     print()
-    print(f"soak: {args.minutes} min at {rate:,.0f} events/s (half of {peak:,.0f}), "
+    share = f"half of {peak:,.0f}, the steady maximum" if peak else "given"
+    print(f"soak: {args.minutes} min at {rate:,.0f} events/s ({share}), "
           f"{os.cpu_count()} cores")  # fmt: skip
     print(_HEAD)
     for row in rows:
@@ -377,7 +410,13 @@ def cli() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
     p.add_argument("--minutes", type=int, default=30, help="length of the soak")
     p.add_argument("--probe", type=float, default=20, help="seconds of the full-rate probe")
+    p.add_argument(
+        "--shape", type=float, default=30, help="seconds of the probe at the soak's own shape"
+    )
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of the run here")
+    p.add_argument(
+        "--rate", type=float, default=0, help="events/s to soak at, instead of half the probe's"
+    )
     raise SystemExit(asyncio.run(main(p.parse_args())))
 
 

@@ -127,9 +127,8 @@ async def get_events(request: web.Request) -> web.Response:
         except queries.BadCursor as exc:
             raise Refusal(400, str(exc)) from None
     query = queries.EventQuery(
-        filters.topic, _time_param(q, "since"), _time_param(q, "until"), after, limit,
-        source=filters.source, event_id=filters.event_id,
-    )  # fmt: skip
+        filters, _time_param(q, "since"), _time_param(q, "until"), after, limit
+    )
     try:
         async with sources.pool.connection() as conn:
             events, next_cursor = await queries.events_page(conn, query)

@@ -93,30 +93,26 @@ class Filters:
     event_id: str | None = None
 
     def sql(self, where: list[str], params: list[Any]) -> None:
-        if self.topic is not None:
-            where.append("topic = %s")
-            params.append(self.topic)
-        elif self.event_id is not None:
+        """Add this filter's conditions and their parameters."""
+        if self.topic is None and self.event_id is not None:
             # Without a topic, find an event id by one probe of the primary key per topic
             # instead of a scan of the whole table.
             where.append("topic = ANY(ARRAY(SELECT topic FROM topics))")
-        if self.event_id is not None:
-            where.append("event_id = %s")
-            params.append(self.event_id)
-        if self.source is not None:
-            where.append("source = %s")
-            params.append(self.source)
+        for column, value in (
+            ("topic", self.topic), ("event_id", self.event_id), ("source", self.source)
+        ):  # fmt: skip
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
 
 
 @dataclass(frozen=True)
 class EventQuery:
-    topic: str | None
+    filters: Filters
     since: datetime | None
     until: datetime | None
     after: Cursor | None
     limit: int
-    source: str | None = None
-    event_id: str | None = None
 
 
 _EPOCH_MIN = datetime(1, 1, 1, tzinfo=UTC)
@@ -128,22 +124,21 @@ async def events_page(
     """One page of events ordered by ``(timestamp, topic, event_id)``, and the next cursor."""
     where = ["TRUE"]
     params: list[Any] = []
-    Filters(q.topic, q.source, q.event_id).sql(where, params)
-    if q.since is not None:
-        where.append("ts >= %s")
-        params.append(q.since)
-    if q.until is not None:
-        where.append("ts < %s")
-        params.append(q.until)
+    q.filters.sql(where, params)
+    for condition, value in (("ts >= %s", q.since), ("ts < %s", q.until)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    topic = q.filters.topic
     if q.after is not None:
-        if q.topic is not None:
+        if topic is not None:
             # Within one topic the index (topic, ts, event_id) orders the page.
             where.append("(ts, event_id) > (%s, %s)")
             params += [q.after.ts, q.after.event_id]
         else:
             where.append("(ts, topic, event_id) > (%s, %s, %s)")
             params += [q.after.ts, q.after.topic, q.after.event_id]
-    order = "ts, event_id" if q.topic is not None else "ts, topic, event_id"
+    order = "ts, event_id" if topic is not None else "ts, topic, event_id"
     query = (
         "SELECT topic, event_id, ts, source, payload::text FROM events"
         f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT %s"
