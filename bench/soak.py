@@ -45,12 +45,13 @@ import aiohttp
 import psycopg
 
 from bench.cpu import CpuMeter, machine_busy
+from bench.postgres import RECOMMENDED, own_server
 from bench.system import private_system
 from publisher import watch
 from publisher.load import EventSource, LoadConfig, Report, send_body
 from pubsub import database
 from pubsub.settings import Settings
-from stack.supervisor import Supervisor
+from stack.supervisor import Supervisor, free_port
 
 BATCH = 100
 RSS_GROWTH = 0.10
@@ -346,9 +347,18 @@ def plot(rows: list[Minute], path: Path) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
+    if args.postgres == "machine":
+        return await soak(args, {})
+    print("starting a PostgreSQL server of the soak's own, configured as recommended: "
+          + ", ".join(f"{k}={v}" for k, v in RECOMMENDED.items()), file=sys.stderr)  # fmt: skip
+    with own_server(free_port()) as url:
+        return await soak(args, {"database_url": url})
+
+
+async def soak(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     rows: list[Minute] = []
     async with (
-        private_system("soak", consumers=2) as stack,
+        private_system("soak", consumers=2, **overrides) as stack,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
     ):
         stack.start_all()
@@ -416,6 +426,13 @@ def cli() -> None:
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of the run here")
     p.add_argument(
         "--rate", type=float, default=0, help="events/s to soak at, instead of half the probe's"
+    )
+    p.add_argument(
+        "--postgres",
+        choices=("own", "machine"),
+        default="own",
+        help="own: a server of the soak's own with the recommended settings (needs root and "
+        "initdb); machine: PUBSUB_DATABASE_URL, as it is configured",
     )
     raise SystemExit(asyncio.run(main(p.parse_args())))
 

@@ -9,6 +9,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from pubsub import dbschema, failover, topology
 from pubsub.settings import Settings
@@ -16,9 +17,12 @@ from stack.supervisor import Supervisor, free_port
 
 
 @contextlib.asynccontextmanager
-async def private_system(prefix: str, *, consumers: int) -> AsyncIterator[Supervisor]:
+async def private_system(
+    prefix: str, *, consumers: int, **overrides: Any
+) -> AsyncIterator[Supervisor]:
     """A :class:`Supervisor` over fresh settings (``<prefix>_<run>`` schema, created; its own
-    queue and ports), its services not started yet; stopped and removed on leaving."""
+    queue and ports; then ``overrides``), its services not started yet; stopped and removed on
+    leaving."""
     run = uuid.uuid4().hex[:8]
     settings = Settings.from_env(
         db_schema=f"{prefix}_{run}",
@@ -27,6 +31,7 @@ async def private_system(prefix: str, *, consumers: int) -> AsyncIterator[Superv
         read_port=free_port(),
         consumer_port=0,
         log_level="WARNING",
+        **overrides,
     )
     await dbschema.ensure(settings)
     logdir = Path(tempfile.mkdtemp(prefix=f"pubsub-{prefix}-"))

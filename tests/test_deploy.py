@@ -14,6 +14,7 @@ import aiohttp
 import yaml
 import yarl
 
+from bench.postgres import RECOMMENDED
 from pubsub.settings import Settings
 from stack.supervisor import Supervisor
 
@@ -64,6 +65,12 @@ def test_compose_scales_consumers_and_keeps_secrets_off_guest() -> None:
     assert any("postgres-data" in v for v in services["postgres"]["volumes"])
     plugins = (DEPLOY / "rabbitmq" / "enabled_plugins").read_text()
     assert "rabbitmq_management" in plugins and "rabbitmq_prometheus" in plugins
+
+
+def test_compose_runs_postgres_with_the_settings_the_soak_measured() -> None:
+    command = compose()["services"]["postgres"]["command"]
+    assert command[0] == "postgres" and command[1::2] == ["-c"] * (len(command) // 2)
+    assert dict(a.split("=", 1) for a in command[2::2]) == dict(RECOMMENDED)
 
 
 def test_gateway_routes_publish_to_ingest_and_the_rest_to_the_read_api() -> None:
