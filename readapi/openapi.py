@@ -96,6 +96,12 @@ def document(*, max_limit: int) -> dict[str, Any]:
                     "schema": {"type": "string"},
                     "description": "Resume after this event (the `id` of an SSE event).",
                 },
+                {
+                    "name": "last_event_id",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "The same, for clients that cannot set headers.",
+                },
             ],
             "responses": {
                 "200": {

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
+from psycopg_pool import AsyncConnectionPool
 
 from pubsub import service
 from pubsub.backoff import Backoff
@@ -75,7 +76,7 @@ def _data(payload: dict[str, Any]) -> str:
 async def stream_events(
     request: web.Request,
     *,
-    pool: Any,
+    pool: AsyncConnectionPool[Any],
     filters: queries.Filters,
     since: datetime | None,
 ) -> web.StreamResponse:
@@ -97,7 +98,7 @@ async def stream_events(
             raise Refusal.unavailable(
                 "database unavailable; retry later", retry_after=settings.retry_after
             ) from None
-    # A slow client is told so (see _serve); one whose writes stall for longer than that
+    # A slow client is told so (see _Stream.run); one whose writes stall for longer than that
     # cannot be told anything any more, and is aborted.
     resp = EventSourceResponse(
         ping_interval=settings.stream_heartbeat, send_timeout=settings.stream_slow_timeout * 3
@@ -130,7 +131,7 @@ class _Stream:
     request: web.Request
     resp: EventSourceResponse
     streams: Streams
-    pool: Any
+    pool: AsyncConnectionPool[Any]
     filters: queries.Filters
 
     async def run(self, cursor: queries.StreamCursor) -> None:
