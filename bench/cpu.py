@@ -1,5 +1,6 @@
 """CPU seconds of the system's processes, by kind: its services (from their supervisor), and
-this machine's PostgreSQL and RabbitMQ servers; and how busy the whole machine was."""
+this machine's PostgreSQL and RabbitMQ servers; how busy the whole machine was, and how long
+its tasks waited for I/O."""
 
 from __future__ import annotations
 
@@ -47,3 +48,14 @@ def machine_busy() -> tuple[float, float]:
     idle = fields[3] + fields[4]  # idle + iowait
     total = sum(fields[:8])  # guest time is counted in user already
     return (total - idle) / hz, total / hz
+
+
+def io_stalled_seconds() -> float:
+    """Seconds since boot in which some task waited for I/O (``/proc/pressure/io``); 0 where
+    the kernel reports no pressure."""
+    try:
+        with open("/proc/pressure/io") as f:
+            some = f.readline().split()
+    except OSError:
+        return 0.0
+    return int(some[-1].split("=")[1]) / 1e6

@@ -44,7 +44,7 @@ from pathlib import Path
 import aiohttp
 import psycopg
 
-from bench.cpu import CpuMeter, machine_busy
+from bench.cpu import CpuMeter, io_stalled_seconds, machine_busy
 from bench.postgres import RECOMMENDED, own_server
 from bench.system import private_system
 from publisher import watch
@@ -71,6 +71,9 @@ class Minute:
     queued: int
     cpu_us: float = 0.0  # CPU of the services, PostgreSQL and RabbitMQ per accepted event
     busy: float = 0.0  # share of the machine's CPU time spent busy, load generator included
+    io_stall: float = 0.0  # share of the time some task waited for I/O (/proc/pressure/io)
+    checkpoints: int = 0  # PostgreSQL checkpoints that began in the minute
+    vacuums: int = 0  # autovacuum and autoanalyze runs on the events table that ended in it
 
 
 @dataclass
@@ -173,15 +176,22 @@ class Soak:
                         out[bound] = out.get(bound, 0.0) + float(line.split()[-1])
         return out
 
-    def table_mib(self) -> float:
+    def database_sample(self) -> tuple[float, int, int]:
+        """Table and index MiB, and the checkpoints and autovacuum runs on ``events`` so far:
+        what PostgreSQL did that could stall the consumers' commits."""
         with psycopg.connect(
             self.settings.database_url, **database.connect_kwargs(self.settings)
         ) as conn:
             row = conn.execute(
                 "SELECT pg_total_relation_size('events') + pg_total_relation_size('ledger')"
-                " + pg_total_relation_size('counters')"
+                " + pg_total_relation_size('counters'),"
+                " (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter),"
+                " (SELECT autovacuum_count + autoanalyze_count FROM pg_stat_user_tables"
+                "  WHERE relid = 'events'::regclass)"
             ).fetchone()
-        return int(row[0] if row else 0) / 2**20
+        if row is None:
+            return 0.0, 0, 0
+        return int(row[0] or 0) / 2**20, int(row[1] or 0), int(row[2] or 0)
 
     async def accepted(self) -> float:
         return await watch.metric(
@@ -194,6 +204,8 @@ class Soak:
         meter = CpuMeter(self.stack)
         meter.start()
         busy, total = machine_busy()
+        stalled = io_stalled_seconds()
+        _, checkpoints, vacuums = self.database_sample()
         print(_HEAD, file=sys.stderr, flush=True)
         for minute in range(1, minutes + 1):
             await asyncio.sleep(60)
@@ -202,6 +214,8 @@ class Soak:
             cpu = sum(meter.stop().values())
             meter.start()
             now_busy, now_total = machine_busy()
+            now_stalled = io_stalled_seconds()
+            table_mib, now_checkpoints, now_vacuums = self.database_sample()
             stats = await watch.stats_if_up(self.http, self.stack.read_url) or {}
             row = Minute(
                 minute=minute,
@@ -209,12 +223,16 @@ class Soak:
                 p99_ms=report.percentile(99) * 1000,
                 lag_p99_ms=_p99({k: v - lag.get(k, 0.0) for k, v in now_lag.items()}) * 1000,
                 rss_mib={n: self.stack.rss_kib(n) / 1024 for n in self.stack.names},
-                table_mib=self.table_mib(),
+                table_mib=table_mib,
                 queued=int(stats.get("queued_messages") or 0),
                 cpu_us=cpu / max(now_accepted - accepted, 1) * 1e6,
                 busy=(now_busy - busy) / max(now_total - total, 1e-9),
+                io_stall=(now_stalled - stalled) / 60,
+                checkpoints=now_checkpoints - checkpoints,
+                vacuums=now_vacuums - vacuums,
             )
             accepted, lag, busy, total = now_accepted, now_lag, now_busy, now_total
+            stalled, checkpoints, vacuums = now_stalled, now_checkpoints, now_vacuums
             out.append(row)
             print(_row(row), file=sys.stderr, flush=True)
 
@@ -272,8 +290,9 @@ def _p99(buckets: dict[float, float]) -> float:
 
 _HEAD = (
     "| minute | events/s | p99 HTTP ms | p99 lag ms | RSS MiB ingest / consumers / read API"
-    " | tables MiB | queued | CPU µs/event | machine busy |"
-    "\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    " | tables MiB | queued | CPU µs/event | machine busy | I/O stalled"
+    " | checkpoints, autovacuums |"
+    "\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -282,7 +301,8 @@ def _row(m: Minute) -> str:
     rss = f"{m.rss_mib.get('ingest', 0):.0f} / {consumers} / {m.rss_mib.get('readapi', 0):.0f}"
     return (
         f"| {m.minute} | {m.rate:,.0f} | {m.p99_ms:.1f} | {m.lag_p99_ms:.0f} | {rss}"
-        f" | {m.table_mib:,.0f} | {m.queued} | {m.cpu_us:.0f} | {m.busy:.0%} |"
+        f" | {m.table_mib:,.0f} | {m.queued} | {m.cpu_us:.0f} | {m.busy:.0%} | {m.io_stall:.0%}"
+        f" | {m.checkpoints}, {m.vacuums} |"
     )
 
 
