@@ -22,8 +22,6 @@ from readapi.queues import QueueMonitor
 
 log = logging.getLogger("pubsub.readapi.app")
 
-_DB_UNAVAILABLE = queries.UNAVAILABLE
-
 
 class Sources:
     """What the read API reads from: a PostgreSQL pool, and the broker for queue depths."""
@@ -57,7 +55,7 @@ class Sources:
         try:
             async with self.pool.connection(timeout=2) as conn:
                 await conn.execute("SELECT 1")
-        except _DB_UNAVAILABLE:
+        except queries.UNAVAILABLE:
             return False
         return True
 
@@ -94,18 +92,19 @@ def _known(query: Mapping[str, str], allowed: set[str]) -> None:
         )
 
 
+# Exact matches, on /events and on the stream alike.
+_FILTERS = ("topic", "source", "event_id")
+
+
 def _filters(query: Mapping[str, str]) -> queries.Filters:
-    """``topic``, ``source`` and ``event_id``: exact matches; empty means any."""
+    """The filters a query names; empty means any."""
     values: dict[str, str | None] = {}
-    for name in ("topic", "source", "event_id"):
+    for name in _FILTERS:
         value = query.get(name) or None
         if value is not None and (len(value) > 255 or "\x00" in value):
             raise Refusal(400, f"{name} must be at most 255 characters without NUL")
         values[name] = value
     return queries.Filters(**values)
-
-
-_FILTERS = {"topic", "source", "event_id"}
 
 
 async def get_events(request: web.Request) -> web.Response:
@@ -132,7 +131,7 @@ async def get_events(request: web.Request) -> web.Response:
     try:
         async with sources.pool.connection() as conn:
             events, next_cursor = await queries.events_page(conn, query)
-    except _DB_UNAVAILABLE as exc:
+    except queries.UNAVAILABLE as exc:
         raise sources.unavailable(exc) from None
     headers = {}
     if next_cursor is not None:
@@ -145,9 +144,11 @@ async def get_events(request: web.Request) -> web.Response:
 async def get_stream(request: web.Request) -> web.StreamResponse:
     q = request.query
     _known(q, {*_FILTERS, "since", "last_event_id"})
+    sources = request.app[SOURCES]
     return await stream.stream_events(
         request,
-        pool=request.app[SOURCES].pool,
+        pool=sources.pool,
+        unavailable=sources.unavailable,
         filters=_filters(q),
         since=_time_param(q, "since"),
     )
@@ -158,7 +159,7 @@ async def get_stats(request: web.Request) -> web.Response:
     try:
         async with sources.pool.connection() as conn:
             counts = await queries.counts(conn, max_topics=sources.settings.stats_max_topics)
-    except _DB_UNAVAILABLE as exc:
+    except queries.UNAVAILABLE as exc:
         raise sources.unavailable(exc) from None
     depths = await sources.queues.depths(share=True)
     return http.json_response(

@@ -23,6 +23,7 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,8 +45,6 @@ log = logging.getLogger("pubsub.readapi.stream")
 # connection: memory outside the stream's own bound, and a slow client would hide behind it
 # for minutes before the stream could notice. 256 KiB still carries ~10 MB/s at 25 ms RTT.
 _SEND_BUFFER = 256 * 1024
-
-_UNAVAILABLE = queries.UNAVAILABLE
 
 
 class Streams:
@@ -77,6 +76,7 @@ async def stream_events(
     request: web.Request,
     *,
     pool: AsyncConnectionPool[Any],
+    unavailable: Callable[[Exception], Refusal],
     filters: queries.Filters,
     since: datetime | None,
 ) -> web.StreamResponse:
@@ -93,11 +93,8 @@ async def stream_events(
         try:
             async with pool.connection() as conn:
                 cursor = await queries.stream_start(conn, since)
-        except _UNAVAILABLE as exc:
-            log.warning("database unavailable: %r", exc)
-            raise Refusal.unavailable(
-                "database unavailable; retry later", retry_after=settings.retry_after
-            ) from None
+        except queries.UNAVAILABLE as exc:
+            raise unavailable(exc) from None
     # A slow client is told so (see _Stream.run); one whose writes stall for longer than that
     # cannot be told anything any more, and is aborted.
     resp = EventSourceResponse(
@@ -150,7 +147,7 @@ class _Stream:
                             conn, cursor, self.filters, settings.stream_buffer
                         )
                     failures = 0
-                except _UNAVAILABLE as exc:
+                except queries.UNAVAILABLE as exc:
                     # Keep the client: heartbeats go on, and reading resumes where it stopped.
                     log.warning("stream: database unavailable: %r", exc)
                     await service.stopped_within(stop, backoff.delay(failures))
