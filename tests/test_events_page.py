@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
@@ -22,10 +23,16 @@ T = TypeVar("T")
 
 
 def until(what: str, probe: Callable[[], T | None], timeout: float = 10.0) -> T:
-    """``probe()`` once it is truthy, polled until ``timeout`` seconds."""
+    """``probe()`` once it is truthy, polled until ``timeout`` seconds.
+
+    The page re-renders its rows and options as data arrives, so an element found a moment ago
+    may be gone by the time it is read: that counts as "not yet", not as a failure."""
     deadline = time.monotonic() + timeout
     while True:
-        value = probe()
+        try:
+            value = probe()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -34,8 +41,20 @@ def until(what: str, probe: Callable[[], T | None], timeout: float = 10.0) -> T:
 
 
 def row_ids(driver: WebDriver) -> list[str]:
-    rows = driver.find_elements(By.CSS_SELECTOR, "#rows tr")
-    return [r.get_attribute("data-event-id") or "" for r in rows]
+    # One script reads every row at once: element by element, a re-render in between would
+    # leave stale references.
+    ids: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#rows tr'),"
+        " r => r.getAttribute('data-event-id') || '');"
+    )
+    return ids
+
+
+def topics(driver: WebDriver) -> list[str]:
+    names: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#topic option'), o => o.text);"
+    )
+    return names
 
 
 def shows(driver: WebDriver, event_id: str) -> Callable[[], bool]:
@@ -66,7 +85,7 @@ async def test_pick_a_topic_page_follow_and_pause(
     browser.get(stack.read_url + "/")
     assert browser.title.startswith("pubsub-aggregator")
     picker = Select(browser.find_element(By.ID, "topic"))
-    until("the topic in the picker", lambda: topic in [o.text for o in picker.options])
+    until("the topic in the picker", lambda: topic in topics(browser))
     picker.select_by_visible_text(topic)
     until("page 1 of the topic", lambda: row_ids(browser)[:1] == ["old000"])
     assert len(row_ids(browser)) == 100
@@ -130,7 +149,7 @@ async def test_the_page_asks_for_the_read_token_and_then_works(
     shot("token-asked")
     browser.find_element(By.ID, "token").send_keys("page-secret\n")
     picker = Select(browser.find_element(By.ID, "topic"))
-    until("topics with the token", lambda: topic in [o.text for o in picker.options], 15.0)
+    until("topics with the token", lambda: topic in topics(browser), 15.0)
     picker.select_by_visible_text(topic)
     until("the event", lambda: row_ids(browser) == ["t1"])
     key(browser, "f")

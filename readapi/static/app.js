@@ -16,6 +16,7 @@
     heldCount: 0,
     stream: null,           // AbortController of the running stream
     lastEventId: "",
+    loads: 0,               // numbers page requests; only the newest renders
   };
 
   function status(text, isError) {
@@ -102,16 +103,20 @@
   // ----- pages of /events -------------------------------------------------------------------
 
   async function loadPage(url) {
+    // Filters can change while a page is on its way: only the newest request may render, or a
+    // slow answer for the old filter would replace the rows of the new one.
+    const ticket = ++state.loads;
     status("Loading…");
-    let resp;
+    let resp, text;
     try {
       resp = await fetch(url, { headers: headers() });
+      if (ticket === state.loads && resp.ok) text = await resp.text();
     } catch (e) {
-      status("The read API does not answer: " + e.message, true);
+      if (ticket === state.loads) status("The read API does not answer: " + e.message, true);
       return false;
     }
+    if (ticket !== state.loads) return false;
     if (!resp.ok) { status(await refusal(resp), true); return false; }
-    const text = await resp.text();
     const raws = RawJSON.splitArray(text);
     render(raws);
     const link = resp.headers.get("Link") || "";
@@ -264,6 +269,7 @@
     $("pause").disabled = false;
     $("prev").disabled = $("next").disabled = true;
     $("until").disabled = true;
+    state.loads++;          // a page still on its way must not replace the live rows
     $("rows").textContent = "";
     follow();
   }
