@@ -28,7 +28,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from consumer import metrics
 from consumer.store import Row, Store, Stored, copy_rows
-from pubsub import database, service, topology
+from pubsub import database, memory, service, topology
 from pubsub.backoff import Backoff
 from pubsub.message import Undecodable, decode, request_ids
 from pubsub.settings import Settings
@@ -36,6 +36,7 @@ from pubsub.settings import Settings
 log = logging.getLogger("pubsub.consumer.worker")
 
 _PRUNE_EVERY = 600.0  # seconds between ledger clean-ups (spread over the consumers)
+_GIVE_BACK_EVERY = 5.0  # seconds: giving memory back costs milliseconds, not worth more often
 
 
 class Abandoned(Exception):
@@ -63,6 +64,8 @@ class Worker:
         self._pending_events = 0
         self._arrived = asyncio.Event()  # something is pending
         self._full = asyncio.Event()  # a whole batch is pending
+        self._backlog = False  # more than a batch was pending since memory was last given back
+        self._gave_back_at = -_GIVE_BACK_EVERY
         self._give_up = asyncio.Event()  # the grace period after the stop request is over
         self._consumer_tag: str | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
@@ -97,6 +100,7 @@ class Worker:
         self._arrived.set()
         if self._pending_events >= self.settings.batch_max_events:
             self._full.set()
+            self._backlog = True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Store batches until ``stop`` is set, then what was already delivered (within the
@@ -187,6 +191,19 @@ class Worker:
                 log.info(
                     "skipped %d piece(s) stored before (redelivery or retry)", stored.redelivered
                 )
+        if self._backlog and not self._pending:
+            del batch[:]  # its deliveries' memory must be free before it is given back
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """A backlog (a stall of PostgreSQL, a burst) filled the prefetch; now that it is
+        stored, its memory goes back to the system instead of staying the process's RSS."""
+        now = time.monotonic()
+        if now - self._gave_back_at < _GIVE_BACK_EVERY:
+            return  # a stream of backlogs: the next drained one gives back
+        self._backlog = False
+        self._gave_back_at = now
+        memory.give_back()
 
     async def _store_with_retry(self, batch: list[Delivery]) -> Stored | None:
         failures = 0

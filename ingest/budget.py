@@ -6,39 +6,25 @@ confirmed them. Without a bound, a burst of large batches takes the process past
 memory limit. Each request reserves its declared length (or the largest body allowed, when it
 declares none) before a byte is read; past the budget it is refused at once with a ``503``.
 
-Freed memory stays with the process unless the C allocator is told to return it: a second
-after a burst, when nothing is reserved any more, the allocator's free pages go back to the
-system.
+A second after a burst, when nothing is reserved any more, the freed memory goes back to the
+system (:mod:`pubsub.memory`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from ingest import metrics
+from pubsub import memory
 
 log = logging.getLogger("pubsub.ingest.budget")
 
 # Trimming costs a few milliseconds: worth it after a burst, not after each request.
 _TRIM_AFTER_BYTES = 16 * 1024 * 1024  # released since the last trim
 _TRIM_WHEN_IDLE_FOR = 1.0  # seconds with nothing reserved
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None  # not glibc (musl, macOS): freed memory stays with the process
-    return trim
-
-
-_MALLOC_TRIM = _load_malloc_trim()
 
 
 class OverBudget(Exception):
@@ -73,7 +59,7 @@ class Budget:
                 self._trim_when_idle()
 
     def _trim_when_idle(self) -> None:
-        if _MALLOC_TRIM is None or self._trim is not None:
+        if not memory.CAN_GIVE_BACK or self._trim is not None:
             return
         loop = asyncio.get_running_loop()
         self._trim = loop.call_later(_TRIM_WHEN_IDLE_FOR, self._trim_if_idle)
@@ -83,5 +69,4 @@ class Budget:
         if self.used:  # busy again: the next idle moment trims
             return
         self._released_since_trim = 0
-        if _MALLOC_TRIM is not None:
-            _MALLOC_TRIM(0)
+        memory.give_back()
