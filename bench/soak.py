@@ -45,6 +45,7 @@ import aiohttp
 import psycopg
 
 from bench.cpu import CpuMeter, io_stalled_seconds, machine_busy
+from bench.disk import FsyncProbe
 from bench.postgres import RECOMMENDED, own_server
 from bench.system import private_system
 from publisher import watch
@@ -74,6 +75,7 @@ class Minute:
     io_stall: float = 0.0  # share of the time some task waited for I/O (/proc/pressure/io)
     checkpoints: int = 0  # PostgreSQL checkpoints that began in the minute
     vacuums: int = 0  # autovacuum and autoanalyze runs on the events table that ended in it
+    fsync_max_ms: float = 0.0  # the slowest 8 KiB write + fdatasync of the disk probe
 
 
 @dataclass
@@ -203,38 +205,44 @@ class Soak:
         accepted, lag = await self.accepted(), await self.lag_buckets()
         meter = CpuMeter(self.stack)
         meter.start()
+        disk = FsyncProbe()
+        disk.start()
         busy, total = machine_busy()
         stalled = io_stalled_seconds()
         _, checkpoints, vacuums = self.database_sample()
         print(_HEAD, file=sys.stderr, flush=True)
-        for minute in range(1, minutes + 1):
-            await asyncio.sleep(60)
-            report, self.report = self.report, Report()
-            now_accepted, now_lag = await self.accepted(), await self.lag_buckets()
-            cpu = sum(meter.stop().values())
-            meter.start()
-            now_busy, now_total = machine_busy()
-            now_stalled = io_stalled_seconds()
-            table_mib, now_checkpoints, now_vacuums = self.database_sample()
-            stats = await watch.stats_if_up(self.http, self.stack.read_url) or {}
-            row = Minute(
-                minute=minute,
-                rate=(now_accepted - accepted) / 60,
-                p99_ms=report.percentile(99) * 1000,
-                lag_p99_ms=_p99({k: v - lag.get(k, 0.0) for k, v in now_lag.items()}) * 1000,
-                rss_mib={n: self.stack.rss_kib(n) / 1024 for n in self.stack.names},
-                table_mib=table_mib,
-                queued=int(stats.get("queued_messages") or 0),
-                cpu_us=cpu / max(now_accepted - accepted, 1) * 1e6,
-                busy=(now_busy - busy) / max(now_total - total, 1e-9),
-                io_stall=(now_stalled - stalled) / 60,
-                checkpoints=now_checkpoints - checkpoints,
-                vacuums=now_vacuums - vacuums,
-            )
-            accepted, lag, busy, total = now_accepted, now_lag, now_busy, now_total
-            stalled, checkpoints, vacuums = now_stalled, now_checkpoints, now_vacuums
-            out.append(row)
-            print(_row(row), file=sys.stderr, flush=True)
+        try:
+            for minute in range(1, minutes + 1):
+                await asyncio.sleep(60)
+                report, self.report = self.report, Report()
+                now_accepted, now_lag = await self.accepted(), await self.lag_buckets()
+                cpu = sum(meter.stop().values())
+                meter.start()
+                now_busy, now_total = machine_busy()
+                now_stalled = io_stalled_seconds()
+                table_mib, now_checkpoints, now_vacuums = self.database_sample()
+                stats = await watch.stats_if_up(self.http, self.stack.read_url) or {}
+                row = Minute(
+                    minute=minute,
+                    rate=(now_accepted - accepted) / 60,
+                    p99_ms=report.percentile(99) * 1000,
+                    lag_p99_ms=_p99({k: v - lag.get(k, 0.0) for k, v in now_lag.items()}) * 1000,
+                    rss_mib={n: self.stack.rss_kib(n) / 1024 for n in self.stack.names},
+                    table_mib=table_mib,
+                    queued=int(stats.get("queued_messages") or 0),
+                    cpu_us=cpu / max(now_accepted - accepted, 1) * 1e6,
+                    busy=(now_busy - busy) / max(now_total - total, 1e-9),
+                    io_stall=(now_stalled - stalled) / 60,
+                    checkpoints=now_checkpoints - checkpoints,
+                    vacuums=now_vacuums - vacuums,
+                    fsync_max_ms=max(disk.take(), default=0.0) * 1000,
+                )
+                accepted, lag, busy, total = now_accepted, now_lag, now_busy, now_total
+                stalled, checkpoints, vacuums = now_stalled, now_checkpoints, now_vacuums
+                out.append(row)
+                print(_row(row), file=sys.stderr, flush=True)
+        finally:
+            disk.stop()
 
     def verify(self, before: dict[str, int], after: dict[str, int]) -> list[str]:
         problems = []
@@ -291,8 +299,8 @@ def _p99(buckets: dict[float, float]) -> float:
 _HEAD = (
     "| minute | events/s | p99 HTTP ms | p99 lag ms | RSS MiB ingest / consumers / read API"
     " | tables MiB | queued | CPU µs/event | machine busy | I/O stalled"
-    " | checkpoints, autovacuums |"
-    "\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    " | checkpoints, autovacuums | disk fsync max ms |"
+    "\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -302,7 +310,7 @@ def _row(m: Minute) -> str:
     return (
         f"| {m.minute} | {m.rate:,.0f} | {m.p99_ms:.1f} | {m.lag_p99_ms:.0f} | {rss}"
         f" | {m.table_mib:,.0f} | {m.queued} | {m.cpu_us:.0f} | {m.busy:.0%} | {m.io_stall:.0%}"
-        f" | {m.checkpoints}, {m.vacuums} |"
+        f" | {m.checkpoints}, {m.vacuums} | {m.fsync_max_ms:.0f} |"
     )
 
 
@@ -337,7 +345,27 @@ def judge(rows: list[Minute]) -> Verdict:
             verdict.notes.append(f"{change}; not judged under {FLAT_JUDGED_FROM} minutes")
         else:
             verdict.problems.append(change)
+    if any(m.fsync_max_ms for m in rows):
+        # Whose stall was it: the probe writes next to nothing, so a slow fsync there is the
+        # disk's, not the system's load alone.
+        verdict.notes.append(
+            "the disk's own 8 KiB fdatasync, probed 4 times a second beside the system, took at"
+            f" worst {max(m.fsync_max_ms for m in base):.0f} ms in {_span(base)} and"
+            f" {max(m.fsync_max_ms for m in last):.0f} ms in {_span(last)};"
+            f" the median minute's worst was {_median_worst(rows):.0f} ms"
+        )
     return verdict
+
+
+def _span(rows: list[Minute]) -> str:
+    if len(rows) == 1:
+        return f"minute {rows[0].minute}"
+    return f"minutes {rows[0].minute}-{rows[-1].minute}"
+
+
+def _median_worst(rows: list[Minute]) -> float:
+    worst = sorted(m.fsync_max_ms for m in rows)
+    return worst[len(worst) // 2]
 
 
 def plot(rows: list[Minute], path: Path) -> None:
@@ -353,7 +381,10 @@ def plot(rows: list[Minute], path: Path) -> None:
     rate.set_ylim(bottom=0)
     latency.plot(minutes, [m.p99_ms for m in rows], marker="o", label="p99 HTTP (batches)")
     latency.plot(minutes, [m.lag_p99_ms for m in rows], marker="o", label="p99 lag to commit")
-    latency.set_ylabel("ms")
+    latency.plot(minutes, [m.fsync_max_ms for m in rows], marker=".", linestyle=":",
+                 label="disk fsync, worst (probe)")  # fmt: skip
+    latency.set_ylabel("ms (log)")
+    latency.set_yscale("log")  # stalls are seconds, calm minutes tens of ms
     latency.legend()
     for name in rows[0].rss_mib:
         rss.plot(minutes, [m.rss_mib.get(name, 0) for m in rows], marker="o", label=name)
