@@ -12,8 +12,9 @@ Every SSE event carries its cursor as ``id:``, so a client that reconnects with
 Memory per stream is bounded: it reads at most ``PUBSUB_STREAM_BUFFER`` events ahead of its
 client. An event that waited longer than ``PUBSUB_STREAM_SLOW_TIMEOUT`` seconds in that buffer
 means the client reads more slowly than events arrive; the stream then ends with a final
-``event: error`` saying so. A client that stops reading altogether is aborted after the same
-time (aiohttp-sse's send timeout): nothing more can reach it. Heartbeats are SSE comments.
+``event: error`` saying so. A client that stops reading altogether is aborted once one write
+has waited three times that, and at least 30 s (aiohttp-sse's send timeout): nothing more can
+reach it. Heartbeats are SSE comments.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ log = logging.getLogger("pubsub.readapi.stream")
 # connection: memory outside the stream's own bound, and a slow client would hide behind it
 # for minutes before the stream could notice. 256 KiB still carries ~10 MB/s at 25 ms RTT.
 _SEND_BUFFER = 256 * 1024
+_STALLED_AFTER = 30.0  # seconds a single write may wait before the client counts as gone
 
 
 class Streams:
@@ -96,9 +98,12 @@ async def stream_events(
         except queries.UNAVAILABLE as exc:
             raise unavailable(exc) from None
     # A slow client is told so (see _Stream.run); one whose writes stall for longer than that
-    # cannot be told anything any more, and is aborted.
+    # cannot be told anything any more, and is aborted. Not sooner than _STALLED_AFTER: the
+    # kernel wakes a writer only once a third of the send buffer is free, so even a client that
+    # still reads (at 50 KB/s, say) can hold one write for seconds.
     resp = EventSourceResponse(
-        ping_interval=settings.stream_heartbeat, send_timeout=settings.stream_slow_timeout * 3
+        ping_interval=settings.stream_heartbeat,
+        send_timeout=max(settings.stream_slow_timeout * 3, _STALLED_AFTER),
     )
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

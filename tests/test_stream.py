@@ -225,3 +225,36 @@ async def test_a_client_too_slow_to_keep_up_is_cut_off_with_a_reason(
     assert "event: error" in tail, tail[-600:]
     assert "reads more slowly than events arrive" in tail
     assert "PUBSUB_STREAM_SLOW_TIMEOUT" in tail and "Last-Event-ID" in tail
+
+
+async def test_a_client_that_stops_reading_is_disconnected_and_frees_its_place(
+    own_stack: StackFactory, http: aiohttp.ClientSession
+) -> None:
+    stack = own_stack(stream_slow_timeout=1.0, stream_max_clients=1, consumers=1)
+    stack.start_all()
+    topic = _topic("stuck")
+    url = urlsplit(stack.read_url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, (url.hostname or "127.0.0.1", url.port or 80))
+        request = f"GET /events/stream?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        assert b" 200 " in (await loop.sock_recv(sock, 1024)).split(b"\r\n")[0]
+        for n in range(10):  # far more than the two sockets' buffers hold
+            await publish(http, stack, topic, [f"e{n}-{i:04d}" for i in range(1000)])
+
+        async def status() -> int:
+            async with http.get(f"{stack.read_url}/events/stream?topic={topic}") as resp:
+                return resp.status
+
+        # This reader never reads again: the stream's write waits, then the read API gives up
+        # on it (30 s) and its one place takes a new stream.
+        started = time.monotonic()
+        await eventually(status, lambda s: s == 200, timeout=60.0, interval=0.5,
+                         what="the stuck stream's place freed")  # fmt: skip
+        assert time.monotonic() - started >= 20.0  # not before its writes stalled for long
+    finally:
+        sock.close()
