@@ -191,27 +191,41 @@ async def test_a_stopping_read_api_ends_its_streams_with_a_message(
     assert "shutting down" in orjson.loads(last[-1].data)["error"]
 
 
+@contextlib.asynccontextmanager
+async def narrow_stream(stack: Supervisor, topic: str) -> AsyncIterator[socket.socket]:
+    """A stream read through a bare socket with a small receive window, so that the read API's
+    writes wait for this reader as soon as it reads slowly, or not at all."""
+    url = urlsplit(stack.read_url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, (url.hostname or "127.0.0.1", url.port or 80))
+        request = f"GET /events/stream?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        assert b" 200 " in (await loop.sock_recv(sock, 1024)).split(b"\r\n")[0]
+        yield sock
+    finally:
+        sock.close()
+
+
+async def flood(http: aiohttp.ClientSession, stack: Supervisor, topic: str) -> None:
+    """10,000 events: far more than the two sockets' buffers and the stream's buffer hold."""
+    for n in range(10):
+        await publish(http, stack, topic, [f"e{n}-{i:04d}" for i in range(1000)])
+
+
 async def test_a_client_too_slow_to_keep_up_is_cut_off_with_a_reason(
     own_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
     stack = own_stack(stream_slow_timeout=1.0, stream_buffer=200, consumers=1)
     stack.start_all()
     topic = _topic("slow")
-    url = urlsplit(stack.read_url)
-    sock = socket.socket()
-    # A small receive window, so the server's writes wait for this reader soon.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
     loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, (url.hostname or "127.0.0.1", url.port or 80))
-    request = f"GET /events/stream?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n"
-    await loop.sock_sendall(sock, request.encode())
-    head = await loop.sock_recv(sock, 1024)
-    assert b" 200 " in head.split(b"\r\n")[0]
-    for n in range(10):
-        await publish(http, stack, topic, [f"e{n}-{i:04d}" for i in range(1000)])
     received = b""
-    try:
+    async with narrow_stream(stack, topic) as sock:
+        await flood(http, stack, topic)
         async with asyncio.timeout(DEADLINE * 2):
             while b"event: error" not in received or not received.endswith(b"\r\n\r\n"):
                 chunk = await loop.sock_recv(sock, 512)
@@ -219,8 +233,6 @@ async def test_a_client_too_slow_to_keep_up_is_cut_off_with_a_reason(
                     break
                 received = received[-4096:] + chunk
                 await asyncio.sleep(0.01)  # about 50 KB/s: far slower than the events come
-    finally:
-        sock.close()
     tail = received.decode(errors="replace")
     assert "event: error" in tail, tail[-600:]
     assert "reads more slowly than events arrive" in tail
@@ -233,28 +245,16 @@ async def test_a_client_that_stops_reading_is_disconnected_and_frees_its_place(
     stack = own_stack(stream_slow_timeout=1.0, stream_max_clients=1, consumers=1)
     stack.start_all()
     topic = _topic("stuck")
-    url = urlsplit(stack.read_url)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.sock_connect(sock, (url.hostname or "127.0.0.1", url.port or 80))
-        request = f"GET /events/stream?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n"
-        await loop.sock_sendall(sock, request.encode())
-        assert b" 200 " in (await loop.sock_recv(sock, 1024)).split(b"\r\n")[0]
-        for n in range(10):  # far more than the two sockets' buffers hold
-            await publish(http, stack, topic, [f"e{n}-{i:04d}" for i in range(1000)])
 
-        async def status() -> int:
-            async with http.get(f"{stack.read_url}/events/stream?topic={topic}") as resp:
-                return resp.status
+    async def status() -> int:
+        async with http.get(f"{stack.read_url}/events/stream?topic={topic}") as resp:
+            return resp.status
 
+    async with narrow_stream(stack, topic):
+        await flood(http, stack, topic)
         # This reader never reads again: the stream's write waits, then the read API gives up
         # on it (30 s) and its one place takes a new stream.
         started = time.monotonic()
         await eventually(status, lambda s: s == 200, timeout=60.0, interval=0.5,
                          what="the stuck stream's place freed")  # fmt: skip
         assert time.monotonic() - started >= 20.0  # not before its writes stalled for long
-    finally:
-        sock.close()
