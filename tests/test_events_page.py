@@ -40,21 +40,21 @@ def until(what: str, probe: Callable[[], T | None], timeout: float = 10.0) -> T:
         time.sleep(0.05)
 
 
-def row_ids(driver: WebDriver) -> list[str]:
-    # One script reads every row at once: element by element, a re-render in between would
-    # leave stale references.
-    ids: list[str] = driver.execute_script(
-        "return Array.from(document.querySelectorAll('#rows tr'),"
-        " r => r.getAttribute('data-event-id') || '');"
+def read_all(driver: WebDriver, selector: str, value: str) -> list[str]:
+    """``value`` (a JavaScript expression of ``e``) of every element matching ``selector``, read
+    by one script: element by element, a re-render in between would leave stale references."""
+    values: list[str] = driver.execute_script(
+        f"return Array.from(document.querySelectorAll({selector!r}), e => {value});"
     )
-    return ids
+    return values
+
+
+def row_ids(driver: WebDriver) -> list[str]:
+    return read_all(driver, "#rows tr", "e.getAttribute('data-event-id') || ''")
 
 
 def topics(driver: WebDriver) -> list[str]:
-    names: list[str] = driver.execute_script(
-        "return Array.from(document.querySelectorAll('#topic option'), o => o.text);"
-    )
-    return names
+    return read_all(driver, "#topic option", "e.text")
 
 
 def shows(driver: WebDriver, event_id: str) -> Callable[[], bool]:

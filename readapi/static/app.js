@@ -110,7 +110,7 @@
     let resp, text;
     try {
       resp = await fetch(url, { headers: headers() });
-      if (ticket === state.loads && resp.ok) text = await resp.text();
+      text = resp.ok ? await resp.text() : "";
     } catch (e) {
       if (ticket === state.loads) status("The read API does not answer: " + e.message, true);
       return false;
