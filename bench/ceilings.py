@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aio_pika
@@ -47,7 +47,7 @@ def _event(run: str, n: int) -> bytes:
 async def broker_ceiling(settings: Settings, *, messages: int = 300) -> float:
     per = settings.message_max_events
     body = b"[" + b",".join(_event("c", n) for n in range(per)) + b"]"
-    own = replace(settings, queue=f"{settings.queue}.ceiling")
+    own = settings.replace(queue=f"{settings.queue}.ceiling")
     async with await failover.connect_once(settings.amqp_urls) as conn:
         pub = await conn.channel(publisher_confirms=True)
         topo = await topology.declare(pub, own)
@@ -90,7 +90,7 @@ async def database_ceiling(
 ) -> float:
     """Events/s of the batch upsert; ``alter`` is SQL run on the fresh schema first (the
     schema variants of :mod:`bench.store`)."""
-    own = replace(settings, db_schema=f"{settings.db_schema}_{name}")
+    own = settings.replace(db_schema=f"{settings.db_schema}_{name}")
     await dbschema.ensure(own)
     if alter:
         async with await database.connect(own, autocommit=True) as conn:

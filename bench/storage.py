@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import sys
 import time
 import uuid
@@ -80,7 +79,7 @@ async def retention(args: argparse.Namespace, bench: Bench) -> tuple[list[Result
     settings = bench.settings
     print(f"retention: {args.expired:,} events received 40 days ago ...", file=sys.stderr)
     fill(settings, rows=args.expired, topics=100, prefix="expired-", age_days=40)
-    sweeper = Sweeper(dataclasses.replace(settings, retention="30d"))
+    sweeper = Sweeper(settings.replace(retention="30d"))
     results, problems = [], []
 
     async def load(name: str) -> Result:

@@ -79,6 +79,9 @@ def setup(name: str) -> Settings:
         sys.stderr.write(f"configuration error: {exc}\n")
         raise SystemExit(2) from None
     logs.setup(service=name, level=settings.log_level, fmt=settings.log_format)
+    # What this process runs with, tokens and passwords masked: the first thing to compare
+    # when two processes behave differently.
+    log.info("%s starting", name, extra={"settings": settings.redacted()})
     return settings
 
 

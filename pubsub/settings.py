@@ -1,228 +1,351 @@
 """Settings shared by every service, read from ``PUBSUB_*`` environment variables.
 
-One frozen dataclass holds every knob; each field's metadata carries the help text that the
-README's configuration table is generated from (``python -m pubsub.settings``), so the two
-cannot drift apart.
+One pydantic-settings model declares every knob once: its type, its bounds and its help text.
+From that one declaration come the parsing and validation of the environment, the
+configuration table in ``docs/operations.md`` (``python -m pubsub.settings``), the environment
+the supervisor hands its children (:meth:`Settings.to_env`) and the redacted copy the services
+log at start-up (:meth:`Settings.redacted`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self
+
+import annotated_types
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 ENV_PREFIX = "PUBSUB_"
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RULE = "give a positive number and a unit (s, m, h, d or w), e.g. 30d"
 
-def _opt(default: Any, doc: str, *, secret: bool = False) -> Any:
-    return field(default=default, metadata={"doc": doc}, repr=not secret)
+
+def _horizon(value: Any) -> timedelta | None:
+    if value is None or isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(_DURATION_RULE)
+    if not value:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", value)
+    seconds = float(match[1]) * _UNITS[match[2]] if match else 0.0
+    if seconds <= 0:
+        raise ValueError(_DURATION_RULE)
+    return timedelta(seconds=seconds)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Configuration of the ingest, consumer and read API services."""
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+Count = Annotated[int, Field(ge=1)]
+Horizon = Annotated[timedelta | None, BeforeValidator(_horizon)]
 
-    amqp_url: str = _opt(
+
+# The variables :meth:`Settings.from_env` reads from; os.environ when not set.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("environ", default=None)
+
+
+class _Environment(EnvSettingsSource):
+    """``PUBSUB_*`` variables of the mapping given to :meth:`Settings.from_env`, or of the
+    process."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _ENVIRON.get()
+        return parse_env_vars(
+            os.environ if env is None else env,
+            self.case_sensitive,
+            self.env_ignore_empty,
+            self.env_parse_none_str,
+        )
+
+
+class SettingsError(ValueError):
+    """A configuration that cannot run: one line per wrong variable, naming it, the value
+    given and the rule it breaks."""
+
+
+class Settings(BaseSettings):
+    """Configuration of the ingest, consumer and read API services.
+
+    ``Settings(**values)`` reads ``PUBSUB_*`` variables from the environment, ``values``
+    winning; :meth:`from_env` reads them from a given mapping and explains a bad value in one
+    line per variable.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    amqp_url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672/",
-        "RabbitMQ URL, or the URLs of a cluster's nodes separated by commas: clients connect "
-        "to the first that answers and move to the next when a node is lost.",
+        description="RabbitMQ URL, or the URLs of a cluster's nodes separated by commas: "
+        "clients connect to the first that answers and move to the next when a node is lost.",
     )
-    database_url: str = _opt(
-        "postgresql://postgres@127.0.0.1:5432/test", "PostgreSQL URL (libpq syntax)."
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/test", description="PostgreSQL URL (libpq syntax)."
     )
-    read_database_url: str = _opt(
+    read_database_url: str = Field(
         "",
-        "PostgreSQL URL the read API reads from, e.g. a streaming replica; empty: "
+        description="PostgreSQL URL the read API reads from, e.g. a streaming replica; empty: "
         "`PUBSUB_DATABASE_URL`. Consumers always write to `PUBSUB_DATABASE_URL`.",
     )
-    db_schema: str = _opt("pubsub", "PostgreSQL schema that holds the tables.")
-    queue: str = _opt(
+    db_schema: str = Field(
+        "pubsub",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema that holds the tables (lower-case letters, digits, `_`).",
+    )
+    queue: str = Field(
         "pubsub.events",
-        "Name of the durable queue; the exchange and dead-letter names derive from it.",
+        min_length=1,
+        max_length=200,
+        description="Name of the durable queue; the exchange and dead-letter names derive from it.",
     )
-    http_host: str = _opt("127.0.0.1", "Address the HTTP services bind to.")
-    ingest_port: int = _opt(8080, "Port of the ingest service (`POST /publish`).")
-    read_port: int = _opt(8081, "Port of the read API (`/events`, `/stats`).")
-    consumer_port: int = _opt(
-        9100, "Port of a consumer's `/metrics` and health endpoints; 0 picks a free one."
+    http_host: str = Field("127.0.0.1", description="Address the HTTP services bind to.")
+    ingest_port: Port = Field(8080, description="Port of the ingest service (`POST /publish`).")
+    read_port: Port = Field(8081, description="Port of the read API (`/events`, `/stats`).")
+    consumer_port: int = Field(
+        9100,
+        ge=0,
+        le=65535,
+        description="Port of a consumer's `/metrics` and health endpoints; 0 picks a free one.",
     )
-    max_body_bytes: int = _opt(16 * 1024 * 1024, "Largest accepted request body (413 above).")
-    ingest_memory_budget: int = _opt(
+    max_body_bytes: Count = Field(
+        16 * 1024 * 1024, description="Largest accepted request body (413 above)."
+    )
+    ingest_memory_budget: Count = Field(
         32 * 1024 * 1024,
-        "Request body bytes one ingest process holds at once (a request reserves its "
-        "`Content-Length`, or `PUBSUB_MAX_BODY_BYTES` without one); past it: 503.",
+        description="Request body bytes one ingest process holds at once (a request reserves "
+        "its `Content-Length`, or `PUBSUB_MAX_BODY_BYTES` without one); past it: 503. At least "
+        "`PUBSUB_MAX_BODY_BYTES`.",
     )
-    max_batch_events: int = _opt(20_000, "Most events in one request (413 above).")
-    max_errors_reported: int = _opt(20, "Most validation problems listed in one 422 reply.")
-    publish_timeout: float = _opt(
-        5.0, "Seconds ingest waits for the broker's confirms before answering 503."
+    max_batch_events: Count = Field(20_000, description="Most events in one request (413 above).")
+    max_errors_reported: Count = Field(
+        20, description="Most validation problems listed in one 422 reply."
     )
-    retry_after: int = _opt(2, "Seconds suggested in `Retry-After` when answering 503.")
-    message_max_events: int = _opt(
-        1000, "Most events packed into one broker message (the broker's cost is per message)."
+    publish_timeout: Seconds = Field(
+        5.0, description="Seconds ingest waits for the broker's confirms before answering 503."
     )
-    publish_in_flight: int = _opt(
-        2, "Broker messages ingest keeps awaiting confirms at once; later requests coalesce."
+    retry_after: Count = Field(
+        2, description="Seconds suggested in `Retry-After` when answering 503."
     )
-    prefetch: int = _opt(64, "Unacknowledged messages one consumer may hold.")
-    batch_max_events: int = _opt(5000, "Most events a consumer stores in one transaction.")
-    batch_max_wait: float = _opt(
-        0.02, "Seconds a consumer waits for more messages before storing a partial batch."
+    message_max_events: Count = Field(
+        1000,
+        description="Most events packed into one broker message (the broker's cost is per "
+        "message).",
     )
-    stop_timeout: float = _opt(
+    publish_in_flight: Count = Field(
+        2,
+        description="Broker messages ingest keeps awaiting confirms at once; later requests "
+        "coalesce.",
+    )
+    prefetch: int = Field(
+        64,
+        ge=1,
+        le=65535,  # AMQP's prefetch-count is a 16-bit field
+        description="Unacknowledged messages one consumer may hold.",
+    )
+    batch_max_events: Count = Field(
+        5000, description="Most events a consumer stores in one transaction."
+    )
+    batch_max_wait: float = Field(
+        0.02,
+        ge=0,
+        description="Seconds a consumer waits for more messages before storing a partial "
+        "batch; 0 stores what has arrived at once.",
+    )
+    stop_timeout: Seconds = Field(
         8.0,
-        "Seconds a consumer keeps trying to store what it holds after SIGTERM; then it exits, "
-        "leaving the rest unacknowledged for the broker to redeliver.",
+        description="Seconds a consumer keeps trying to store what it holds after SIGTERM; then "
+        "it exits, leaving the rest unacknowledged for the broker to redeliver.",
     )
-    max_queue_bytes: int = _opt(
+    max_queue_bytes: Count = Field(
         1024**3,
-        "Most bytes of messages the events queue holds; past it the broker refuses new ones and "
-        "ingest answers 503 until the consumers catch up. Keep it well below the broker's free "
-        "disk. Applies to a queue when it is created.",
+        description="Most bytes of messages the events queue holds; past it the broker refuses "
+        "new ones and ingest answers 503 until the consumers catch up. Keep it well below the "
+        "broker's free disk. Applies to a queue when it is created.",
     )
-    quorum_size: int = _opt(
+    quorum_size: Count = Field(
         3,
-        "Replicas of the events queue and the dead-letter queue on a RabbitMQ cluster "
-        "(`x-quorum-initial-group-size`): a cluster of fewer nodes gives each queue one on "
-        "every node. Applies to a queue when it is created.",
+        description="Replicas of the events queue and the dead-letter queue on a RabbitMQ "
+        "cluster (`x-quorum-initial-group-size`): a cluster of fewer nodes gives each queue one "
+        "on every node. Applies to a queue when it is created.",
     )
-    delivery_limit: int = _opt(
-        5, "Deliveries of one message before the broker dead-letters it (quorum queue)."
+    delivery_limit: Count = Field(
+        5, description="Deliveries of one message before the broker dead-letters it."
     )
-    ledger_retention_hours: float = _opt(
+    ledger_retention_hours: Seconds = Field(
         168.0,
-        "How long consumers remember stored pieces (see pubsub/message.py): a redelivery or a "
-        "client retry later than this would be counted again. Never longer than "
+        description="How long consumers remember stored pieces (see `pubsub/message.py`): a "
+        "redelivery or a client retry later than this would be counted again. Never longer than "
         "`PUBSUB_RETENTION`.",
     )
-    retention: str = _opt(
-        "",
-        "Age after which events are removed, by the time ingest received them: a number and "
-        "a unit (`s`, `m`, `h`, `d`, `w`), e.g. `30d`; empty keeps every event. An event is "
-        "deduplicated for at least this long; sent again after it was removed, it is stored "
-        "and counted as new.",
+    retention: Horizon = Field(
+        None,
+        description="Age after which events are removed, by the time ingest received them: a "
+        "number and a unit (`s`, `m`, `h`, `d`, `w`), e.g. `30d`; empty keeps every event. An "
+        "event is deduplicated for at least this long; sent again after it was removed, it is "
+        "stored and counted as new.",
     )
-    retention_interval: float = _opt(
-        60.0, "Seconds between two retention sweeps (one consumer sweeps at a time)."
+    retention_interval: Seconds = Field(
+        60.0, description="Seconds between two retention sweeps (one consumer sweeps at a time)."
     )
-    retention_batch: int = _opt(
-        2000, "Most events one retention transaction removes; sweeps pause between them."
+    retention_batch: Count = Field(
+        2000,
+        description="Most events one retention transaction removes; sweeps pause between them.",
     )
-    retry_first_delay: float = _opt(
+    retry_first_delay: Seconds = Field(
         0.1,
-        "Seconds before retrying an unreachable RabbitMQ or PostgreSQL; doubles per attempt "
-        "(with jitter) up to `PUBSUB_RETRY_MAX_DELAY`.",
+        description="Seconds before retrying an unreachable RabbitMQ or PostgreSQL; doubles per "
+        "attempt (with jitter) up to `PUBSUB_RETRY_MAX_DELAY`.",
     )
-    retry_max_delay: float = _opt(5.0, "Longest wait between two retries, in seconds.")
-    db_pool_size: int = _opt(4, "Connections in each read API's PostgreSQL pool.")
-    events_max_limit: int = _opt(1000, "Largest `limit` accepted by `GET /events`.")
-    events_default_limit: int = _opt(100, "`limit` of `GET /events` when none is given.")
-    stats_max_topics: int = _opt(1000, "Most topic names listed by `GET /stats`.")
-    stream_max_clients: int = _opt(
-        64, "Live streams (`GET /events/stream`) one read API serves at once; past it: 503."
+    retry_max_delay: Seconds = Field(
+        5.0, description="Longest wait between two retries, in seconds."
     )
-    stream_buffer: int = _opt(
-        1000, "Events a live stream reads ahead of its client; the most it holds in memory."
+    db_pool_size: Count = Field(4, description="Connections in each read API's PostgreSQL pool.")
+    events_max_limit: Count = Field(1000, description="Largest `limit` accepted by `GET /events`.")
+    events_default_limit: Count = Field(
+        100, description="`limit` of `GET /events` when none is given."
     )
-    stream_slow_timeout: float = _opt(
+    stats_max_topics: Count = Field(1000, description="Most topic names listed by `GET /stats`.")
+    stream_max_clients: Count = Field(
+        64,
+        description="Live streams (`GET /events/stream`) one read API serves at once; past it: "
+        "503.",
+    )
+    stream_buffer: Count = Field(
+        1000,
+        description="Events a live stream reads ahead of its client; the most it holds in memory.",
+    )
+    stream_slow_timeout: Seconds = Field(
         10.0,
-        "Seconds an event may wait in a stream's buffer for its client; a client slower than "
-        "that is cut off with a final message (it resumes with `Last-Event-ID`).",
+        description="Seconds an event may wait in a stream's buffer for its client; a client "
+        "slower than that is cut off with a final message (it resumes with `Last-Event-ID`).",
     )
-    stream_poll_interval: float = _opt(
-        0.25, "Seconds between a live stream's looks for newly stored events."
+    stream_poll_interval: Seconds = Field(
+        0.25, description="Seconds between a live stream's looks for newly stored events."
     )
-    stream_heartbeat: float = _opt(
-        15.0, "Seconds between heartbeats (SSE comments) that keep idle streams open in proxies."
+    stream_heartbeat: Seconds = Field(
+        15.0,
+        description="Seconds between heartbeats (SSE comments) that keep idle streams open in "
+        "proxies.",
     )
-    log_level: str = _opt("INFO", "Log level of every service.")
-    log_format: str = _opt("json", "`json` (one object per line) or `text`.")
-    publish_token: str = _opt(
-        "", "Bearer token required by `POST /publish`; empty: no authentication.", secret=True
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v),
+    ] = Field("INFO", description="Log level of every service.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="`json` (one object per line) or `text`."
     )
-    publish_token_file: str = _opt("", "File holding the publish token (wins over the variable).")
-    read_token: str = _opt(
+    publish_token: str = Field(
         "",
-        "Bearer token required by `/events`, `/events/stream` and `/stats`; empty: open.",
-        secret=True,
+        repr=False,
+        description="Bearer token required by `POST /publish`; empty: no authentication.",
+        json_schema_extra={"secret": True},
     )
-    read_token_file: str = _opt("", "File holding the read token (wins over the variable).")
+    publish_token_file: str = Field(
+        "", description="File holding the publish token (wins over the variable)."
+    )
+    read_token: str = Field(
+        "",
+        repr=False,
+        description="Bearer token required by `/events`, `/events/stream` and `/stats`; empty: "
+        "open.",
+        json_schema_extra={"secret": True},
+    )
+    read_token_file: str = Field(
+        "", description="File holding the read token (wins over the variable)."
+    )
 
+    # --- rules that span fields or need more than a bound --------------------------------------
+
+    @model_validator(mode="before")
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``PUBSUB_<FIELD>`` variables, then apply ``overrides``."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _convert(f.name, raw, type(f.default))
-        values.update(overrides)
+    def _tokens_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
         for name in ("publish_token", "read_token"):
-            path = values.get(name + "_file")
+            path = data.get(name + "_file")
             if path:
                 try:
-                    values[name] = Path(path).read_text().strip()
+                    data = {**data, name: Path(path).read_text().strip()}
                 except OSError as exc:
                     raise ValueError(f"{ENV_PREFIX}{name.upper()}_FILE: {exc}") from None
-        return cls(**values)
+        return data
 
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.db_schema):
-            raise ValueError(
-                f"PUBSUB_DB_SCHEMA={self.db_schema!r}: use lower-case letters, digits and '_'"
-            )
-        for name in (
-            "max_body_bytes",
-            "max_batch_events",
-            "message_max_events",
-            "publish_in_flight",
-            "prefetch",
-            "batch_max_events",
-            "delivery_limit",
-            "max_queue_bytes",
-            "db_pool_size",
-            "events_max_limit",
-            "events_default_limit",
-            "retention_batch",
-            "quorum_size",
-            "stream_max_clients",
-            "stream_buffer",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
-        if not 0 < self.retry_first_delay <= self.retry_max_delay:
-            raise ValueError(
-                "PUBSUB_RETRY_FIRST_DELAY must be above 0 and at most PUBSUB_RETRY_MAX_DELAY"
-            )
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_urls(cls, value: str) -> str:
+        urls = [u.strip() for u in value.split(",") if u.strip()]
+        if not urls or not all(re.match(r"amqps?://", u, re.IGNORECASE) for u in urls):
+            raise ValueError("give amqp:// or amqps:// URLs, several separated by commas")
+        return value
+
+    @model_validator(mode="after")
+    def _across_fields(self) -> Self:
+        if self.retry_first_delay > self.retry_max_delay:
+            raise ValueError("PUBSUB_RETRY_FIRST_DELAY must be at most PUBSUB_RETRY_MAX_DELAY")
         if self.ingest_memory_budget < self.max_body_bytes:
             raise ValueError(
                 "PUBSUB_INGEST_MEMORY_BUDGET must be at least PUBSUB_MAX_BODY_BYTES, or the "
                 "largest bodies could never be accepted"
             )
-        if self.log_format not in ("json", "text"):
-            raise ValueError("PUBSUB_LOG_FORMAT must be json or text")
         if self.events_default_limit > self.events_max_limit:
             raise ValueError("PUBSUB_EVENTS_DEFAULT_LIMIT exceeds PUBSUB_EVENTS_MAX_LIMIT")
-        if not self.amqp_urls or not all(
-            re.match(r"amqps?://", u, re.IGNORECASE) for u in self.amqp_urls
-        ):
-            raise ValueError(
-                "PUBSUB_AMQP_URL: give amqp:// or amqps:// URLs, several separated by commas"
-            )
-        if self.retention:
-            parse_duration(self.retention, name="PUBSUB_RETENTION")
-        if self.retention_interval <= 0:
-            raise ValueError("PUBSUB_RETENTION_INTERVAL must be above 0")
-        for name in ("stream_slow_timeout", "stream_poll_interval", "stream_heartbeat"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{ENV_PREFIX}{name.upper()} must be above 0")
+        return self
+
+    # --- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``PUBSUB_<FIELD>`` variables of ``environ`` (the process environment
+        by default), then ``overrides``; :class:`SettingsError` explains a bad value."""
+        env = os.environ if environ is None else environ
+        given = {n: env[env_name(n)] for n in cls.model_fields if env.get(env_name(n))}
+        reading = _ENVIRON.set(env)
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(explain(exc, {**given, **overrides})) from None
+        finally:
+            _ENVIRON.reset(reading)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments, then the environment: no .env file nor secrets directory is read behind
+        # the operator's back (the token files are explicit settings).
+        return init_settings, _Environment(settings_cls)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes``, validated like the original (the environment is not read
+        again)."""
+        return type(self).from_env({}, **{**self.model_dump(), **changes})
+
+    # --- derived values -------------------------------------------------------------------------
 
     @property
     def reads_from(self) -> str:
@@ -238,7 +361,7 @@ class Settings:
     @property
     def retention_seconds(self) -> float | None:
         """The retention horizon in seconds; ``None`` keeps events forever."""
-        return parse_duration(self.retention, name="PUBSUB_RETENTION") if self.retention else None
+        return None if self.retention is None else self.retention.total_seconds()
 
     @property
     def ledger_retention_seconds(self) -> float:
@@ -248,9 +371,15 @@ class Settings:
         horizon = self.retention_seconds
         return ledger if horizon is None else min(ledger, horizon)
 
+    # --- what leaves the process ----------------------------------------------------------------
+
+    def to_env(self) -> dict[str, str]:
+        """The ``PUBSUB_*`` variables that make a child process read these same settings."""
+        return {env_name(name): _env_text(value) for name, value in self.model_dump().items()}
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict, passwords and tokens masked, for logging."""
-        out = dataclasses.asdict(self)
+        out = self.model_dump(mode="json")
         for key in ("publish_token", "read_token"):
             out[key] = "***" if out[key] else ""
         for key in ("amqp_url", "database_url", "read_database_url"):
@@ -258,39 +387,86 @@ class Settings:
         return out
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
 
 
-def parse_duration(text: str, *, name: str) -> float:
-    """Seconds in ``30d``, ``12h``, ``90m``, ``45s`` or ``2w``; ``ValueError`` naming ``name``
-    otherwise."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
-    seconds = float(match[1]) * _UNITS[match[2]] if match else 0.0
-    if seconds <= 0:
-        raise ValueError(
-            f"{name}={text!r}: give a positive number and a unit (s, m, h, d or w), e.g. 30d"
-        )
-    return seconds
+def _env_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}s"
+    return str(value)
 
 
-def _convert(name: str, raw: str, kind: type) -> Any:
-    try:
-        if kind is bool:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        return kind(raw)
-    except ValueError:
-        raise ValueError(
-            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}"
-        ) from None
+def explain(exc: ValidationError, given: Mapping[str, Any]) -> str:
+    """One line per error: the variable, the value given, the rule."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        message = str(err["msg"]).removeprefix("Value error, ")
+        loc = err["loc"]
+        if loc and isinstance(loc[0], str):
+            name = loc[0]
+            value = given.get(name, err.get("input"))
+            shown = "***" if name.endswith("token") else repr(value)
+            message = message[:1].lower() + message[1:]
+            lines.append(f"{env_name(name)}={shown}: {message}")
+        else:
+            lines.append(message)
+    return "; ".join(lines)
+
+
+# --- the configuration table in docs/operations.md ---------------------------------------------
+
+
+def _rule(info: FieldInfo) -> str:
+    kind = info.annotation
+    parts = []
+    for item in info.metadata:
+        for attr, symbol in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            bound = getattr(item, attr, None)
+            if bound is not None and isinstance(item, annotated_types.BaseMetadata):
+                parts.append(f"{symbol} {bound}")
+    parts = [", ".join(parts)] if parts else []
+    name = {int: "integer", float: "number", str: "text"}.get(kind, "")  # type: ignore[arg-type]
+    if kind is not None and getattr(kind, "__origin__", None) is Literal:
+        name = " \\| ".join(f"`{v}`" for v in kind.__args__)
+    if info.annotation == timedelta | None:
+        name = "duration"
+    return " ".join([name, *parts]).strip()
 
 
 def markdown_table() -> str:
-    """The configuration table of the README."""
-    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for f in dataclasses.fields(Settings):
-        lines.append(f"| `{ENV_PREFIX}{f.name.upper()}` | `{f.default}` | {f.metadata['doc']} |")
+    """The configuration table of ``docs/operations.md``."""
+    lines = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        default = f"`{_env_text(info.default)}`" if _env_text(info.default) else "(empty)"
+        lines.append(f"| `{env_name(name)}` | {_rule(info)} | {default} | {info.description} |")
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- settings table: begin -->", "<!-- settings table: end -->"
+
+
+def write_table(path: Path) -> bool:
+    """Put :func:`markdown_table` between the markers in ``path``; whether it changed."""
+    text = path.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{markdown_table()}\n{END}{tail}"
+    path.write_text(new)
+    return new != text
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pubsub.settings [--write FILE]``: print the table, or write it into FILE."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--write"] and len(args) == 2:
+        changed = write_table(Path(args[1]))
+        sys.stdout.write(f"{args[1]}: {'updated' if changed else 'unchanged'}\n")
+    else:
+        sys.stdout.write(markdown_table() + "\n")
+
+
 if __name__ == "__main__":
-    sys.stdout.write(markdown_table() + "\n")
+    main()

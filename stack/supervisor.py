@@ -8,7 +8,6 @@ ever signals its own children.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
 import os
@@ -70,13 +69,6 @@ def process_cpu_seconds(pid: int) -> float:
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    return {
-        ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name))
-        for f in dataclasses.fields(settings)
-    }
 
 
 class Supervisor:
@@ -148,7 +140,7 @@ class Supervisor:
     # --- starting --------------------------------------------------------------------------
 
     def start(self, name: str, *, wait: bool = True) -> None:
-        env = {**os.environ, **settings_env(self.settings)}
+        env = {**os.environ, **self.settings.to_env()}
         env[ENV_PREFIX + "CONSUMER_PORT"] = str(self.ports[name])
         for key, value in self.overrides.get(name, {}).items():
             env[ENV_PREFIX + key.upper()] = str(value)

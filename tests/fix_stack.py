@@ -6,7 +6,6 @@ further ones for tests that need services configured their own way, and stops th
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,9 +34,7 @@ def own_stack(
     made: list[Supervisor] = []
 
     def make(*, consumers: int = 2, **changes: Any) -> Supervisor:
-        own = dataclasses.replace(
-            settings, **{"ingest_port": free_port(), "read_port": free_port(), **changes}
-        )
+        own = settings.replace(**{"ingest_port": free_port(), "read_port": free_port(), **changes})
         supervisor = Supervisor(
             own, logdir=tmp_path_factory.mktemp("own-logs"), consumers=consumers
         )

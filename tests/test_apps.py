@@ -4,7 +4,6 @@ client that records what it is given, the read API over the real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gzip
 import time
 import zlib
@@ -203,8 +202,8 @@ async def test_read_api_serves_stats_and_refuses_bad_parameters(settings: Settin
 
 
 async def test_read_api_answers_503_with_the_configured_retry_after(settings: Settings) -> None:
-    unreachable = dataclasses.replace(
-        settings, database_url="postgresql://postgres@127.0.0.1:1/test", retry_after=7
+    unreachable = settings.replace(
+        database_url="postgresql://postgres@127.0.0.1:1/test", retry_after=7
     )
     async with read_api(unreachable) as client:
         for path in ("/stats", "/events"):

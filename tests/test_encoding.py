@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 
 import psycopg
 import pytest
@@ -47,7 +46,7 @@ async def test_schema_setup_refuses_a_sql_ascii_database(
     settings: Settings, sql_ascii_url: str
 ) -> None:
     with pytest.raises(Unusable, match=r"uses encoding SQL_ASCII.*needs UTF8.*ENCODING 'UTF8'"):
-        await dbschema.ensure(replace(settings, database_url=sql_ascii_url))
+        await dbschema.ensure(settings.replace(database_url=sql_ascii_url))
 
 
 async def test_services_refuse_to_start_with_one_line_saying_why(
@@ -73,7 +72,7 @@ async def test_store_never_reads_an_unmatched_ledger_reply_as_stored_before(
 ) -> None:
     """Past the start-up check (a database converted later, say), the ledger's reply does
     not match the batch: the store raises and nothing is committed."""
-    own = replace(settings, database_url=sql_ascii_url)
+    own = settings.replace(database_url=sql_ascii_url)
     monkeypatch.setattr(database, "check_encoding", lambda conn: None)
     await dbschema.ensure(own)
     store = Store(own, shard=1)

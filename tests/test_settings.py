@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,61 @@ def test_passwords_are_redacted() -> None:
     assert "secret" not in str(shown) and "pw@" not in str(shown)
 
 
-def test_readme_configuration_table_matches_the_code() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert markdown_table() in readme, "regenerate with: python -m pubsub.settings"
+def test_the_docs_configuration_table_matches_the_code() -> None:
+    operations = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    assert markdown_table() in operations, (
+        "regenerate with: python -m pubsub.settings --write docs/operations.md"
+    )
+
+
+# The numeric settings for which 0 has a meaning: a free port, and "store what has arrived".
+ZERO_MEANS_SOMETHING = {"consumer_port", "batch_max_wait"}
+NUMERIC = [
+    name for name, info in Settings.model_fields.items() if info.annotation in (int, float)
+]
+
+
+def test_every_numeric_setting_is_bounded() -> None:
+    assert len(NUMERIC) > 30, "the model lost its numeric settings"
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_minus_one_and_zero_get_a_verdict_naming_the_variable(name: str) -> None:
+    variable = "PUBSUB_" + name.upper()
+    with pytest.raises(ValueError, match=f"^{variable}='-1': ") as refused:
+        Settings.from_env({variable: "-1"})
+    assert "\n" not in str(refused.value)
+    if name in ZERO_MEANS_SOMETHING:
+        assert getattr(Settings.from_env({variable: "0"}), name) == 0
+    else:
+        with pytest.raises(ValueError, match=f"^{variable}='0': "):
+            Settings.from_env({variable: "0"})
+
+
+def test_a_negative_publish_timeout_no_longer_starts() -> None:
+    with pytest.raises(ValueError, match="PUBSUB_PUBLISH_TIMEOUT='-1': input should be greater"):
+        Settings.from_env({"PUBSUB_PUBLISH_TIMEOUT": "-1"})
+
+
+def test_rules_across_settings_name_both_variables() -> None:
+    with pytest.raises(ValueError, match="PUBSUB_INGEST_MEMORY_BUDGET .* PUBSUB_MAX_BODY_BYTES"):
+        Settings.from_env({"PUBSUB_MAX_BODY_BYTES": "1000", "PUBSUB_INGEST_MEMORY_BUDGET": "999"})
+    with pytest.raises(ValueError, match="PUBSUB_RETRY_FIRST_DELAY"):
+        Settings.from_env({"PUBSUB_RETRY_FIRST_DELAY": "9", "PUBSUB_RETRY_MAX_DELAY": "1"})
+
+
+def test_retention_is_parsed_once_into_a_duration() -> None:
+    assert Settings.from_env({"PUBSUB_RETENTION": "30d"}).retention == timedelta(days=30)
+    assert Settings.from_env({}).retention is None
+
+
+def test_children_read_back_the_same_settings() -> None:
+    s = Settings.from_env({"PUBSUB_RETENTION": "90m", "PUBSUB_PREFETCH": "7"}, read_token="t")
+    assert Settings.from_env(s.to_env()) == s
+
+
+def test_the_constructor_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUBSUB_PREFETCH", "9")
+    assert Settings().prefetch == 9
+    assert Settings(prefetch=3).prefetch == 3
+    assert Settings.from_env({}).prefetch == 64
