@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from consumer.retention import Sweeper
 from consumer.worker import Worker
-from pubsub import dbschema, http, service
+from pubsub import dbschema, health, http, service
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer")
@@ -23,7 +23,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         return worker.connected
 
     app = http.new_app()
-    http.add_health(app, ready)
+    health.add_health(app, ready, settings)
     host, port = settings.http_host, settings.consumer_port
     # The health endpoints answer until the worker has stored what it held.
     sweeping = None

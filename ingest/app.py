@@ -11,11 +11,10 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from ingest import metrics
-from ingest import openapi as documents
 from ingest.broker import BrokerClient, BrokerUnavailable
 from ingest.budget import Budget, OverBudget
 from ingest.validate import validate
-from pubsub import http, openapi
+from pubsub import api, health, http, openapi, routes
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 
@@ -24,6 +23,7 @@ log = logging.getLogger("pubsub.ingest.app")
 BROKER = web.AppKey("broker", BrokerClient)
 BUDGET = web.AppKey("budget", Budget)
 SETTINGS = web.AppKey("settings", Settings)
+TITLE = "pubsub ingest"
 
 _JSON_TYPES = frozenset({"application/json"})
 _ID_PREFIX = uuid.uuid4().hex[:12]
@@ -53,7 +53,7 @@ async def publish(request: web.Request) -> web.Response:
     metrics.REQUESTS_202.inc()
     metrics.EVENTS_ACCEPTED.inc(accepted)
     return http.json_response(
-        {"accepted": accepted, "request_id": request_id},
+        api.Accepted(accepted=accepted, request_id=request_id),
         status=202,
         headers={"X-Request-Id": request_id},
     )
@@ -139,8 +139,7 @@ def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
     # aiohttp itself refuses chunked bodies past client_max_size with 413.
     app = http.new_app(
         max_body_bytes=settings.max_body_bytes,
-        token=settings.publish_token,
-        protected=frozenset({"/publish"}),
+        guarded=routes.guarded_paths(api.INGEST, routes.tokens(settings)),
     )
     app[SETTINGS] = settings
     app[BROKER] = broker
@@ -149,8 +148,8 @@ def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
     async def ready() -> Mapping[str, bool]:
         return {"broker": broker.connected}
 
-    http.add_index(app, "pubsub ingest", ["POST /publish"])
-    app.router.add_post("/publish", publish)
-    http.add_health(app, ready)
-    openapi.add_docs(app, documents.document())
+    http.add_index(app, TITLE, routes.listing(api.INGEST))
+    routes.mount(app, api.INGEST, {api.PUBLISH: publish}, settings)
+    health.add_health(app, ready, settings)
+    openapi.add_docs(app, openapi.document(TITLE, [*api.INGEST, *api.HEALTH], settings))
     return app

@@ -23,10 +23,12 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+# The longest topic, event id or source, in characters.
+NAME_MAX = 255
 # Names are user input that ends up in URLs, logs and terminals: no control characters.
 Name = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    StringConstraints(min_length=1, max_length=NAME_MAX, pattern=r"^[^\x00-\x1f\x7f]+$"),
 ]
 # Strict: an RFC 3339 string, not a number read as Unix time. The bounds keep every timestamp
 # representable after conversion to UTC, in Python and in PostgreSQL alike.

@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by the services: JSON replies and errors, health, metrics, serving."""
+"""HTTP plumbing shared by the services: JSON replies and errors, the token check, serving."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NotRequired
 
 import orjson
 from aiohttp import web
-from prometheus_client.aiohttp import make_aiohttp_handler
+from typing_extensions import TypedDict
 
 log = logging.getLogger("pubsub.http")
 
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 
-ReadyCheck = Callable[[], Awaitable[Mapping[str, bool]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -30,6 +29,20 @@ def json_response(
         content_type="application/json",
         headers=headers,
     )
+
+
+class Problem(TypedDict):
+    index: NotRequired[int]
+    field: str | None
+    problem: str
+
+
+class ErrorReply(TypedDict):
+    """The body of every error answer."""
+
+    error: str
+    problems: NotRequired[list[Problem]]
+    problem_count: NotRequired[int]
 
 
 # Not frozen: raising sets __traceback__ (also through context managers), and eq=False keeps
@@ -86,17 +99,19 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return Refusal(500, "internal error; the request was not processed").response()
 
 
-def bearer(token: str, paths: frozenset[str]) -> Any:
-    """A middleware requiring ``Authorization: Bearer <token>`` on ``paths``.
+def bearer(guarded: Mapping[str, str]) -> Any:
+    """A middleware requiring ``Authorization: Bearer <token>`` on each path of ``guarded``,
+    with that path's token.
 
     Compared in constant time; the token is never logged nor echoed."""
-    expected = f"Bearer {token}".encode()
+    expected = {path: f"Bearer {token}".encode() for path, token in guarded.items()}
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in paths:
+        want = expected.get(request.path)
+        if want is not None:
             given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            if not hmac.compare_digest(given, want):
                 raise Refusal(
                     401, "missing or wrong bearer token", headers=(("WWW-Authenticate", "Bearer"),)
                 )
@@ -106,14 +121,13 @@ def bearer(token: str, paths: frozenset[str]) -> Any:
 
 
 def new_app(
-    *,
-    max_body_bytes: int = 1024 * 1024,
-    token: str = "",
-    protected: frozenset[str] = frozenset(),
+    *, max_body_bytes: int = 1024 * 1024, guarded: Mapping[str, str] | None = None
 ) -> web.Application:
+    """An application answering errors in JSON; ``guarded`` maps paths to the bearer token
+    they require (see ``pubsub.routes.guarded_paths``)."""
     middlewares: list[Any] = [json_errors]
-    if token:
-        middlewares.append(bearer(token, protected))
+    if guarded:
+        middlewares.append(bearer(guarded))
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app[MAX_BODY_BYTES] = max_body_bytes
     return app
@@ -133,30 +147,6 @@ def add_index(app: web.Application, service: str, endpoints: list[str]) -> None:
         return json_response(body)
 
     app.router.add_get("/", index)
-
-
-def add_health(app: web.Application, ready: ReadyCheck) -> None:
-    """``/healthz`` (the process answers), ``/readyz`` (its dependencies answer), ``/metrics``."""
-
-    async def healthz(_: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        checks = dict(await ready())
-        down = [name for name, up in checks.items() if not up]
-        if not down:
-            return json_response({"status": "ready", "checks": checks})
-        message = (
-            f"not connected to: {', '.join(down)}; retrying with backoff"
-            " (the log names each server tried)"
-        )
-        return json_response(
-            {"status": "unavailable", "checks": checks, "message": message}, status=503
-        )
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", make_aiohttp_handler())
 
 
 @contextlib.asynccontextmanager

@@ -81,14 +81,14 @@ async def stream_events(
     unavailable: Callable[[Exception], Refusal],
     filters: queries.Filters,
     since: datetime | None,
+    last_event_id: str | None,
 ) -> web.StreamResponse:
     """Serve one stream until the client leaves, is too slow, or the service stops."""
     streams = request.app[STREAMS]
     settings = streams.settings
     streams.admit()
-    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     try:
-        cursor = queries.StreamCursor.decode(last) if last else None
+        cursor = queries.StreamCursor.decode(last_event_id) if last_event_id else None
     except queries.BadCursor as exc:
         raise Refusal(400, str(exc)) from None
     if cursor is None:

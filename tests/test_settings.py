@@ -44,9 +44,7 @@ def test_the_docs_configuration_table_matches_the_code() -> None:
 
 # The numeric settings for which 0 has a meaning: a free port, and "store what has arrived".
 ZERO_MEANS_SOMETHING = {"consumer_port", "batch_max_wait"}
-NUMERIC = [
-    name for name, info in Settings.model_fields.items() if info.annotation in (int, float)
-]
+NUMERIC = [name for name, info in Settings.model_fields.items() if info.annotation in (int, float)]
 
 
 def test_every_numeric_setting_is_bounded() -> None:
@@ -72,7 +70,7 @@ def test_a_negative_publish_timeout_no_longer_starts() -> None:
 
 
 def test_rules_across_settings_name_both_variables() -> None:
-    with pytest.raises(ValueError, match="PUBSUB_INGEST_MEMORY_BUDGET .* PUBSUB_MAX_BODY_BYTES"):
+    with pytest.raises(ValueError, match=r"PUBSUB_INGEST_MEMORY_BUDGET .* PUBSUB_MAX_BODY_BYTES"):
         Settings.from_env({"PUBSUB_MAX_BODY_BYTES": "1000", "PUBSUB_INGEST_MEMORY_BUDGET": "999"})
     with pytest.raises(ValueError, match="PUBSUB_RETRY_FIRST_DELAY"):
         Settings.from_env({"PUBSUB_RETRY_FIRST_DELAY": "9", "PUBSUB_RETRY_MAX_DELAY": "1"})

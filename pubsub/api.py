@@ -1,0 +1,216 @@
+"""The HTTP API of the system: every route of every service, declared once.
+
+Ingest serves :data:`INGEST`, the read API :data:`READ`, every service :data:`HEALTH`; the
+gateway serves them all on one port (:data:`GATEWAY`). Each service binds its handlers to
+these declarations (``pubsub.routes.mount``); the token check, the query parsing and the
+OpenAPI documents derive from them. The query and reply types here are the contract the
+handlers fill in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, ValidationInfo
+from typing_extensions import TypedDict
+
+from pubsub.event import NAME_MAX, Event
+from pubsub.routes import Header, Query, Reply, Route, UpTo, ref
+
+# --- query parameters ------------------------------------------------------------------------
+
+
+def _name_filter(value: Any, info: ValidationInfo) -> Any:
+    if value == "":
+        return None
+    if isinstance(value, str) and (len(value) > NAME_MAX or "\x00" in value):
+        raise ValueError(f"{info.field_name} must be at most {NAME_MAX} characters without NUL")
+    return value
+
+
+def _rfc3339(value: Any, info: ValidationInfo) -> Any:
+    if value == "" or not isinstance(value, str):
+        return None if value == "" else value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{info.field_name} must be an RFC 3339 time, e.g. 2025-10-21T10:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{info.field_name} must include a UTC offset, e.g. 2025-10-21T10:00:00Z")
+    return parsed
+
+
+def _integer(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{info.field_name} must be an integer") from None
+    return value
+
+
+def _opaque(value: Any) -> Any:
+    return value or None
+
+
+NameFilter = Annotated[
+    Annotated[str, Field(max_length=NAME_MAX)] | None, BeforeValidator(_name_filter)
+]
+Time = Annotated[datetime | None, BeforeValidator(_rfc3339)]
+Opaque = Annotated[str | None, BeforeValidator(_opaque)]
+
+
+class Filters(Query):
+    """Exact matches, on ``/events`` and on the stream alike; empty means any."""
+
+    topic: NameFilter = Field(None, description="Only this topic.")
+    source: NameFilter = Field(None, description="Only this source.")
+    event_id: NameFilter = Field(
+        None, description="Only this event id (found in every topic when no topic is given)."
+    )
+
+
+class EventsQuery(Filters):
+    limit: Annotated[int | None, BeforeValidator(_integer), UpTo("events_max_limit")] = Field(
+        None, description="Events per page; `PUBSUB_EVENTS_DEFAULT_LIMIT` when not given."
+    )
+    cursor: Opaque = Field(
+        None, description='Where the page starts: from the `Link: <...>; rel="next"` header.'
+    )
+    since: Time = Field(None, description="Only events whose timestamp is at or after this.")
+    until: Time = Field(None, description="Only events whose timestamp is before this.")
+
+
+class StreamQuery(Filters):
+    since: Time = Field(None, description="Start with the events received at or after this time.")
+    last_event_id: Opaque = Field(
+        None, description="Resume after this event, for clients that cannot set headers."
+    )
+
+
+# --- replies ---------------------------------------------------------------------------------
+
+
+class Accepted(TypedDict):
+    accepted: int
+    request_id: str
+
+
+class Stats(TypedDict):
+    """Lifetime counters (``received = unique_processed + duplicate_dropped``), what is stored
+    now (``stored = unique_processed - expired``, ``expired`` being the events the retention
+    removed), and the topics that have stored events (at most ``PUBSUB_STATS_MAX_TOPICS``
+    names, in order; ``topic_count`` counts them all)."""
+
+    received: int
+    unique_processed: int
+    duplicate_dropped: int
+    stored: int
+    expired: int
+    topics: list[str]
+    topics_truncated: bool
+    topic_count: int
+    uptime: float
+    queued_messages: int | None
+    dead_letter_messages: int | None
+
+
+# --- the routes ------------------------------------------------------------------------------
+
+PUBLISH = Route(
+    method="POST",
+    path="/publish",
+    auth="publish",
+    summary="Publish one event or a batch of events.",
+    description=(
+        "Answers 202 only after the broker confirmed every event. A batch is accepted "
+        "or refused as a whole. Send `Idempotency-Key` to make retries safe."
+    ),
+    headers=(
+        Header(
+            "Idempotency-Key",
+            "The same key with the same body again is counted once.",
+            {"type": "string", "minLength": 1, "maxLength": 200},
+        ),
+    ),
+    body={
+        "application/json": {
+            "oneOf": [ref("Event"), {"type": "array", "items": ref("Event"), "minItems": 1}]
+        },
+        "application/x-ndjson": {
+            "type": "string",
+            "description": "One Event object per line (Vector, Fluent Bit).",
+        },
+    },
+    uses=(Event,),
+    replies={202: Reply("Accepted: confirmed by the broker.", Accepted)},
+    errors=(400, 401, 413, 415, 422, 503),
+)
+
+EVENTS = Route(
+    method="GET",
+    path="/events",
+    auth="read",
+    summary="Stored events, ordered by timestamp, keyset-paginated.",
+    description='The next page is in the `Link: <...>; rel="next"` header.',
+    query=EventsQuery,
+    replies={200: Reply("A page of events.", list[Event])},
+    errors=(400, 401, 503),
+)
+
+STREAM = Route(
+    method="GET",
+    path="/events/stream",
+    auth="read",
+    summary="Live tail: stored events as Server-Sent Events, as they are stored.",
+    description=(
+        "One SSE event per stored event, its data in the shape of `/events`, its `id` a "
+        "cursor: reconnect with `Last-Event-ID` to resume with no gap and no repeat. "
+        "Without `since` or `Last-Event-ID` the stream starts with what is stored from "
+        "now on. Heartbeats are SSE comments. The stream ends with `event: error` when "
+        "the client reads more slowly than events arrive, and with `event: end` when the "
+        'service shuts down; both carry `{"error": "..."}` saying why.'
+    ),
+    query=StreamQuery,
+    headers=(Header("Last-Event-ID", "Resume after this event (the `id` of an SSE event)."),),
+    replies={200: Reply("The stream.", {"type": "string"}, media="text/event-stream")},
+    errors=(400, 401, 503),
+)
+
+STATS = Route(
+    method="GET",
+    path="/stats",
+    auth="read",
+    summary="Counters (durable, shared by all consumers), topics, queue depths.",
+    replies={200: Reply("Statistics.", Stats)},
+    errors=(401, 503),
+)
+
+HEALTHZ = Route(
+    method="GET",
+    path="/healthz",
+    summary="The process answers.",
+    replies={200: Reply("alive")},
+)
+READYZ = Route(
+    method="GET",
+    path="/readyz",
+    summary="Broker and database connections are up.",
+    replies={200: Reply("ready"), 503: Reply("not ready")},
+)
+METRICS = Route(
+    method="GET",
+    path="/metrics",
+    summary="Prometheus metrics.",
+    replies={200: Reply("text exposition format")},
+)
+
+INGEST = (PUBLISH,)
+READ = (EVENTS, STREAM, STATS)
+HEALTH = (HEALTHZ, READYZ, METRICS)
+# One port for everything (deploy/nginx/nginx.conf): the ingest routes go to ingest, the
+# rest to the read API.
+GATEWAY = (*INGEST, *READ, *HEALTH)
