@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from bench import record
 from bench.ceilings import measure as measure_ceilings
 from bench.system import private_system
 from bench.workloads import RSS_CAP_MIB, Bench, Result, launch, table
@@ -93,23 +94,27 @@ async def main(args: argparse.Namespace) -> int:
             )
         bench.db.close()
     print()
-    print(
+    out = record.Output()
+    out(
         f"ceilings: broker {ceilings.broker_events_per_s:,.0f} events/s, database"
         f" {ceilings.database_events_per_s:,.0f} events/s; machine: {os.cpu_count()} cores"
     )
-    print(table(results, ceilings.slowest))
+    out()
+    out(table(results, ceilings.slowest))
+    out()
     caps = ", ".join(f"{k} {v} MiB" for k, v in RSS_CAP_MIB.items())
-    print(f"RSS caps checked on every workload: {caps}")
+    out(f"RSS caps checked on every workload: {caps}")
+    out.write("bench", title="Benchmark: ceilings and workloads")
     return 1 if any(r.problems for r in results) else 0
 
 
-def cli() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+def cli(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="pubsub-aggregator bench", description=__doc__)
     p.add_argument("--duration", type=float, default=60, help="seconds of each sustained load")
     p.add_argument("--single", type=float, default=15, help="seconds of each single-event load")
     p.add_argument("--backlog", type=int, default=1_000_000, help="events in the backlog drain")
     p.add_argument("--scaling", type=int, default=200_000, help="events per consumer-count drain")
-    launch(main, p.parse_args())
+    launch(main, p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -4,16 +4,17 @@ its tasks waited for I/O."""
 
 from __future__ import annotations
 
-import os
-import subprocess
+import psutil
 
 from stack.supervisor import Supervisor, process_cpu_seconds
 
 
 def _pids(user: str, command: str) -> list[int]:
-    cmd = ["pgrep", "-u", user, "-x", command]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    return [int(p) for p in out.stdout.split()]
+    return [
+        p.pid
+        for p in psutil.process_iter(["name", "username"])
+        if p.info["name"] == command and p.info["username"] == user
+    ]
 
 
 class CpuMeter:
@@ -41,18 +42,17 @@ class CpuMeter:
 
 
 def machine_busy() -> tuple[float, float]:
-    """CPU seconds (all cores) spent busy and in all since boot, from ``/proc/stat``."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    hz = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # guest time is counted in user already
-    return (total - idle) / hz, total / hz
+    """CPU seconds (all cores) spent busy and in all since boot."""
+    t = psutil.cpu_times()
+    # Guest time is counted in user already.
+    total = t.user + t.nice + t.system + t.idle + t.iowait + t.irq + t.softirq + t.steal
+    return total - t.idle - t.iowait, total
 
 
 def io_stalled_seconds() -> float:
-    """Seconds since boot in which some task waited for I/O (``/proc/pressure/io``); 0 where
-    the kernel reports no pressure."""
+    """Seconds since boot in which some task waited for I/O; 0 where the kernel reports no
+    pressure. Read from ``/proc/pressure/io`` itself: psutil does not report pressure stall
+    information."""
     try:
         with open("/proc/pressure/io") as f:
             some = f.readline().split()

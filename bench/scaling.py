@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bench import record
 from bench.cpu import CpuMeter
 from bench.system import private_system
 from bench.workloads import LUA, Bench, launch, run_wrk
@@ -123,8 +124,8 @@ async def main(args: argparse.Namespace) -> int:
         rows = await consumers(args, bench, stack)
         rows += await ingests(args, bench, stack, http)
         bench.db.close()
-    print()
-    print(_table(rows))
+    out = record.Output()
+    out(_table(rows))
     drains = [r for r in rows if r.name.startswith("drain")]
     loads = [r for r in rows if not r.name.startswith("drain")]
 
@@ -134,11 +135,12 @@ async def main(args: argparse.Namespace) -> int:
     # RabbitMQ's share: taking messages in while ingest publishes, handing them out while
     # consumers drain; an event costs both.
     broker = mean(loads, "rabbitmq") + mean(drains, "rabbitmq")
-    print(
+    out(
         f"per stored event: PostgreSQL {mean(drains, 'postgresql'):.1f} µs of CPU, consumer"
         f" {mean(drains, 'consumer'):.1f} µs; per accepted event (batches of 100): ingest"
         f" {loads[0].per_million('ingest'):.1f} µs; RabbitMQ {broker:.1f} µs in and out"
     )
+    out.write("scaling", title="Scale-out: consumers and ingest processes, CPU per event")
     return 1 if any(r.problems for r in rows) else 0
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import aiohttp
 import psycopg
 
+from bench import record
 from bench.system import private_system
 from bench.workloads import LUA, Bench, Result, launch, run_wrk, table
 from consumer.retention import Sweeper
@@ -75,7 +76,9 @@ def fill(settings: Settings, *, rows: int, topics: int, prefix: str, age_days: f
     return time.perf_counter() - started
 
 
-async def retention(args: argparse.Namespace, bench: Bench) -> tuple[list[Result], list[str]]:
+async def retention(
+    args: argparse.Namespace, bench: Bench, out: record.Output
+) -> tuple[list[Result], list[str]]:
     settings = bench.settings
     print(f"retention: {args.expired:,} events received 40 days ago ...", file=sys.stderr)
     fill(settings, rows=args.expired, topics=100, prefix="expired-", age_days=40)
@@ -100,7 +103,7 @@ async def retention(args: argparse.Namespace, bench: Bench) -> tuple[list[Result
     with psycopg.connect(settings.database_url, **database.connect_kwargs(settings)) as conn:
         row = conn.execute("SELECT count(*) FROM events WHERE topic LIKE 'expired-%'").fetchone()
     left = int(row[0]) if row else 0
-    print(f"the sweep removed {removed:,} events during the load; {left:,} were left")
+    out(f"the sweep removed {removed:,} events during the load; {left:,} were left")
     if left == 0:
         problems.append("the sweep ran out of work before the load ended: raise --expired")
     if removed + left != args.expired:
@@ -108,9 +111,7 @@ async def retention(args: argparse.Namespace, bench: Bench) -> tuple[list[Result
     without = (results[0].rate + results[2].rate) / 2
     ratio = results[1].rate / without if without else 0.0
     verdict = "met" if ratio >= SWEEP_RATIO_GOAL else "NOT MET"
-    print(
-        f"throughput during the sweep / without: {ratio:.2f} (goal {SWEEP_RATIO_GOAL}): {verdict}"
-    )
+    out(f"throughput during the sweep / without: {ratio:.2f} (goal {SWEEP_RATIO_GOAL}): {verdict}")
     if ratio < SWEEP_RATIO_GOAL:
         problems.append(f"throughput during the sweep was {ratio:.2f} of the rate without")
     return results, problems
@@ -169,6 +170,7 @@ def topic_listing_ms(settings: Settings, runs: int = 50) -> dict[str, tuple[floa
 
 
 async def main(args: argparse.Namespace) -> int:
+    out = record.Output()
     problems: list[str] = []
     async with (
         private_system("storage", consumers=2) as stack,
@@ -178,31 +180,34 @@ async def main(args: argparse.Namespace) -> int:
         bench = Bench(stack.settings, stack, http)
         results: list[Result] = []
         if args.expired:
-            results, problems = await retention(args, bench)
+            results, problems = await retention(args, bench, out)
         read_rows = await reads(args, stack.settings, stack.read_url) if args.rows else []
         listing = topic_listing_ms(stack.settings) if args.rows else {}
         bench.db.close()
     if results:
-        print()
-        print(table(results))
+        out()
+        out(table(results))
     if read_rows:
-        print()
-        print(
+        out()
+        out(
             f"reads on {args.rows:,} events over {args.topics:,} topics,"
             f" {args.read_connections} connections, {args.read_seconds:g} s each:"
         )
-        print("| request | req/s | p50 ms | p99 ms | goal (p99) |")
-        print("| --- | --- | --- | --- | --- |")
+        out("| request | req/s | p50 ms | p99 ms | goal (p99) |")
+        out("| --- | --- | --- | --- | --- |")
         for r in read_rows:
             goal = f"< {P99_GOAL_MS[r.kind]:g} ms: " + ("met" if r.goal_met else "NOT MET")
             cells = [f"`GET {r.path}`", f"{r.requests_per_s:,.0f}", f"{r.p50_ms:.1f}"]
-            print("| " + " | ".join([*cells, f"{r.p99_ms:.1f}", goal]) + " |")
+            out("| " + " | ".join([*cells, f"{r.p99_ms:.1f}", goal]) + " |")
             if not r.goal_met:
                 problems.append(f"GET {r.path}: p99 {r.p99_ms:.1f} ms")
         for name, (p50, p99) in listing.items():
-            print(f"listing 1,001 topics in SQL, {name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+            out(f"listing 1,001 topics in SQL, {name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     for problem in problems:
-        print(f"problem: {problem}")
+        out(f"problem: {problem}")
+    out.write(
+        "storage", title="Storage and reads: a retention sweep next to load, reads on a big table"
+    )
     return 1 if problems or any(r.problems for r in results) else 0
 
 

@@ -27,6 +27,7 @@ import uuid
 
 import psycopg
 
+from bench import record
 from bench.ceilings import database_ceiling
 from pubsub.settings import Settings
 
@@ -60,13 +61,15 @@ async def main(args: argparse.Namespace) -> None:
                 )
             )
     base = statistics.median(rates["as shipped"])
-    print(f"batch store, {args.events:,} events a run (20% duplicates), {args.rounds} rounds")
-    print("| schema | events/s (median) | runs | vs as shipped |")
-    print("| --- | --- | --- | --- |")
+    out = record.Output()
+    out(f"batch store, {args.events:,} events a run (20% duplicates), {args.rounds} rounds")
+    out("| schema | events/s (median) | runs | vs as shipped |")
+    out("| --- | --- | --- | --- |")
     for name, runs in rates.items():
         median = statistics.median(runs)
         each = ", ".join(f"{r:,.0f}" for r in runs)
-        print(f"| {name} | {median:,.0f} | {each} | {median / base:.2f} |")
+        out(f"| {name} | {median:,.0f} | {each} | {median / base:.2f} |")
+    out.write("store", title="The consumer's batch store, schema variants")
 
 
 async def _checkpoint(settings: Settings) -> None:

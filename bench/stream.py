@@ -24,8 +24,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 
+from bench import record
 from bench.cpu import CpuMeter
-from bench.soak import Soak
+from bench.soak.counts import Counts
+from bench.soak.load import Load
 from bench.system import private_system
 from publisher.tail import messages
 from stack.supervisor import Supervisor
@@ -87,17 +89,18 @@ async def main(args: argparse.Namespace) -> None:
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
     ):
         stack.start_all()
-        soak = Soak(stack.settings, stack, http)
+        load = Load(stack, http, Counts(stack.settings, stack, http))
         delays: list[float] = []
         until = time.monotonic() + args.seconds
         await asyncio.gather(
-            soak.send_batches(args.rate, until),
+            load.send_batches(args.rate, until),
             probe(http, stack, until, delays),
             idle_streams(http, stack, args.streams - 1, until),
         )
         delays.sort()
+        out = record.Output()
         p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-        print(
+        out(
             f"latency from the POST's answer to the event on the stream, {len(delays)} probes, "
             f"{args.streams} streams open, batched load at {args.rate:,.0f} events/s: "
             f"p50 {statistics.median(delays) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
@@ -110,8 +113,9 @@ async def main(args: argparse.Namespace) -> None:
         meter.start()
         await idle_streams(http, stack, args.streams, time.monotonic() + args.idle)
         watched = meter.stop()
-        print(f"idle, no stream: {_cpu_ms_per_s(quiet, args.idle)}")
-        print(f"idle, {args.streams} streams: {_cpu_ms_per_s(watched, args.idle)}")
+        out(f"idle, no stream: {_cpu_ms_per_s(quiet, args.idle)}")
+        out(f"idle, {args.streams} streams: {_cpu_ms_per_s(watched, args.idle)}")
+        out.write("stream", title="The live stream: latency under load, cost of idle streams")
 
 
 def cli() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from consumer.retention import Sweeper
 from consumer.worker import Worker
@@ -42,5 +42,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             await worker.close()
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    service.command(main, name="consumer", doc=__doc__, argv=argv)
+
+
 if __name__ == "__main__":
-    service.run(main, name="consumer")
+    cli()

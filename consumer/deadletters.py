@@ -100,7 +100,7 @@ async def replay(settings: Settings, *, limit: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m consumer.deadletters", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pubsub-aggregator dead-letters", description=__doc__)
     parser.add_argument("command", choices=("list", "replay"))
     parser.add_argument("--limit", type=int, default=100, help="most messages to handle")
     args = parser.parse_args(argv)

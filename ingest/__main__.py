@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from ingest.app import make_app
 from ingest.broker import BrokerClient
@@ -24,5 +25,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     await broker.close()
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    service.command(main, name="ingest", doc=__doc__, argv=argv)
+
+
 if __name__ == "__main__":
-    service.run(main, name="ingest")
+    cli()

@@ -18,7 +18,7 @@ from publisher.load import LoadConfig, Report, run_load
 
 def parse_args(argv: list[str] | None = None) -> LoadConfig:
     d = LoadConfig()
-    p = argparse.ArgumentParser(prog="python -m publisher", description=__doc__)
+    p = argparse.ArgumentParser(prog="pubsub-aggregator publish", description=__doc__)
     p.add_argument("--ingest-url", default=d.ingest_url, help="where POST /publish is")
     p.add_argument("--read-url", default=d.read_url, help="where GET /stats is")
     p.add_argument("-n", "--events", type=int, default=d.events, help="events to send")
@@ -104,12 +104,13 @@ def render(cfg: LoadConfig, r: Report) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["tail"]:
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["tail"]:
         from publisher import tail
 
-        tail.main(sys.argv[2:])
-    cfg = parse_args()
+        tail.main(args[1:])
+    cfg = parse_args(args)
     report = asyncio.run(run_load(cfg))
     print(render(cfg, report))
     raise SystemExit(0 if report.ok else 1)

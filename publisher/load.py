@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -15,6 +14,17 @@ from typing import Any
 
 import aiohttp
 import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from publisher.watch import NotStored, auth, fetch_stats, wait_stored
 from pubsub.backoff import Backoff
@@ -141,9 +151,11 @@ async def send_load(
                 report.failed_events += count
             progress.update(report.sent + report.failed_events)
 
-    await asyncio.gather(*(sender() for _ in range(max(1, cfg.concurrency))))
+    try:
+        await asyncio.gather(*(sender() for _ in range(max(1, cfg.concurrency))))
+    finally:
+        progress.done()
     report.send_seconds = time.perf_counter() - started
-    progress.done()
     report.expected = {
         "received": source.made,
         "unique_processed": source.unique,
@@ -218,19 +230,30 @@ async def send_body(
     return False
 
 
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} events/s", style="progress.data.speed")
+
+
 class _Progress:
+    """Events sent so far, with the rate and the time left, on stderr; nothing when not
+    enabled (the CLI enables it on a terminal only). ``total`` 0: sending for a duration."""
+
     def __init__(self, total: int, *, enabled: bool) -> None:
-        self.total, self.enabled, self.last = total, enabled, 0.0
+        self.bar = Progress(
+            TextColumn("sending"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
+        self.task = self.bar.add_task("events", total=total or None)
+        self.bar.start()
 
     def update(self, n: int) -> None:
-        now = time.monotonic()
-        if self.enabled and (now - self.last > 0.1 or n == self.total):
-            self.last = now
-            width = 30
-            filled = width * n // max(1, self.total)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {n}/{self.total}")
-            sys.stderr.flush()
+        self.bar.update(self.task, completed=n)
 
     def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+        self.bar.stop()

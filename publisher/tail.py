@@ -133,7 +133,7 @@ def _reason(text: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m publisher tail", description=__doc__)
+    p = argparse.ArgumentParser(prog="pubsub-aggregator tail", description=__doc__)
     p.add_argument("--read-url", default="http://127.0.0.1:8081", help="where the read API is")
     p.add_argument("--topic", default="", help="only this topic")
     p.add_argument("--source", default="", help="only this source")

@@ -6,6 +6,7 @@ heap would only lengthen its garbage collections (see :func:`pubsub.dbschema.pre
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import gc
@@ -13,7 +14,7 @@ import itertools
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractRobustConnection
@@ -83,6 +84,23 @@ def setup(name: str) -> Settings:
     # when two processes behave differently.
     log.info("%s starting", name, extra={"settings": settings.redacted()})
     return settings
+
+
+def command(
+    main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]],
+    *,
+    name: str,
+    doc: str | None,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """A service's command line: ``--help`` says what it is; it takes no options of its own,
+    the ``PUBSUB_*`` variables configure it (see docs/operations.md)."""
+    argparse.ArgumentParser(
+        prog=f"pubsub-aggregator {name}",
+        description=doc,
+        epilog="Configured by PUBSUB_* environment variables: see docs/operations.md.",
+    ).parse_args(argv)
+    run(main, name=name)
 
 
 def run(main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]], *, name: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from pubsub import dbschema, http, service
 from pubsub.settings import Settings
@@ -23,5 +24,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     await sources.close()
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    service.command(main, name="readapi", doc=__doc__, argv=argv)
+
+
 if __name__ == "__main__":
-    service.run(main, name="readapi")
+    cli()

@@ -8,7 +8,7 @@ fi
 if ! .venv/bin/python -c "import pubsub, pytest, mypy" 2>/dev/null \
     || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test,dev]'
+    .venv/bin/pip install -q -e '.[test,dev,tools]'
     touch .venv/.installed
 fi
 

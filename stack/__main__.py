@@ -30,7 +30,7 @@ async def prepare(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pubsub-aggregator run", description=__doc__)
     parser.add_argument("--consumers", type=int, default=2, help="consumer processes to run")
     args = parser.parse_args(argv)
     settings = service.setup("stack")
@@ -77,7 +77,9 @@ def banner(supervisor: Supervisor) -> str:
     for name, port in supervisor.ports.items():
         label = "read API" if role_of(name) is Role.READAPI else name
         lines.append(f"  {label:<11} http://{shown}:{port}/metrics  /healthz  /readyz")
-    lines.append("Send the demo load with: python -m publisher   (Ctrl-C here stops everything)")
+    lines.append(
+        "Send the demo load with: pubsub-aggregator publish   (Ctrl-C here stops everything)"
+    )
     return "\n".join(lines)
 
 

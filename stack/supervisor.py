@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from pubsub.backoff import Backoff
 from pubsub.settings import ENV_PREFIX, Settings
 
@@ -61,14 +63,12 @@ def role_of(name: str) -> Role:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` (``/proc``; 0 when it is gone)."""
+    """User and system CPU time of process ``pid`` (0 when it is gone)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            # The command name may hold spaces: the fields that follow it start after ")".
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return float(times.user + times.system)
 
 
 class Supervisor:
@@ -259,13 +259,9 @@ class Supervisor:
         if proc is None or proc.poll() is not None:
             return 0
         try:
-            with open(f"/proc/{proc.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
+            return int(psutil.Process(proc.pid).memory_info().rss) // 1024
+        except psutil.Error:
+            return 0
 
     def cpu_seconds(self, name: str) -> float:
         """User and system CPU time a running child has used so far (0 when not running)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench.soak import Minute, judge
+from bench.soak.judge import judge
+from bench.soak.sampling import Minute
 
 
 def run(minutes: int, *, lag: float = 100.0, late_lag: float | None = None,

@@ -1,0 +1,106 @@
+"""``python -m bench.ab --base REV``: the benchmark of two commits, alternated in one run.
+
+Absolute numbers on a shared machine drift from one hour to the next; a ratio measured in one
+run does not. This checks out ``--base`` and ``--head`` (default ``HEAD``) into temporary git
+worktrees, runs ``python -m bench`` of each in turn, ``--rounds`` times (base, head, base,
+head...), with the same arguments (after ``--``), in this environment, and prints per workload
+the events/s of each run and the ratio of the heads' median to the bases'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench import record
+
+# A row of the bench's table: | workload | events | events/s | ...
+_ROW = re.compile(r"^\| (?P<name>[^|]+?) \| [\d,]+ \| (?P<rate>[\d,]+) \|")
+
+
+@contextmanager
+def worktree(rev: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
+        path = Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "-C", str(record.ROOT), "worktree", "add", "--detach", str(path), rev],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield path
+        finally:
+            subprocess.run(
+                ["git", "-C", str(record.ROOT), "worktree", "remove", "--force", str(path)],
+                check=False,
+                capture_output=True,
+            )
+
+
+def run_bench(tree: Path, args: list[str]) -> dict[str, float]:
+    """Events/s per workload of one ``python -m bench`` run of the code in ``tree``."""
+    # From the tree's own directory: its packages come first on the path, for the bench and
+    # for the services it starts (python -m ingest..., in the same directory).
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=tree,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    rates = {}
+    for line in done.stdout.splitlines():
+        if (m := _ROW.match(line)) and "FAIL" not in line:
+            rates[m["name"]] = float(m["rate"].replace(",", ""))
+    if done.returncode != 0 or not rates:
+        print(done.stdout, file=sys.stderr)
+        raise SystemExit(f"the bench of {tree} failed (exit {done.returncode})")
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
+    p.add_argument("--base", required=True, help="the commit to compare against")
+    p.add_argument("--head", default="HEAD", help="the commit to measure (default HEAD)")
+    p.add_argument("--rounds", type=int, default=2, help="runs of each, alternated")
+    p.add_argument("bench_args", nargs="*", help="arguments of python -m bench (after --)")
+    args = p.parse_args(argv)
+    runs: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
+    with worktree(args.base) as base, worktree(args.head) as head:
+        for r in range(args.rounds):
+            for side, tree in (("base", base), ("head", head)):
+                print(f"round {r + 1}: {side} ...", file=sys.stderr, flush=True)
+                runs[side].append(run_bench(tree, args.bench_args))
+    out = record.Output()
+    out(
+        f"base {args.base}, head {args.head}; {args.rounds} runs of each, alternated;"
+        f" `python -m bench {' '.join(args.bench_args)}`"
+    )
+    out()
+    out("| workload | base events/s | head events/s | head / base (medians) |")
+    out("| --- | --- | --- | --- |")
+    ratios = []
+    for name in runs["base"][0]:
+        base_rates = [run[name] for run in runs["base"] if name in run]
+        head_rates = [run[name] for run in runs["head"] if name in run]
+        if not base_rates or not head_rates:
+            continue
+        ratio = statistics.median(head_rates) / statistics.median(base_rates)
+        ratios.append(ratio)
+        each = [", ".join(f"{v:,.0f}" for v in rates) for rates in (base_rates, head_rates)]
+        out(f"| {name} | {each[0]} | {each[1]} | {ratio:.2f} |")
+    out()
+    out(f"median ratio over the workloads: {statistics.median(ratios):.2f}")
+    out.write("bench-ab", title="Benchmark, A/B: two commits alternated in one run")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
