@@ -44,6 +44,10 @@ def worktree(rev: str) -> Iterator[Path]:
             )
 
 
+def _short(rev: str) -> str:
+    return record.git("rev-parse", "--short", rev) or rev
+
+
 def run_bench(tree: Path, args: list[str]) -> dict[str, float]:
     """Events/s per workload of one ``python -m bench`` run of the code in ``tree``."""
     # From the tree's own directory: its packages come first on the path, for the bench and
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="runs of each, alternated")
     p.add_argument("bench_args", nargs="*", help="arguments of python -m bench (after --)")
     args = p.parse_args(argv)
+    base_rev, head_rev = (_short(args.base), _short(args.head))
     runs: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
     with worktree(args.base) as base, worktree(args.head) as head:
         for r in range(args.rounds):
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[side].append(run_bench(tree, args.bench_args))
     out = record.Output()
     out(
-        f"base {args.base}, head {args.head}; {args.rounds} runs of each, alternated;"
+        f"base {base_rev}, head {head_rev}; {args.rounds} runs of each, alternated;"
         f" `python -m bench {' '.join(args.bench_args)}`"
     )
     out()

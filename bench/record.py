@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MEASUREMENTS = ROOT / "docs" / "measurements"
 
 
-def _git(*args: str) -> str:
+def git(*args: str) -> str:
     done = subprocess.run(
         ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
     )
@@ -30,8 +30,8 @@ def _git(*args: str) -> str:
 
 def commit() -> str:
     """The checked-out commit, ``+changes`` when the tree differs from it."""
-    head = _git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + (" +changes" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" +changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def machine() -> str:

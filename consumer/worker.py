@@ -215,17 +215,31 @@ class Worker:
                 log.error("batch of %d message(s) refused: %s", len(batch), exc)
                 await self._store_one_by_one(batch)
                 return None
-            except database.UNAVAILABLE as exc:
+            except (*database.UNAVAILABLE, *database.MISCONFIGURED) as exc:
                 # The deliveries stay unacknowledged meanwhile: neither lost nor dead-lettered.
-                metrics.STORE_ERRORS.inc()
-                delay = self._backoff.delay(failures)
+                await self._wait_to_retry(exc, failures)
                 failures += 1
-                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
-                await self.store.close()
-                await service.stopped_within(self._give_up, delay)
                 continue
             metrics.STORE_SECONDS.observe(time.perf_counter() - started)
             return stored
+
+    async def _wait_to_retry(self, exc: Exception, failures: int) -> None:
+        metrics.STORE_ERRORS.inc()
+        delay = self._backoff.delay(failures)
+        if isinstance(exc, database.MISCONFIGURED) and not isinstance(exc, database.REFUSED):
+            sqlstate = getattr(exc, "sqlstate", None) or "?"
+            log.error(
+                "the database refuses the consumer's statements (SQLSTATE %s: %s): check the "
+                "role's privileges and the schema; nothing is dead-lettered meanwhile, "
+                "retrying in %.1fs",
+                sqlstate,
+                str(exc).strip(),
+                delay,
+            )
+        else:
+            log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
+        await self.store.close()
+        await service.stopped_within(self._give_up, delay)
 
     async def _attempt(self, units: list[tuple[str, list[Row]]]) -> Stored:
         """One store; :class:`Abandoned` once the grace period after a stop request is over
@@ -246,13 +260,22 @@ class Worker:
         return attempt.result()
 
     async def _store_one_by_one(self, batch: list[Delivery]) -> None:
+        """Find the messages whose data the database refuses, and dead-letter only those; an
+        outage meanwhile is waited out as for a batch."""
         for delivery in batch:
-            try:
-                stored = await self._attempt(delivery.units)
-            except database.REFUSED as exc:
-                await _dead_letter(delivery.message, exc)
-            else:
-                metrics.record(stored, 1)
+            failures = 0
+            while True:
+                try:
+                    stored = await self._attempt(delivery.units)
+                except database.REFUSED as exc:
+                    await _dead_letter(delivery.message, exc)
+                except (*database.UNAVAILABLE, *database.MISCONFIGURED) as exc:
+                    await self._wait_to_retry(exc, failures)
+                    failures += 1
+                    continue
+                else:
+                    metrics.record(stored, 1)
+                break
 
     async def _ack(self, batch: list[Delivery]) -> None:
         # One multiple-ack per channel: deliveries are taken in arrival order, so every

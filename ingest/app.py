@@ -148,7 +148,7 @@ def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
     async def ready() -> Mapping[str, bool]:
         return {"broker": broker.connected}
 
-    http.add_index(app, TITLE, routes.listing(api.INGEST))
+    http.add_index(app, TITLE, health.endpoints(api.INGEST))
     routes.mount(app, api.INGEST, {api.PUBLISH: publish}, settings)
     health.add_health(app, ready, settings)
     openapi.add_docs(app, openapi.document(TITLE, [*api.INGEST, *api.HEALTH], settings))

@@ -143,6 +143,7 @@ class BrokerClient:
 
     async def _publish_group(self, group: _Group) -> None:
         started = time.perf_counter()
+        settled = False
         try:
             if self._exchange is None:
                 raise BrokerUnavailable("publisher not started")
@@ -170,12 +171,20 @@ class BrokerClient:
             )
             for waiter in group.waiters:
                 waiter.failed(failure)
+            settled = True
         else:
             metrics.CONFIRM_SECONDS.observe(time.perf_counter() - started)
             metrics.MESSAGE_EVENTS.observe(group.count)
             for waiter in group.waiters:
                 waiter.confirmed()
+            settled = True
         finally:
+            if not settled:
+                # Cancelled (shutdown), or a BaseException: no request may wait forever, nor
+                # keep its share of the memory budget.
+                interrupted = BrokerUnavailable("publishing was interrupted; nothing confirmed")
+                for waiter in group.waiters:
+                    waiter.failed(interrupted)
             self._in_flight -= 1
             if self._open is not None and self._open.pieces:
                 self._flush_open()

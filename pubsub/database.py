@@ -20,11 +20,23 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     psycopg.InterfaceError,
     OSError,
 )
-# The server refused these rows or this statement: retrying the same would fail forever.
+# The server refused these rows: storing the same data would fail forever, so the message
+# that holds them is dead-lettered. Only errors about the data itself belong here (a value
+# out of range, a row too large for an index); check for them before UNAVAILABLE, which
+# holds ProgramLimitExceeded's parent class.
 REFUSED: tuple[type[Exception], ...] = (
     psycopg.DataError,
     psycopg.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
+# The server refuses the statement whatever the data: a privilege revoked (42501), a table
+# dropped (42P01), a read-only server after a failover (25006). Every message would fail the
+# same way until an operator acts: retry with backoff, and say so loudly, rather than
+# dead-letter everything that arrives meanwhile.
+MISCONFIGURED: tuple[type[Exception], ...] = (
     psycopg.ProgrammingError,
+    psycopg.InternalError,
+    psycopg.NotSupportedError,
 )
 
 

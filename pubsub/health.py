@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from pubsub import api, routes
+from pubsub import api, openapi, routes
 from pubsub.http import json_response
 from pubsub.settings import Settings
 
 ReadyCheck = Callable[[], Awaitable[Mapping[str, bool]]]
+
+
+def endpoints(served: Iterable[routes.Route]) -> list[str]:
+    """What a service serving ``served`` lists at ``/``: those, its documents, its health."""
+    return [*routes.listing(served), *openapi.PATHS, *routes.listing(api.HEALTH)]
 
 
 def add_health(app: web.Application, ready: ReadyCheck, settings: Settings) -> None:

@@ -110,7 +110,8 @@ def bearer(guarded: Mapping[str, str]) -> Any:
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         want = expected.get(request.path)
         if want is not None:
-            given = request.headers.get("Authorization", "").encode()
+            # The header as it came: bytes that are not UTF-8 are a wrong token, not an error.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, want):
                 raise Refusal(
                     401, "missing or wrong bearer token", headers=(("WWW-Authenticate", "Bearer"),)
@@ -135,8 +136,7 @@ def new_app(
 
 def index_body(service: str, endpoints: list[str]) -> dict[str, Any]:
     """What a service is and what it serves."""
-    return {"service": service, "endpoints": [*endpoints, "/docs", "/openapi.json", "/healthz",
-                                               "/readyz", "/metrics"]}  # fmt: skip
+    return {"service": service, "endpoints": endpoints}
 
 
 def add_index(app: web.Application, service: str, endpoints: list[str]) -> None:

@@ -27,6 +27,11 @@ def schemas(*types: Any) -> dict[str, Any]:
     return out
 
 
+# Where every service serves its document and Swagger UI.
+DOCUMENT, DOCS = "/openapi.json", "/docs"
+PATHS = (DOCS, DOCUMENT)
+
+
 def document(title: str, served: Iterable[Route], settings: Settings) -> dict[str, Any]:
     """The document of a service that serves ``served``."""
     served = list(served)
@@ -62,10 +67,10 @@ def add_docs(app: web.Application, document: dict[str, Any]) -> None:
     async def init(_: web.Request) -> web.Response:
         return web.Response(text=_INIT, content_type="application/javascript")
 
-    add_document(app, "/openapi.json", document)
-    app.router.add_get("/docs", page)
-    app.router.add_get("/docs/init.js", init)
-    app.router.add_static("/docs/static", Path(swagger_ui_path))
+    add_document(app, DOCUMENT, document)
+    app.router.add_get(DOCS, page)
+    app.router.add_get(f"{DOCS}/init.js", init)
+    app.router.add_static(f"{DOCS}/static", Path(swagger_ui_path))
 
 
 def add_document(app: web.Application, path: str, document: dict[str, Any]) -> None:

@@ -145,7 +145,7 @@ def make_app(sources: Sources, stop: asyncio.Event | None = None) -> web.Applica
     async def ready() -> Mapping[str, bool]:
         return {"broker": sources.queues.connected, "database": await sources.database_ok()}
 
-    page.add_page(app, TITLE, routes.listing(api.READ))
+    page.add_page(app, TITLE, health.endpoints(api.READ))
     handlers = {api.EVENTS: get_events, api.STREAM: get_stream, api.STATS: get_stats}
     routes.mount(app, api.READ, handlers, settings)
     health.add_health(app, ready, settings)

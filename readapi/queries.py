@@ -79,7 +79,8 @@ class StreamCursor:
     @classmethod
     def decode(cls, text: str) -> StreamCursor:
         txid, topic, event_id = _unpack(text, "Last-Event-ID")
-        if not txid.isdigit() or len(txid) > 20:
+        # ASCII digits only: str.isdigit() also holds for "²", which int() refuses.
+        if not (txid.isascii() and txid.isdigit()) or len(txid) > 20 or int(txid) >= 2**64:
             raise BadCursor("Last-Event-ID is not one this service produced")
         return cls(int(txid), topic, event_id)
 

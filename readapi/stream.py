@@ -58,6 +58,8 @@ class Streams:
         self.active = 0
 
     def admit(self) -> None:
+        """Take a place, or refuse with 503. Taken before the stream awaits anything, so that
+        concurrent connects cannot all pass the check; the caller gives it back (``leave``)."""
         limit = self.settings.stream_max_clients
         if self.active >= limit:
             raise Refusal.unavailable(
@@ -65,6 +67,10 @@ class Streams:
                 "(PUBSUB_STREAM_MAX_CLIENTS); retry later or read pages of /events",
                 retry_after=self.settings.retry_after,
             )
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
 
 
 STREAMS = web.AppKey("streams", Streams)
@@ -85,8 +91,32 @@ async def stream_events(
 ) -> web.StreamResponse:
     """Serve one stream until the client leaves, is too slow, or the service stops."""
     streams = request.app[STREAMS]
-    settings = streams.settings
     streams.admit()
+    try:
+        return await _serve(
+            request,
+            streams=streams,
+            pool=pool,
+            unavailable=unavailable,
+            filters=filters,
+            since=since,
+            last_event_id=last_event_id,
+        )
+    finally:
+        streams.leave()
+
+
+async def _serve(
+    request: web.Request,
+    *,
+    streams: Streams,
+    pool: AsyncConnectionPool[Any],
+    unavailable: Callable[[Exception], Refusal],
+    filters: queries.Filters,
+    since: datetime | None,
+    last_event_id: str | None,
+) -> web.StreamResponse:
+    settings = streams.settings
     try:
         cursor = queries.StreamCursor.decode(last_event_id) if last_event_id else None
     except queries.BadCursor as exc:
@@ -108,15 +138,12 @@ async def stream_events(
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
-    streams.active += 1
     try:
         await resp.prepare(request)
         async with resp:  # on leaving: heartbeats stop
             await _Stream(request, resp, streams, pool, filters).run(cursor)
     except (ConnectionResetError, TimeoutError):
         pass  # the client left, or stopped reading and was aborted
-    finally:
-        streams.active -= 1
     return resp
 
 

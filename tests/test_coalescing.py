@@ -153,3 +153,15 @@ async def test_past_the_in_flight_cap_requests_are_refused_at_once() -> None:
     with pytest.raises(BrokerUnavailable, match="too many unconfirmed messages"):
         await broker.publish(pieces(1), received_at=NOW, request_id="late")
     await exchange.confirm_all(held)
+
+
+async def test_a_publish_that_ends_without_an_answer_still_answers_its_requests() -> None:
+    # A publish interrupted by cancellation (not an Exception) must not leave its requests,
+    # and their share of ingest's memory budget, waiting forever.
+    exchange = Exchange()
+    broker = client(exchange)
+    request = asyncio.create_task(broker.publish(pieces(3), received_at=NOW, request_id="r"))
+    await exchange.wait_for(1)
+    exchange.confirms[0].cancel()
+    with pytest.raises(BrokerUnavailable, match="interrupted"):
+        await asyncio.wait_for(request, 5)

@@ -135,6 +135,13 @@ async def test_filters_by_source(stack: Supervisor, http: aiohttp.ClientSession)
     ("headers", "params", "message"),
     [
         ({"Last-Event-ID": "bm90IG91cnM"}, {}, "Last-Event-ID is not one this service produced"),
+        # A transaction id of a Unicode digit ("²".isdigit() holds), and one past 64 bits.
+        ({"Last-Event-ID": "WyLCsiIsICJ0IiwgImUiXQ"}, {}, "Last-Event-ID is not one this"),
+        (
+            {},
+            {"last_event_id": "WyIxODQ0Njc0NDA3MzcwOTU1MTYxNiIsICJ0IiwgImUiXQ"},
+            "Last-Event-ID is not one this",
+        ),
         ({}, {"limit": "3"}, "unknown query parameter(s): limit"),
         ({}, {"since": "yesterday"}, "since must be an RFC 3339 time"),
     ],
@@ -175,6 +182,26 @@ async def test_streams_past_the_limit_get_503_naming_it_and_the_token_is_require
             return resp.status
 
     await eventually(status, lambda s: s == 200, timeout=5.0, interval=0.1, what="a free place")
+
+
+async def test_concurrent_connects_cannot_pass_the_limit_together(
+    own_stack: StackFactory,
+) -> None:
+    # Twice the limit at once: each place is taken before the stream awaits its start, so
+    # exactly the limit is admitted and the rest get 503.
+    limit = 8
+    stack = own_stack(stream_max_clients=limit, consumers=1)
+    stack.start_all(["readapi"])
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=DEADLINE)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as many:
+        answers = await asyncio.gather(
+            *(many.get(f"{stack.read_url}/events/stream") for _ in range(2 * limit))
+        )
+        statuses = sorted(resp.status for resp in answers)
+        for resp in answers:
+            resp.close()
+    assert statuses == [200] * limit + [503] * limit
 
 
 async def test_a_stopping_read_api_ends_its_streams_with_a_message(
