@@ -16,6 +16,11 @@ REDELIVERED = Counter(
     "pubsub_consumer_units_repeated",
     "Pieces skipped because they were stored before (redeliveries, client retries).",
 )
+KEYS_REUSED = Counter(
+    "pubsub_consumer_idempotency_keys_reused",
+    "Requests whose Idempotency-Key came before with another body: stored and counted as new "
+    "requests (a client's key counter restarted, or two publishers chose the same key).",
+)
 EVENTS_EXPIRED = Counter(
     "pubsub_consumer_events_expired",
     "Events removed by this consumer's retention sweeps (older than PUBSUB_RETENTION).",
@@ -59,4 +64,5 @@ def record(stored: Stored, messages: int) -> None:
     EVENTS_DUPLICATE.inc(stored.duplicates)
     MESSAGES.inc(messages)
     REDELIVERED.inc(stored.redelivered)
+    KEYS_REUSED.inc(stored.reused_keys)
     BATCH_EVENTS.observe(stored.received)

@@ -19,7 +19,7 @@ import psycopg
 
 from pubsub import database
 from pubsub.errors import Unusable
-from pubsub.message import Undecodable
+from pubsub.message import Claim, Undecodable
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer.store")
@@ -30,11 +30,22 @@ CREATE TEMP TABLE IF NOT EXISTS incoming (
     topic text, event_id text, ts text, source text, payload text, received_at text
 ) ON COMMIT DELETE ROWS
 """
+# The units' keys, and the claims of Idempotency-Keys with their bodies' fingerprints, in one
+# sorted insert (one lock order for every consumer). A claim that meets another fingerprint is
+# a key reused with another body: the ledger as it was before this insert says so.
 _RECORD_UNITS = """
-INSERT INTO ledger (key)
-SELECT key FROM unnest(%s::text[]) AS key ORDER BY key COLLATE "C"
-ON CONFLICT DO NOTHING
-RETURNING key
+WITH given AS (
+    SELECT * FROM unnest(%s::text[], %s::text[]) AS g(key, fingerprint)
+), reused AS (
+    SELECT count(*) AS n FROM given g JOIN ledger l USING (key)
+    WHERE g.fingerprint IS NOT NULL AND l.fingerprint IS DISTINCT FROM g.fingerprint
+), added AS (
+    INSERT INTO ledger (key, fingerprint)
+    SELECT key, fingerprint FROM given ORDER BY key COLLATE "C"
+    ON CONFLICT DO NOTHING
+    RETURNING key
+)
+SELECT ARRAY(SELECT key FROM added), (SELECT n FROM reused)
 """
 # Competing consumers must take row locks in one global order, or overlapping batches
 # deadlock; the rows are copied pre-sorted so this sort is cheap.
@@ -102,6 +113,7 @@ class Stored:
     redelivered: int
     received: int
     inserted: int
+    reused_keys: int = 0
 
     @property
     def duplicates(self) -> int:
@@ -138,16 +150,22 @@ class Store:
         conn = self._conn
         return conn if conn is not None and not conn.closed else await self.connect()
 
-    async def store(self, batch: Sequence[tuple[str, Sequence[Row]]]) -> Stored:
+    async def store(
+        self, batch: Sequence[tuple[str, Sequence[Row]]], *, claims: Sequence[Claim] = ()
+    ) -> Stored:
         """Store ``(ledger key, rows)`` units atomically; return what changed.
 
         A unit whose key is in the ledger already was stored before: it is skipped, events and
-        counters alike."""
+        counters alike. ``claims`` record Idempotency-Keys with their bodies' fingerprints;
+        one whose key came before with another fingerprint counts as reused."""
         conn = await self._connection()
         async with conn.transaction():
-            keys = [key for key, _ in batch]
-            cur = await conn.execute(_RECORD_UNITS, (keys,))
-            fresh = {key for (key,) in await cur.fetchall()}
+            keys = [key for key, _ in batch] + [key for key, _ in claims]
+            fingerprints = [None] * len(batch) + [body for _, body in claims]
+            cur = await conn.execute(_RECORD_UNITS, (keys, fingerprints))
+            recorded = await cur.fetchone()
+            added, reused = (recorded[0], recorded[1]) if recorded else ([], 0)
+            fresh = set(added) if isinstance(added, list) else set()
             unknown = fresh.difference(keys)
             if unknown:
                 # Keys the batch does not hold (bytes from a non-UTF8 database, a trigger...):
@@ -179,7 +197,14 @@ class Store:
                     await cur.execute(_INSERT_EVENTS, {"shard": self._shard, "received": received})
                     row = await cur.fetchone()  # always one: the counters' upsert
                     inserted = row[0] if row and isinstance(row[0], int) else 0
-        return Stored(len(batch), len(batch) - len(fresh), received, inserted)
+        claimed = sum(1 for key, _ in claims if key in fresh)
+        return Stored(
+            len(batch),
+            len(batch) - (len(fresh) - claimed),
+            received,
+            inserted,
+            reused if isinstance(reused, int) else 0,
+        )
 
     async def prune(self, *, older_than: float) -> int:
         """Forget ledger keys older than ``older_than`` seconds; return how many."""

@@ -30,7 +30,7 @@ from consumer import metrics
 from consumer.store import Row, Store, Stored, copy_rows
 from pubsub import database, memory, service, topology
 from pubsub.backoff import Backoff
-from pubsub.message import Undecodable, decode, request_ids
+from pubsub.message import Claim, Undecodable, decode, request_ids
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer.worker")
@@ -50,6 +50,7 @@ class Delivery:
     events: int
     received_at: datetime
     request_ids: list[str]
+    claims: list[Claim]  # Idempotency-Keys with their body's fingerprint
 
 
 class Worker:
@@ -94,7 +95,14 @@ class Worker:
             return
         events = decoded.events
         self._pending.append(
-            Delivery(message, units, events, decoded.received_time(), decoded.request_ids)
+            Delivery(
+                message,
+                units,
+                events,
+                decoded.received_time(),
+                decoded.request_ids,
+                decoded.claims,
+            )
         )
         self._pending_events += events
         self._arrived.set()
@@ -191,6 +199,13 @@ class Worker:
                 log.info(
                     "skipped %d piece(s) stored before (redelivery or retry)", stored.redelivered
                 )
+            if stored.reused_keys:
+                log.warning(
+                    "%d request(s) reused an Idempotency-Key with another body: stored and "
+                    "counted as new requests (a key names one body; see docs/api.md)",
+                    stored.reused_keys,
+                    extra={"request_ids": [r for d in batch for r in d.request_ids]},
+                )
         if self._backlog and not self._pending:
             del batch[:]  # its deliveries' memory must be free before it is given back
             self._give_back()
@@ -210,7 +225,9 @@ class Worker:
         while True:
             started = time.perf_counter()
             try:
-                stored = await self._attempt([u for d in batch for u in d.units])
+                stored = await self._attempt(
+                    [u for d in batch for u in d.units], [c for d in batch for c in d.claims]
+                )
             except database.REFUSED as exc:
                 log.error("batch of %d message(s) refused: %s", len(batch), exc)
                 await self._store_one_by_one(batch)
@@ -241,12 +258,12 @@ class Worker:
         await self.store.close()
         await service.stopped_within(self._give_up, delay)
 
-    async def _attempt(self, units: list[tuple[str, list[Row]]]) -> Stored:
+    async def _attempt(self, units: list[tuple[str, list[Row]]], claims: list[Claim]) -> Stored:
         """One store; :class:`Abandoned` once the grace period after a stop request is over
         (an attempt then in progress is cancelled: uncommitted, nothing is acknowledged)."""
         if self._give_up.is_set():
             raise Abandoned
-        attempt = asyncio.ensure_future(self.store.store(units))
+        attempt = asyncio.ensure_future(self.store.store(units, claims=claims))
         give_up = asyncio.ensure_future(self._give_up.wait())
         try:
             await asyncio.wait({attempt, give_up}, return_when=asyncio.FIRST_COMPLETED)
@@ -266,7 +283,7 @@ class Worker:
             failures = 0
             while True:
                 try:
-                    stored = await self._attempt(delivery.units)
+                    stored = await self._attempt(delivery.units, delivery.claims)
                 except database.REFUSED as exc:
                     await _dead_letter(delivery.message, exc)
                 except (*database.UNAVAILABLE, *database.MISCONFIGURED) as exc:

@@ -58,7 +58,7 @@ class _Group:
         # Set when the first request joins: whatever waits on this group is answered by then.
         self.deadline = deadline
         self.pieces: list[bytes] = []
-        self.keys: list[list[str | int]] = []  # [[idempotency key, count], ...]: pubsub.message
+        self.keys: list[list[str | int]] = []  # the x-pieces entries (see pubsub.message)
         self.count = 0
         self.waiters: list[_Waiter] = []
         self.request_ids: list[str] = []
@@ -122,7 +122,7 @@ class BrokerClient:
                 # Pieces without a key are one unit for the consumer anyway: one entry.
                 group.keys[-1][1] = int(group.keys[-1][1]) + piece.count
             else:
-                group.keys.append([piece.key, piece.count])
+                group.keys.append(piece.entry() if piece.key else ["", piece.count])
             group.count += piece.count
             group.join(waiter, request_id)
         if self._in_flight < self.settings.publish_in_flight:

@@ -51,7 +51,12 @@ def validate(
         max_problems=settings.max_errors_reported,
     )
     try:
-        pieces = message.encode_events(events, per_piece=settings.message_max_events, key=key)
+        pieces = message.encode_events(
+            events,
+            per_piece=settings.message_max_events,
+            key=key,
+            fingerprint=message.fingerprint(body) if key else "",
+        )
     except TypeError:  # an integer beyond 64 bits
         check_payloads(events, max_problems=settings.max_errors_reported)  # names the event
         raise Refusal(422, "an event cannot be encoded; nothing was accepted") from None

@@ -20,7 +20,8 @@ _LOCK_KEY = 0x70756273  # any constant shared by every process of the project
 
 # 2: counters.expired, events_received_at (retention) and the topics table (/stats).
 # 3: payload as json (kept as sent), events.txid and its index (the live stream's order).
-SCHEMA_VERSION = 3
+# 4: ledger.fingerprint (an Idempotency-Key names one body).
+SCHEMA_VERSION = 4
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -60,8 +61,10 @@ CREATE TABLE IF NOT EXISTS topics (
 -- One row per stored piece of a message (see pubsub.message): a redelivered message, or a client's
 -- retry under the same Idempotency-Key, is recognised and not counted again.
 CREATE TABLE IF NOT EXISTS ledger (
-    key     text        PRIMARY KEY,
-    seen_at timestamptz NOT NULL DEFAULT now()
+    key         text        PRIMARY KEY,
+    seen_at     timestamptz NOT NULL DEFAULT now(),
+    -- Of a claimed Idempotency-Key (q:<key>): the fingerprint of the body it first came with.
+    fingerprint text
 );
 CREATE INDEX IF NOT EXISTS ledger_seen_at ON ledger (seen_at);
 
@@ -87,10 +90,11 @@ WITH RECURSIVE t(topic) AS (
 SELECT topic FROM t WHERE topic IS NOT NULL
 """
 
-# From versions 1 and 2, before the statements above: what they cannot add by themselves.
+# From versions 1 to 3, before the statements above: what they cannot add by themselves.
 # Events stored before version 3 keep a NULL txid (the stream starts after them); a jsonb
 # payload becomes json, a rewrite of the table.
 _UPGRADE_TABLES = """
+ALTER TABLE IF EXISTS ledger ADD COLUMN IF NOT EXISTS fingerprint text;
 ALTER TABLE IF EXISTS events ADD COLUMN IF NOT EXISTS txid xid8;
 ALTER TABLE IF EXISTS events ALTER COLUMN txid SET DEFAULT pg_current_xact_id();
 DO $$

@@ -4,17 +4,22 @@ The broker's cost is per message, not per byte, so ingest packs up to
 ``Settings.message_max_events`` events into one JSON array body, joining the events of
 concurrent requests. Each message carries a fresh ``message_id`` (never the event id:
 duplicates are normal traffic) and an ``x-pieces`` header that says which run of events came
-from which request: ``[[key, count], ...]``, ``key`` being the request's ``Idempotency-Key``
-(empty when the client sent none).
+from which request: ``[[key, count, fingerprint, part], ...]``, ``key`` being the request's
+``Idempotency-Key`` (empty when the client sent none, and then only ``[key, count]``),
+``fingerprint`` a hash of the request's body and ``part`` the piece's index in the request.
 
 The consumer records a *ledger key* per piece in the same transaction as the events: the
-client's key, or the message id for pieces without one. A redelivery after a crash, or a
-client's retry of a request whose first answer was lost, is then recognised and not counted
-twice.
+client's key with the body's fingerprint and the part (``k:<fingerprint>:<part>:<key>``), or
+the message id for pieces without a key. A redelivery after a crash, or a client's retry of a
+request whose first answer was lost (same key, same body), is then recognised and not counted
+twice; the same key with another body is another request, stored and counted as such. The
+first part of a keyed request also *claims* its key (``q:<key>``, with the fingerprint), so a
+key reused with another body is noticed and counted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,20 +45,30 @@ class Piece:
 
     data: bytes
     count: int
-    key: str = ""
+    key: str = ""  # the request's Idempotency-Key
+    fingerprint: str = ""  # of the request's body, with a key
+    part: int = 0  # the piece's index within its request
+
+    def entry(self) -> list[str | int]:
+        """The piece's entry in the ``x-pieces`` header."""
+        return [self.key, self.count, self.fingerprint, self.part]
 
 
-def encode_events(events: Sequence[Event], *, per_piece: int, key: str = "") -> list[Piece]:
+def fingerprint(body: bytes) -> str:
+    """What tells two requests under one key apart: a hash of the body as the client sent it
+    (after any Content-Encoding is undone, so the same events gzipped or not are the same)."""
+    return hashlib.blake2b(body, digest_size=12).hexdigest()
+
+
+def encode_events(
+    events: Sequence[Event], *, per_piece: int, key: str = "", fingerprint: str = ""
+) -> list[Piece]:
     """Encode events in pieces of at most ``per_piece``; TypeError if one cannot be encoded
     (see :func:`ingest.validate.check_payloads` for which). ``key``, the request's idempotency
-    key, names the pieces (``key#1``, ``key#2``... when there are several)."""
+    key, and the body's ``fingerprint`` name the pieces, with each one's index."""
     chunks = [events[i : i + per_piece] for i in range(0, len(events), per_piece)]
     return [
-        Piece(
-            orjson.dumps(chunk)[1:-1],
-            len(chunk),
-            f"{key}#{n}" if key and len(chunks) > 1 else key,
-        )
+        Piece(orjson.dumps(chunk)[1:-1], len(chunk), key, fingerprint if key else "", n)
         for n, chunk in enumerate(chunks)
     ]
 
@@ -86,6 +101,7 @@ class Undecodable(ValueError):
 
 
 Unit = tuple[str, list[dict[str, Any]]]  # (ledger key, events): counted once, however delivered
+Claim = tuple[str, str]  # (ledger key of an Idempotency-Key, the fingerprint of its first body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +112,7 @@ class Decoded:
     received_at: str  # RFC 3339, as ingest wrote it
     units: list[Unit]
     request_ids: list[str]
+    claims: list[Claim]
 
     @property
     def events(self) -> int:
@@ -118,12 +135,8 @@ def decode(message: AbstractMessage) -> Decoded:
     if not message.message_id or not isinstance(received_at, str):
         raise Undecodable("message lacks message_id or received-at header")
     events = _events(message.body)
-    return Decoded(
-        message.message_id,
-        received_at,
-        _units(events, message.message_id, headers.get(PIECES)),
-        request_ids(headers),
-    )
+    units, claims = _units(events, message.message_id, headers.get(PIECES))
+    return Decoded(message.message_id, received_at, units, request_ids(headers), claims)
 
 
 def request_ids(headers: Mapping[str, Any] | None) -> list[str]:
@@ -159,9 +172,11 @@ def _events(body: bytes) -> list[dict[str, Any]]:
     return items
 
 
-def _units(events: list[dict[str, Any]], message_id: str, pieces: object) -> list[Unit]:
+def _units(
+    events: list[dict[str, Any]], message_id: str, pieces: object
+) -> tuple[list[Unit], list[Claim]]:
     if pieces is None:
-        return [("m:" + message_id, events)]
+        return [("m:" + message_id, events)], []
     if isinstance(pieces, str | bytes):
         try:
             pieces = orjson.loads(pieces)
@@ -170,20 +185,18 @@ def _units(events: list[dict[str, Any]], message_id: str, pieces: object) -> lis
     if not isinstance(pieces, list | tuple):
         raise Undecodable(f"{PIECES} header is not a list")
     units: list[Unit] = []
+    claims: list[Claim] = []
     anonymous: list[dict[str, Any]] = []
     start = 0
     for entry in pieces:
-        try:
-            key, count = entry
-            if isinstance(key, bytes):
-                key = key.decode()
-            if not isinstance(key, str) or not isinstance(count, int) or count < 0:
-                raise ValueError
-        except (TypeError, ValueError, UnicodeDecodeError):
-            raise Undecodable(f"{PIECES} header entry {entry!r} is not [key, count]") from None
+        key, count, body, index = _entry(entry)
         part = events[start : start + count]
         start += count
-        if key:
+        if key and body:
+            units.append((f"k:{body}:{index}:{key}", part))
+            if index == 0:
+                claims.append(("q:" + key, body))
+        elif key:  # a message of the version before fingerprints, still in the queue
             units.append(("k:" + key, part))
         else:
             anonymous.extend(part)
@@ -191,4 +204,23 @@ def _units(events: list[dict[str, Any]], message_id: str, pieces: object) -> lis
         raise Undecodable(f"{PIECES} header counts {start} events, the body holds {len(events)}")
     if anonymous:
         units.append(("m:" + message_id, anonymous))
-    return units
+    return units, claims
+
+
+def _entry(entry: object) -> tuple[str, int, str, int]:
+    """``[key, count]`` or ``[key, count, fingerprint, part]``; Undecodable otherwise."""
+    fields: list[Any] = list(entry) if isinstance(entry, list | tuple) else []
+    if len(fields) == 2:
+        fields += ["", 0]
+    if len(fields) == 4 and isinstance(fields[0], bytes):
+        try:
+            fields[0] = fields[0].decode()
+        except UnicodeDecodeError:
+            raise Undecodable(f"{PIECES} header entry {entry!r} has a key not in UTF-8") from None
+    if len(fields) != 4 or not (
+        isinstance(fields[0], str) and isinstance(fields[2], str)
+        and type(fields[1]) is int and fields[1] >= 0
+        and type(fields[3]) is int and fields[3] >= 0
+    ):  # fmt: skip
+        raise Undecodable(f"{PIECES} header entry {entry!r} is not [key, count, ...]")
+    return fields[0], fields[1], fields[2], fields[3]

@@ -22,6 +22,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from consumer.store import Row, Store, Stored
 from consumer.worker import Worker
 from pubsub import message
+from pubsub.message import Claim
 from pubsub.settings import Settings
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
@@ -71,7 +72,9 @@ class RecordingStore:
         self._log = log
         self.connected = True
 
-    async def store(self, batch: Sequence[tuple[str, Sequence[Row]]]) -> Stored:
+    async def store(
+        self, batch: Sequence[tuple[str, Sequence[Row]]], *, claims: Sequence[Claim] = ()
+    ) -> Stored:
         events = sum(len(rows) for _, rows in batch)
         self._log.add("store", events)
         return Stored(len(batch), 0, events, events)
@@ -152,7 +155,9 @@ async def test_what_was_delivered_is_stored_before_stopping() -> None:
 
 
 class UnreachableStore(RecordingStore):
-    async def store(self, batch: Sequence[tuple[str, Sequence[Row]]]) -> Stored:
+    async def store(
+        self, batch: Sequence[tuple[str, Sequence[Row]]], *, claims: Sequence[Claim] = ()
+    ) -> Stored:
         self._log.add("attempt", sum(len(rows) for _, rows in batch))
         raise psycopg.OperationalError("connection refused")
 

@@ -96,3 +96,33 @@ def test_a_message_without_id_or_receive_time_is_undecodable() -> None:
         message.decode(aio_pika.Message(b"[]", headers={message.RECEIVED_AT: "now"}))
     with pytest.raises(message.Undecodable):
         message.decode(aio_pika.Message(b"[]", message_id="m"))
+
+
+def keyed_message(pieces: list[message.Piece]) -> aio_pika.Message:
+    return message.encode(
+        [p.data for p in pieces],
+        keys=[p.entry() for p in pieces],
+        received_at="now",
+        request_ids=[],
+    )
+
+
+def test_a_key_names_one_body_and_the_parts_of_a_split_request() -> None:
+    events: list[Event] = [
+        {"topic": "t", "event_id": str(i), "source": "s", "timestamp": NOW, "payload": {}}
+        for i in range(3)
+    ]
+    body = message.fingerprint(b"[the body]")
+    split = message.encode_events(events, per_piece=2, key="X", fingerprint=body)
+    decoded = message.decode(keyed_message(split))
+    assert [key for key, _ in decoded.units] == [f"k:{body}:0:X", f"k:{body}:1:X"]
+    assert decoded.claims == [("q:X", body)]  # the first part claims the key
+    # A client's own key "X#0" is another key, whatever the split of "X" is called.
+    own = message.encode_events(events[:1], per_piece=2, key="X#0", fingerprint=body)
+    assert [key for key, _ in message.decode(keyed_message(own)).units] == [f"k:{body}:0:X#0"]
+    # The same key with another body makes other ledger keys: another request.
+    other = message.fingerprint(b"[another body]")
+    again = message.encode_events(events, per_piece=2, key="X", fingerprint=other)
+    assert {k for k, _ in message.decode(keyed_message(again)).units}.isdisjoint(
+        k for k, _ in decoded.units
+    )

@@ -24,6 +24,7 @@ def old(amqp_url: str, database_url: str) -> Iterator[Settings]:
             c.execute("DROP INDEX events_received_at")
             c.execute("ALTER TABLE counters DROP COLUMN expired")
             c.execute("ALTER TABLE events DROP COLUMN txid")
+            c.execute("ALTER TABLE ledger DROP COLUMN fingerprint")
             c.execute("ALTER TABLE events ALTER COLUMN payload TYPE jsonb USING payload::jsonb")
             c.execute("DELETE FROM schema_version")
             c.execute("INSERT INTO schema_version (version) VALUES (1)")
@@ -41,7 +42,8 @@ def test_a_version_1_schema_is_upgraded_with_its_topics_and_counters(old: Settin
     with psycopg.connect(old.database_url, **connect_kwargs(old)) as c:
         assert c.execute("SELECT topic FROM topics ORDER BY topic").fetchall() == [("t0",), ("t1",)]
         assert c.execute("SELECT unique_processed, expired FROM counters").fetchall() == [(10, 0)]
-        assert c.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
+        assert c.execute("SELECT max(version) FROM schema_version").fetchone() == (4,)
+        assert c.execute("SELECT fingerprint FROM ledger LIMIT 1").fetchall() == []
         for index in ("events_received_at", "events_txid"):
             assert c.execute("SELECT to_regclass(%s) IS NOT NULL", (index,)).fetchone() == (True,)
         kind = "SELECT pg_typeof(payload)::text, payload::text, txid IS NULL FROM events LIMIT 1"
