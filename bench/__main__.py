@@ -78,6 +78,13 @@ async def main(args: argparse.Namespace) -> int:
                 retries=200,
             ),
         )  # fmt: skip
+        # The same with gzip bodies of 0.1 MB that inflate to 15 MB each: the budget counts
+        # inflated bytes, and keeps room for the small requests of a probe beside it (its
+        # latencies are the row's HTTP column).
+        await step(
+            "gzip burst: 24 bodies of 0.1 MB inflating to 15 MB, small requests beside",
+            bench.gzip_burst,
+        )
         print(f"backlog of {args.backlog:,} ...", file=sys.stderr)
         results.append(
             await bench.drain(

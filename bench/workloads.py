@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import shutil
@@ -214,6 +215,59 @@ class Bench:
             if report.failed_events:
                 raise RuntimeError(f"{report.failed_events} events were not accepted")
             return report.percentile(50) * 1000, report.percentile(99) * 1000
+
+        return drive
+
+    def gzip_burst(
+        self, topic: str, *, bodies: int = 24, events: int = 18_000
+    ) -> Callable[[], Awaitable[tuple[float, float]]]:
+        """``bodies`` gzip requests at once, each inflating to ``events`` events (~15 MB from
+        ~0.1 MB), retried after 503 as ``Retry-After`` says, while a probe sends one small
+        event every 0.2 s. The HTTP latencies reported are the probe's: what other clients
+        see during the burst."""
+
+        async def drive() -> tuple[float, float]:
+            batch = [
+                {"topic": topic, "event_id": str(i), "source": "bench", "payload": {"m": "x" * 700}}
+                for i in range(events)
+            ]
+            body = gzip.compress(json.dumps(batch).encode())
+            headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            url = f"{self.stack.ingest_url}/publish"
+            probe = Report()
+            done = asyncio.Event()
+
+            async def big() -> None:
+                for _ in range(200):
+                    async with self.http.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        if resp.status == 202:
+                            return
+                        if resp.status != 503:
+                            raise RuntimeError(f"gzip burst: {resp.status}")
+                        await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                raise RuntimeError("gzip burst: a body was never accepted")
+
+            async def small() -> None:
+                n = 0
+                while not done.is_set():
+                    n += 1
+                    one = {"topic": topic + "-probe", "event_id": str(n), "source": "probe"}
+                    started = time.perf_counter()
+                    async with self.http.post(url, json=one) as resp:
+                        await resp.read()
+                        if resp.status != 202:
+                            raise RuntimeError(f"gzip burst: a small request got {resp.status}")
+                    probe.latencies.append(time.perf_counter() - started)
+                    await asyncio.sleep(0.2)
+
+            prober = asyncio.create_task(small())
+            try:
+                await asyncio.gather(*(big() for _ in range(bodies)))
+            finally:
+                done.set()
+                await prober
+            return probe.percentile(50) * 1000, probe.percentile(99) * 1000
 
         return drive
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import uuid
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from ingest import metrics
 from ingest.broker import BrokerClient, BrokerUnavailable
-from ingest.budget import Budget, OverBudget
+from ingest.budget import Budget, Held, OverBudget
 from ingest.validate import validate
 from pubsub import api, health, http, openapi, routes
 from pubsub.http import Refusal
@@ -70,8 +71,8 @@ async def _accept(request: web.Request, request_id: str) -> int:
     key = _idempotency_key(request)
     try:
         # The body, its events and their message live until the broker confirmed them.
-        with request.app[BUDGET].reserve(settings.max_body_bytes if length is None else length):
-            body = await _read(request)
+        with request.app[BUDGET].reserve(length or 0) as held:
+            body = await _read(request, held, settings)
             pieces = validate(
                 body, received_at=received_at, settings=settings, key=key, ndjson=ndjson
             )
@@ -91,9 +92,26 @@ async def _accept(request: web.Request, request_id: str) -> int:
     return sum(piece.count for piece in pieces)
 
 
-async def _read(request: web.Request) -> bytes:
+async def _read(request: web.Request, held: Held, settings: Settings) -> bytes:
+    """The body as it arrives, after any ``Content-Encoding`` is undone, each chunk counted
+    against the request's share of the budget and the body limit before it is kept."""
+    limit = settings.max_body_bytes
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return await request.read()
+        async with asyncio.timeout(settings.body_read_timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise Refusal(413, f"body exceeds the limit of {limit} bytes")
+                held.grow_to(size)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refusal(
+            408,
+            f"the body did not arrive within {settings.body_read_timeout:g} s "
+            "(PUBSUB_BODY_READ_TIMEOUT)",
+        ) from None
     except web.RequestPayloadError as exc:
         # A body cut short, or a compressed one that cannot be decoded (corrupt, or more
         # members than aiohttp accepts): name the deepest cause, it says what was wrong.
@@ -102,6 +120,7 @@ async def _read(request: web.Request) -> bytes:
             cause = deeper
         reason = " ".join(str(cause).split())
         raise Refusal(400, f"the body could not be read: {reason}") from None
+    return b"".join(chunks)
 
 
 _FAST_TYPES = frozenset({"application/json", "application/json; charset=utf-8"})
@@ -143,7 +162,7 @@ def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
     )
     app[SETTINGS] = settings
     app[BROKER] = broker
-    app[BUDGET] = Budget(settings.ingest_memory_budget)
+    app[BUDGET] = Budget(settings.ingest_memory_budget, largest=settings.max_body_bytes)
 
     async def ready() -> Mapping[str, bool]:
         return {"broker": broker.connected}

@@ -3,8 +3,9 @@
 A request costs several times its body while it is validated and encoded (the body, the
 parsed events, the encoded message), and it holds its encoded events until the broker
 confirmed them. Without a bound, a burst of large batches takes the process past any container
-memory limit. Each request reserves its declared length (or the largest body allowed, when it
-declares none) before a byte is read; past the budget it is refused at once with a ``503``.
+memory limit. Each request reserves its declared length before a byte is read, and grows its
+reservation as its body arrives, counted after any ``Content-Encoding`` is undone: a gzip body
+of 80 KB that inflates to 15 MB holds 15 MB. Past the budget it is refused with a ``503``.
 
 A second after a burst, when nothing is reserved any more, the freed memory goes back to the
 system (:mod:`pubsub.memory`).
@@ -31,32 +32,77 @@ class OverBudget(Exception):
     """Reserving would exceed the budget."""
 
 
-class Budget:
-    """Bytes reserved by the requests in flight, at most ``limit``."""
+class Held:
+    """What one request holds of the budget; it grows as its body arrives."""
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("_budget", "size")
+
+    def __init__(self, budget: Budget) -> None:
+        self._budget = budget
+        self.size = 0
+
+    def grow_to(self, size: int) -> None:
+        """Hold ``size`` bytes in all; :class:`OverBudget` if they do not fit."""
+        if size > self.size:
+            self._budget.take(self, size)
+
+
+class Budget:
+    """Bytes held by the requests in flight, at most ``limit``.
+
+    A fair share: requests past ``limit // 32`` bytes ("large") hold together at most
+    ``limit`` less a share kept for the small ones (a quarter of the budget, or what is left
+    after the largest body when that is less). However many huge bodies arrive at once, small
+    requests still find room.
+    """
+
+    def __init__(self, limit: int, *, largest: int | None = None) -> None:
         self.limit = limit
+        self.small = max(limit // 32, 1)
+        largest = limit if largest is None else largest
+        self.large_limit = limit - min(limit - largest, limit // 4)
         self.used = 0
+        self.used_large = 0
         self._released_since_trim = 0
         self._trim: asyncio.TimerHandle | None = None
 
     @contextlib.contextmanager
-    def reserve(self, size: int) -> Iterator[None]:
-        """Hold ``size`` bytes for the ``with`` block; :class:`OverBudget` if they do not fit
-        next to what other requests hold."""
-        if self.used + size > self.limit:
-            metrics.OVER_BUDGET.inc()
-            raise OverBudget(f"{self.used} of {self.limit} bytes are held by requests in flight")
-        self.used += size
-        metrics.BYTES_IN_FLIGHT.set(self.used)
+    def reserve(self, size: int = 0) -> Iterator[Held]:
+        """Hold ``size`` bytes for the ``with`` block, and more as :meth:`Held.grow_to` asks;
+        :class:`OverBudget` when they do not fit next to what other requests hold."""
+        held = Held(self)
+        held.grow_to(size)
         try:
-            yield
+            yield held
         finally:
-            self.used -= size
-            metrics.BYTES_IN_FLIGHT.set(self.used)
-            self._released_since_trim += size
-            if not self.used and self._released_since_trim >= _TRIM_AFTER_BYTES:
-                self._trim_when_idle()
+            self._release(held.size)
+
+    def take(self, held: Held, size: int) -> None:
+        """Grow ``held`` to ``size`` bytes, or raise :class:`OverBudget`."""
+        added = size - held.size
+        large_before = held.size if held.size > self.small else 0
+        large_after = size if size > self.small else 0
+        if self.used + added > self.limit or (
+            large_after and self.used_large - large_before + large_after > self.large_limit
+        ):
+            metrics.OVER_BUDGET.inc()
+            raise OverBudget(
+                f"{self.used} of {self.limit} bytes are held by requests in flight"
+                + (f", {self.used_large} by large ones" if large_after else "")
+            )
+        self.used += added
+        self.used_large += large_after - large_before
+        held.size = size
+        metrics.BYTES_IN_FLIGHT.set(self.used)
+
+    def _release(self, size: int) -> None:
+        self.used -= size
+        if size > self.small:
+            self.used_large -= size
+        metrics.BYTES_IN_FLIGHT.set(self.used)
+        self._released_since_trim += size
+        if not self.used and self._released_since_trim >= _TRIM_AFTER_BYTES:
+            self._trim_when_idle()
 
     def _trim_when_idle(self) -> None:
         if not memory.CAN_GIVE_BACK or self._trim is not None:

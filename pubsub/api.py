@@ -147,7 +147,7 @@ PUBLISH = Route(
     },
     uses=(Event,),
     replies={202: Reply("Accepted: confirmed by the broker.", Accepted)},
-    errors=(400, 401, 413, 415, 422, 503),
+    errors=(400, 401, 408, 413, 415, 422, 503),
 )
 
 EVENTS = Route(

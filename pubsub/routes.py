@@ -39,6 +39,7 @@ REF = "#/components/schemas/{model}"
 ERRORS: dict[int, str] = {
     400: "Malformed JSON, bad parameter or header.",
     401: "Missing or wrong bearer token.",
+    408: "The body did not arrive within `PUBSUB_BODY_READ_TIMEOUT`.",
     413: "Body or batch over the limit.",
     415: "Not application/json (UTF-8).",
     422: "Schema violations, with the index and field of each.",

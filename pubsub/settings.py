@@ -132,9 +132,15 @@ class Settings(BaseSettings):
     )
     ingest_memory_budget: Count = Field(
         32 * 1024 * 1024,
-        description="Request body bytes one ingest process holds at once (a request reserves "
-        "its `Content-Length`, or `PUBSUB_MAX_BODY_BYTES` without one); past it: 503. At least "
-        "`PUBSUB_MAX_BODY_BYTES`.",
+        description="Request body bytes one ingest process holds at once, counted as bodies "
+        "arrive and after any `Content-Encoding` is undone; past it: 503. Bodies over 1/32 of it "
+        "hold together at most three quarters of it (or all but the room for the largest body), "
+        "so small requests still find room. At least `PUBSUB_MAX_BODY_BYTES`.",
+    )
+    body_read_timeout: Seconds = Field(
+        30.0,
+        description="Seconds a request body may take to arrive; a slower one is answered 408, "
+        "and what it held of the memory budget is free again.",
     )
     max_batch_events: Count = Field(20_000, description="Most events in one request (413 above).")
     max_errors_reported: Count = Field(
