@@ -252,7 +252,7 @@ class Bench:
                 n = 0
                 while not done.is_set():
                     n += 1
-                    one = {"topic": topic + "-probe", "event_id": str(n), "source": "probe"}
+                    one = {"topic": topic, "event_id": f"probe-{n}", "source": "probe"}
                     started = time.perf_counter()
                     async with self.http.post(url, json=one) as resp:
                         await resp.read()
