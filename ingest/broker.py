@@ -52,7 +52,9 @@ class _Waiter:
 class _Group:
     """Events that will travel in one broker message."""
 
-    __slots__ = ("count", "deadline", "keys", "pieces", "received_at", "request_ids", "waiters")
+    __slots__ = (
+        "count", "deadline", "keys", "pieces", "received_at", "request_ids", "size", "waiters",
+    )  # fmt: skip
 
     def __init__(self, received_at: str, deadline: float) -> None:
         # Set when the first request joins: whatever waits on this group is answered by then.
@@ -60,6 +62,7 @@ class _Group:
         self.pieces: list[bytes] = []
         self.keys: list[list[str | int]] = []  # the x-pieces entries (see pubsub.message)
         self.count = 0
+        self.size = 1  # bytes of the message's body: the pieces, a comma or bracket each, "]"
         self.waiters: list[_Waiter] = []
         self.request_ids: list[str] = []
         self.received_at = received_at
@@ -111,13 +114,17 @@ class BrokerClient:
         received = received_at.isoformat()
         for piece in pieces:
             group = self._open
-            if group is not None and group.count + piece.count > limit:
+            if group is not None and (
+                group.count + piece.count > limit
+                or group.size + len(piece.data) + 1 > self.settings.message_max_bytes
+            ):
                 self._flush_open()  # a full message leaves whatever is in flight
                 group = None
             if group is None:
                 deadline = self._loop.time() + self.settings.publish_timeout
                 group = self._open = _Group(received, deadline)
             group.pieces.append(piece.data)
+            group.size += len(piece.data) + 1
             if not piece.key and group.keys and not group.keys[-1][0]:
                 # Pieces without a key are one unit for the consumer anyway: one entry.
                 group.keys[-1][1] = int(group.keys[-1][1]) + piece.count

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import jiter
+import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from pubsub import message
@@ -54,6 +55,7 @@ def validate(
         pieces = message.encode_events(
             events,
             per_piece=settings.message_max_events,
+            max_bytes=settings.message_max_bytes,
             key=key,
             fingerprint=message.fingerprint(body) if key else "",
         )
@@ -63,6 +65,7 @@ def validate(
     check_encoded(
         body, events, [piece.data for piece in pieces], max_problems=settings.max_errors_reported
     )
+    check_sizes(body, events, pieces, settings=settings)
     if ndjson and len(events) != lines:
         # '{..},{..}' on one line would otherwise pass as two events.
         raise Refusal(400, "each line must hold exactly one JSON object")
@@ -145,6 +148,36 @@ def check_encoded(
     """
     if sum(piece.count(b"null") for piece in encoded) > body.count(b"null"):
         check_payloads(events, max_problems=max_problems)
+
+
+def check_sizes(
+    body: bytes, events: list[Event], pieces: Sequence[message.Piece], *, settings: Settings
+) -> None:
+    """Raise :class:`~pubsub.http.Refusal` (413) naming each event larger than
+    ``PUBSUB_MAX_EVENT_BYTES`` as stored. Free for bodies that could not hold one (an event
+    grows by at most its receive time when encoded); otherwise only pieces that could hold one
+    are looked into."""
+    limit = settings.max_event_bytes
+    if len(body) + 64 <= limit:
+        return
+    problems: list[dict[str, object]] = []
+    start = 0
+    for piece in pieces:
+        if len(piece.data) > limit:
+            for index in range(start, start + piece.count):
+                size = len(orjson.dumps(events[index]))
+                if size > limit:
+                    problems.append({"index": index, "field": None,
+                                     "problem": f"the event is {size} bytes"})  # fmt: skip
+        start += piece.count
+    if problems:
+        raise Refusal(
+            413,
+            f"{len(problems)} event(s) over PUBSUB_MAX_EVENT_BYTES ({limit} bytes); nothing "
+            "was accepted",
+            problems=tuple(problems[: settings.max_errors_reported]),
+            problem_count=len(problems),
+        )
 
 
 def check_payloads(events: list[Event], *, max_problems: int) -> None:

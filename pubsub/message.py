@@ -61,15 +61,32 @@ def fingerprint(body: bytes) -> str:
 
 
 def encode_events(
-    events: Sequence[Event], *, per_piece: int, key: str = "", fingerprint: str = ""
+    events: Sequence[Event],
+    *,
+    per_piece: int,
+    max_bytes: int = 1 << 62,
+    key: str = "",
+    fingerprint: str = "",
 ) -> list[Piece]:
-    """Encode events in pieces of at most ``per_piece``; TypeError if one cannot be encoded
-    (see :func:`ingest.validate.check_payloads` for which). ``key``, the request's idempotency
-    key, and the body's ``fingerprint`` name the pieces, with each one's index."""
-    chunks = [events[i : i + per_piece] for i in range(0, len(events), per_piece)]
+    """Encode events in pieces of at most ``per_piece`` events and, where more than one event,
+    ``max_bytes``; TypeError if one cannot be encoded (see
+    :func:`ingest.validate.check_payloads` for which). ``key``, the request's idempotency key,
+    and the body's ``fingerprint`` name the pieces, with each one's index."""
+    encoded: list[tuple[bytes, int]] = []
+    pending = [events[i : i + per_piece] for i in range(0, len(events), per_piece)]
+    pending.reverse()
+    while pending:
+        chunk = pending.pop()
+        data = orjson.dumps(chunk)[1:-1]
+        if len(data) + 2 > max_bytes and len(chunk) > 1:  # with its brackets
+            # Rare (large events): halve until each half fits, keeping the events' order.
+            half = len(chunk) // 2
+            pending += [chunk[half:], chunk[:half]]
+            continue
+        encoded.append((data, len(chunk)))
     return [
-        Piece(orjson.dumps(chunk)[1:-1], len(chunk), key, fingerprint if key else "", n)
-        for n, chunk in enumerate(chunks)
+        Piece(data, count, key, fingerprint if key else "", n)
+        for n, (data, count) in enumerate(encoded)
     ]
 
 

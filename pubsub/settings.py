@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         "and what it held of the memory budget is free again.",
     )
     max_batch_events: Count = Field(20_000, description="Most events in one request (413 above).")
+    max_event_bytes: Count = Field(
+        1024 * 1024,
+        description="Largest event, as stored (its JSON); a request holding a larger one is "
+        "refused whole with 413 naming it. At most `PUBSUB_MESSAGE_MAX_BYTES`.",
+    )
     max_errors_reported: Count = Field(
         20, description="Most validation problems listed in one 422 reply."
     )
@@ -156,6 +161,12 @@ class Settings(BaseSettings):
         1000,
         description="Most events packed into one broker message (the broker's cost is per "
         "message).",
+    )
+    message_max_bytes: Count = Field(
+        4 * 1024 * 1024,
+        description="Most bytes of events in one broker message; ingest splits and packs by "
+        "bytes as well as by count. Keep it below the broker's `max_message_size` (16 MiB by "
+        "default since RabbitMQ 4.0, 128 MiB before).",
     )
     publish_in_flight: Count = Field(
         2,
@@ -312,6 +323,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PUBSUB_INGEST_MEMORY_BUDGET must be at least PUBSUB_MAX_BODY_BYTES, or the "
                 "largest bodies could never be accepted"
+            )
+        if self.max_event_bytes > self.message_max_bytes:
+            raise ValueError(
+                "PUBSUB_MAX_EVENT_BYTES must be at most PUBSUB_MESSAGE_MAX_BYTES: every event "
+                "travels in one broker message"
             )
         if self.events_default_limit > self.events_max_limit:
             raise ValueError("PUBSUB_EVENTS_DEFAULT_LIMIT exceeds PUBSUB_EVENTS_MAX_LIMIT")

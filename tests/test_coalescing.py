@@ -165,3 +165,20 @@ async def test_a_publish_that_ends_without_an_answer_still_answers_its_requests(
     exchange.confirms[0].cancel()
     with pytest.raises(BrokerUnavailable, match="interrupted"):
         await asyncio.wait_for(request, 5)
+
+
+async def test_a_message_is_bounded_by_bytes_as_well_as_by_count() -> None:
+    exchange = Exchange()
+    size = len(pieces(5, key="x")[0].data)  # bytes of five events
+    broker = client(
+        exchange, publish_in_flight=1, message_max_bytes=2 * size + 3, max_event_bytes=size
+    )
+    tasks = [send(broker, 5, key="a")]
+    await exchange.wait_for(1)
+    tasks.append(send(broker, 5, key="b"))  # waits in the open group: the slot is busy
+    tasks.append(send(broker, 5, key="c"))  # fits by count, and by bytes only just: joins b
+    tasks.append(send(broker, 5, key="d"))  # would pass the bytes: b and c leave at once
+    await exchange.wait_for(2)
+    assert units(exchange.published[1]) == [("k:b", 5), ("k:c", 5)]
+    await exchange.confirm_all(tasks)
+    assert [len(m.body) <= 2 * size + 3 for m in exchange.published] == [True] * 3

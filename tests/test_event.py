@@ -165,3 +165,27 @@ def test_ndjson_bodies() -> None:
         with pytest.raises(Refusal) as info:
             validate(bad, received_at=NOW, settings=Settings(), ndjson=True)
         assert info.value.status == status, bad
+
+
+def test_an_event_over_the_size_limit_is_refused_naming_it_and_the_setting() -> None:
+    small = {"topic": "t", "event_id": "s", "source": "s", "payload": {"m": "x"}}
+    large = {"topic": "t", "event_id": "l", "source": "s", "payload": {"m": "x" * 2000}}
+    settings = Settings(max_event_bytes=1000, message_max_bytes=4000)
+    with pytest.raises(Refusal) as refused:
+        validate(orjson.dumps([small, large, small]), received_at=NOW, settings=settings)
+    assert refused.value.status == 413
+    assert "PUBSUB_MAX_EVENT_BYTES" in refused.value.message
+    assert [p["index"] for p in refused.value.problems] == [1]
+
+
+def test_pieces_are_bounded_by_bytes_as_well_as_by_count() -> None:
+    events = [
+        {"topic": "t", "event_id": str(i), "source": "s", "payload": {"m": "x" * 900}}
+        for i in range(10)
+    ]
+    settings = Settings(max_event_bytes=1000, message_max_bytes=2500, message_max_events=1000)
+    pieces = validate(orjson.dumps(events), received_at=NOW, settings=settings)
+    assert all(len(p.data) <= 2500 for p in pieces)
+    assert sum(p.count for p in pieces) == 10 and len(pieces) >= 4
+    ids = [e["event_id"] for p in pieces for e in orjson.loads(b"[" + p.data + b"]")]
+    assert ids == [str(i) for i in range(10)]  # in order
