@@ -20,11 +20,12 @@ reach it. Heartbeats are SSE comments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,9 +58,10 @@ class Streams:
         self.stop = stop
         self.active = 0
 
-    def admit(self) -> None:
-        """Take a place, or refuse with 503. Taken before the stream awaits anything, so that
-        concurrent connects cannot all pass the check; the caller gives it back (``leave``)."""
+    @contextlib.contextmanager
+    def place(self) -> Iterator[None]:
+        """A place for one stream for the ``with`` block, or a 503. Taken before the stream
+        awaits anything, so that concurrent connects cannot all pass the check."""
         limit = self.settings.stream_max_clients
         if self.active >= limit:
             raise Refusal.unavailable(
@@ -68,9 +70,10 @@ class Streams:
                 retry_after=self.settings.retry_after,
             )
         self.active += 1
-
-    def leave(self) -> None:
-        self.active -= 1
+        try:
+            yield
+        finally:
+            self.active -= 1
 
 
 STREAMS = web.AppKey("streams", Streams)
@@ -91,60 +94,36 @@ async def stream_events(
 ) -> web.StreamResponse:
     """Serve one stream until the client leaves, is too slow, or the service stops."""
     streams = request.app[STREAMS]
-    streams.admit()
-    try:
-        return await _serve(
-            request,
-            streams=streams,
-            pool=pool,
-            unavailable=unavailable,
-            filters=filters,
-            since=since,
-            last_event_id=last_event_id,
-        )
-    finally:
-        streams.leave()
-
-
-async def _serve(
-    request: web.Request,
-    *,
-    streams: Streams,
-    pool: AsyncConnectionPool[Any],
-    unavailable: Callable[[Exception], Refusal],
-    filters: queries.Filters,
-    since: datetime | None,
-    last_event_id: str | None,
-) -> web.StreamResponse:
-    settings = streams.settings
-    try:
-        cursor = queries.StreamCursor.decode(last_event_id) if last_event_id else None
-    except queries.BadCursor as exc:
-        raise Refusal(400, str(exc)) from None
-    if cursor is None:
+    with streams.place():
+        settings = streams.settings
         try:
-            async with pool.connection() as conn:
-                cursor = await queries.stream_start(conn, since)
-        except queries.UNAVAILABLE as exc:
-            raise unavailable(exc) from None
-    # A slow client is told so (see _Stream.run); one whose writes stall for longer than that
-    # cannot be told anything any more, and is aborted. Not sooner than _STALLED_AFTER: the
-    # kernel wakes a writer only once a third of the send buffer is free, so even a client that
-    # still reads (at 50 KB/s, say) can hold one write for seconds.
-    resp = EventSourceResponse(
-        ping_interval=settings.stream_heartbeat,
-        send_timeout=max(settings.stream_slow_timeout * 3, _STALLED_AFTER),
-    )
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
-    try:
-        await resp.prepare(request)
-        async with resp:  # on leaving: heartbeats stop
-            await _Stream(request, resp, streams, pool, filters).run(cursor)
-    except (ConnectionResetError, TimeoutError):
-        pass  # the client left, or stopped reading and was aborted
-    return resp
+            cursor = queries.StreamCursor.decode(last_event_id) if last_event_id else None
+        except queries.BadCursor as exc:
+            raise Refusal(400, str(exc)) from None
+        if cursor is None:
+            try:
+                async with pool.connection() as conn:
+                    cursor = await queries.stream_start(conn, since)
+            except queries.UNAVAILABLE as exc:
+                raise unavailable(exc) from None
+        # A slow client is told so (see _Stream.run); one whose writes stall for longer than that
+        # cannot be told anything any more, and is aborted. Not sooner than _STALLED_AFTER: the
+        # kernel wakes a writer only once a third of the send buffer is free, so even a client that
+        # still reads (at 50 KB/s, say) can hold one write for seconds.
+        resp = EventSourceResponse(
+            ping_interval=settings.stream_heartbeat,
+            send_timeout=max(settings.stream_slow_timeout * 3, _STALLED_AFTER),
+        )
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+        try:
+            await resp.prepare(request)
+            async with resp:  # on leaving: heartbeats stop
+                await _Stream(request, resp, streams, pool, filters).run(cursor)
+        except (ConnectionResetError, TimeoutError):
+            pass  # the client left, or stopped reading and was aborted
+        return resp
 
 
 def _gone(request: web.Request) -> bool:
