@@ -185,3 +185,21 @@ def grafana_sql(text: str, *, topic: str, start: str, end: str) -> str:
     if "$" in text:
         raise ValueError(f"a Grafana macro left unexpanded: {text}")
     return text
+
+
+def fuzzing(examples: int) -> Callable[[T], T]:
+    """Hypothesis settings for the fuzz tests against running services: ``examples`` inputs,
+    the same ones every run (CI must not fail by chance), no deadline per example."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+            HealthCheck.function_scoped_fixture,
+        ],
+    )

@@ -12,19 +12,14 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from stack.supervisor import Supervisor
+from tests.support import fuzzing
 
-FUZZ = settings(
-    max_examples=50,
-    deadline=None,
-    database=None,
-    derandomize=True,  # the same examples every run: CI must not fail by chance
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+FUZZ = fuzzing(50)
 
 
 @pytest.mark.parametrize("service", ["ingest", "readapi"])

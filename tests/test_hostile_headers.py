@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from urllib.parse import quote_from_bytes
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from stack.supervisor import Supervisor
 from tests.fix_stack import StackFactory
+from tests.support import fuzzing
 
 TOKENS = {"publish_token": "pub-token", "read_token": "read-token"}
 EVENT = b'{"topic":"fuzz","event_id":"e1","source":"s","payload":{}}'
@@ -72,13 +73,7 @@ def status_of(stack: Supervisor, target: tuple[str, str, str, str, str], value: 
     return int(answer.split(b" ", 2)[1])
 
 
-FUZZ = settings(
-    max_examples=300,
-    deadline=None,
-    database=None,
-    derandomize=True,  # the same examples every run: CI must not fail by chance
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzzing(300)
 
 
 KNOWN = [
