@@ -121,6 +121,18 @@ def bearer(guarded: Mapping[str, str]) -> Any:
     return check
 
 
+# Pages load only what their own service serves (no CDN, no inline script), and no other site
+# may frame them; no answer is sniffed into another type or leaks its URL as a referrer.
+CONTENT_SECURITY_POLICY = "default-src 'self'; frame-ancestors 'none'"
+
+
+async def _security_headers(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.content_type == "text/html":
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+
+
 def new_app(
     *, max_body_bytes: int = 1024 * 1024, guarded: Mapping[str, str] | None = None
 ) -> web.Application:
@@ -131,6 +143,7 @@ def new_app(
         middlewares.append(bearer(guarded))
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app[MAX_BODY_BYTES] = max_body_bytes
+    app.on_response_prepare.append(_security_headers)
     return app
 
 

@@ -211,3 +211,21 @@ async def test_read_api_answers_503_with_the_configured_retry_after(settings: Se
             assert resp.status == 503
             assert resp.headers["Retry-After"] == "7"
             assert (await resp.json())["error"] == "database unavailable; retry later"
+
+
+async def test_pages_send_a_content_security_policy_and_every_answer_nosniff(
+    settings: Settings,
+) -> None:
+    html = {"Accept": "text/html"}
+    async with read_api(settings) as client:
+        for path, headers in (("/", html), ("/docs", {}), ("/stats", {})):
+            resp = await client.get(path, headers=headers)
+            assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+            assert resp.headers["Referrer-Policy"] == "no-referrer", path
+            if resp.content_type == "text/html":
+                csp = resp.headers["Content-Security-Policy"]
+                assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp, path
+        assert (await client.get("/", headers=html)).content_type == "text/html"
+    async with serve(ingest(RecordingBroker())) as client:
+        resp = await client.get("/docs")
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
