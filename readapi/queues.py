@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from prometheus_client import Gauge
@@ -30,6 +31,10 @@ class QueueMonitor:
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._asking: asyncio.Future[dict[str, int | None]] | None = None
+        # Exported from the start, as unknown until the first sample: a scrape (or an alert)
+        # that comes before it sees the series, not its absence.
+        for label in ("events", "dead"):
+            QUEUE_MESSAGES.labels(label).set(math.nan)
 
     async def start(self, stop: asyncio.Event) -> None:
         self.connection = await service.connect_broker(self.settings, name="read API", stop=stop)

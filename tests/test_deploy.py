@@ -161,3 +161,9 @@ async def test_every_metric_the_dashboard_and_alerts_name_is_exported(
                      if line and not line.startswith("#")}  # fmt: skip
     missing = named - exported
     assert not missing, f"named in dashboards/alerts but exported by no service: {missing}"
+
+
+def test_the_gateway_serves_no_metrics() -> None:
+    conf = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
+    blocked = re.search(r"location ~ \^\(/ingest\)\?/metrics\$ \{[^}]*return 404", conf)
+    assert blocked, "the gateway must not pass /metrics or /ingest/metrics on"
