@@ -51,24 +51,12 @@ def machine() -> str:
 
 
 def command() -> str:
-    """How the running tool was started, as a person would type it."""
-    argv = sys.argv[:]
-    program = Path(argv[0]).name
-    if program == "pubsub-aggregator":
+    """How the running tool was started, as a person would type it (the interpreter's own
+    command line: ``python -m bench.soak ...`` or ``pubsub-aggregator soak ...``)."""
+    argv = sys.orig_argv[1:]
+    if argv and Path(argv[0]).name == "pubsub-aggregator":
         return shlex.join(["pubsub-aggregator", *argv[1:]])
-    module = next((name for name in _MODULES if argv[0].endswith(_MODULES[name])), None)
-    return shlex.join(["python", "-m", module or program, *argv[1:]])
-
-
-_MODULES = {
-    "bench": "bench/__main__.py",
-    "bench.soak": "bench/soak/__main__.py",
-    "bench.storage": "bench/storage.py",
-    "bench.scaling": "bench/scaling.py",
-    "bench.store": "bench/store.py",
-    "bench.stream": "bench/stream.py",
-    "bench.ab": "bench/ab.py",
-}
+    return shlex.join(["python", *argv])
 
 
 def write(name: str, *, title: str, body: str, path: Path | None = None) -> Path:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, cast, get_args
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
@@ -76,16 +76,12 @@ class UpTo:
         return {**handler(schema), "minimum": 1, "x-maximum-setting": self.setting}
 
     def _check(self, value: int | None, info: ValidationInfo) -> int | None:
-        bound = getattr(_settings(info), self.setting)
+        # Route.parse always validates with the service's settings as context.
+        settings: Settings = cast(dict[str, Any], info.context)["settings"]
+        bound = getattr(settings, self.setting)
         if value is not None and not 1 <= value <= bound:
             raise ValueError(f"{info.field_name} must be between 1 and {bound}")
         return value
-
-
-def _settings(info: ValidationInfo) -> Settings:
-    context = info.context
-    settings = context.get("settings") if isinstance(context, dict) else None
-    return settings if isinstance(settings, Settings) else Settings.from_env({})
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from ingest.app import BUDGET
 from ingest.app import make_app as make_ingest
 from ingest.broker import BrokerClient, BrokerUnavailable
 from pubsub import message
@@ -229,3 +230,24 @@ async def test_pages_send_a_content_security_policy_and_every_answer_nosniff(
     async with serve(ingest(RecordingBroker())) as client:
         resp = await client.get("/docs")
         assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408_and_frees_its_budget() -> None:
+    broker = RecordingBroker()
+    app = ingest(broker, body_read_timeout=0.5)
+    async with serve(app) as client:
+        server = client.server
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        head = (
+            "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n"
+        )
+        writer.write(head.encode() + b'[{"topic": "slow"')  # and then nothing more
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read(4096)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"PUBSUB_BODY_READ_TIMEOUT" in answer
+        assert not broker.published
+        assert app[BUDGET].used == 0
