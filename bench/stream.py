@@ -9,7 +9,10 @@ Runs the services as separate processes. Then:
    poll all the same). Each probe event's delay from its POST's answer to its arrival on the
    stream is recorded: an upper bound of the delay from its commit.
 2. **Cost of watching**: PostgreSQL's and the read API's CPU over ``--idle`` seconds with no
-   stream, then with ``--streams`` idle streams.
+   stream, then with each number of ``--idle-streams`` idle streams.
+
+With ``--base REV`` it measures the services of that commit too (from a git worktree), in the
+same run, so that the two sets of figures compare.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import contextlib
 import statistics
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import orjson
 
 from bench import record
+from bench.ab import worktree
 from bench.cpu import CpuMeter
 from bench.soak.counts import Counts
 from bench.soak.load import Load
@@ -67,25 +73,44 @@ async def probe(
             await asyncio.sleep(0.1)
 
 
+@contextlib.asynccontextmanager
 async def idle_streams(
-    http: aiohttp.ClientSession, stack: Supervisor, n: int, until: float
-) -> None:
+    http: aiohttp.ClientSession, stack: Supervisor, n: int
+) -> AsyncIterator[None]:
+    """``n`` streams open on topics that get nothing, for the ``with`` block."""
     async with contextlib.AsyncExitStack() as streams:
         for i in range(n):
             await streams.enter_async_context(following(http, stack, f"quiet-{i}"))
+        yield
+
+
+async def idle_until(http: aiohttp.ClientSession, stack: Supervisor, n: int, until: float) -> None:
+    async with idle_streams(http, stack, n):
         await asyncio.sleep(max(0.0, until - time.monotonic()))
 
 
-def _cpu_ms_per_s(cpu: dict[str, float], seconds: float) -> str:
-    return (
-        f"PostgreSQL {cpu.get('postgresql', 0.0) / seconds * 1000:.0f} ms/s, read API "
-        f"{cpu.get('readapi', 0.0) / seconds * 1000:.0f} ms/s"
-    )
+def _cpu_ms_per_s(cpu: dict[str, float], seconds: float) -> tuple[float, float]:
+    """PostgreSQL's and the read API's CPU, in ms per second."""
+    return (cpu.get("postgresql", 0.0) / seconds * 1000, cpu.get("readapi", 0.0) / seconds * 1000)
 
 
-async def main(args: argparse.Namespace) -> None:
+@dataclass
+class Figures:
+    """What one system measured."""
+
+    latency: str = ""
+    idle: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+
+async def measure(args: argparse.Namespace, code: Path | None) -> Figures:
+    figures = Figures()
     async with (
-        private_system("streambench", consumers=2) as stack,
+        private_system(
+            "streambench",
+            consumers=2,
+            code=code,
+            stream_max_clients=max(args.streams, *args.idle_streams) + 8,
+        ) as stack,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
     ):
         stack.start_all()
@@ -95,35 +120,68 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.gather(
             load.send_batches(args.rate, until),
             probe(http, stack, until, delays),
-            idle_streams(http, stack, args.streams - 1, until),
+            idle_until(http, stack, args.streams - 1, until),
         )
         delays.sort()
-        out = record.Output()
         p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-        out(
-            f"latency from the POST's answer to the event on the stream, {len(delays)} probes, "
-            f"{args.streams} streams open, batched load at {args.rate:,.0f} events/s: "
+        figures.latency = (
             f"p50 {statistics.median(delays) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-            f"max {delays[-1] * 1000:.0f} ms"
+            f"max {delays[-1] * 1000:.0f} ms ({len(delays)} probes)"
         )
         meter = CpuMeter(stack)
-        meter.start()
-        await asyncio.sleep(args.idle)
-        quiet = meter.stop()
-        meter.start()
-        await idle_streams(http, stack, args.streams, time.monotonic() + args.idle)
-        watched = meter.stop()
-        out(f"idle, no stream: {_cpu_ms_per_s(quiet, args.idle)}")
-        out(f"idle, {args.streams} streams: {_cpu_ms_per_s(watched, args.idle)}")
-        out.write("stream", title="The live stream: latency under load, cost of idle streams")
+        for n in [0, *args.idle_streams]:
+            async with idle_streams(http, stack, n):
+                meter.start()  # once the streams are open: what watching costs, not connecting
+                await asyncio.sleep(args.idle)
+                figures.idle[n] = _cpu_ms_per_s(meter.stop(), args.idle)
+    return figures
+
+
+async def main(args: argparse.Namespace) -> None:
+    systems: dict[str, Figures] = {}
+    if args.base:
+        with worktree(args.base) as tree:
+            systems[f"base {record.git('rev-parse', '--short', args.base)}"] = await measure(
+                args, tree
+            )
+    systems[f"this checkout {record.git('rev-parse', '--short', 'HEAD')}"] = await measure(
+        args, None
+    )
+    out = record.Output()
+    out(
+        f"Latency from the POST's answer to the probe event on its stream, with {args.streams} "
+        f"streams open and batched load at {args.rate:,.0f} events/s:"
+    )
+    out("")
+    for name, f in systems.items():
+        out(f"- {name}: {f.latency}")
+    out("")
+    out(f"CPU of watching, over {args.idle:g} s with that many idle streams open (ms per second):")
+    out("")
+    names = list(systems)
+    out("| idle streams | " + " | ".join(f"PostgreSQL, {n} | read API, {n}" for n in names) + " |")
+    out("|---:|" + "---:|---:|" * len(names))
+    for n in [0, *args.idle_streams]:
+        cells = " | ".join(f"{f.idle[n][0]:.0f} | {f.idle[n][1]:.0f}" for f in systems.values())
+        out(f"| {n} | {cells} |")
+    out.write("stream", title="The live stream: latency under load, cost of idle streams")
 
 
 def cli() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__)
     p.add_argument("--rate", type=float, default=20_000, help="batched load, events/s")
     p.add_argument("--seconds", type=float, default=30, help="length of the loaded part")
-    p.add_argument("--streams", type=int, default=64, help="streams open at once")
+    p.add_argument("--streams", type=int, default=256, help="streams open during the load")
+    p.add_argument(
+        "--idle-streams",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 64, 256],
+        help="numbers of idle streams whose cost is measured, comma-separated",
+    )
     p.add_argument("--idle", type=float, default=10, help="seconds of each idle measurement")
+    p.add_argument(
+        "--base", help="also measure the services of this commit (a git worktree), first"
+    )
     asyncio.run(main(p.parse_args()))
 
 

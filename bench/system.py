@@ -18,11 +18,11 @@ from stack.supervisor import Supervisor, free_port
 
 @contextlib.asynccontextmanager
 async def private_system(
-    prefix: str, *, consumers: int, **overrides: Any
+    prefix: str, *, consumers: int, code: Path | None = None, **overrides: Any
 ) -> AsyncIterator[Supervisor]:
     """A :class:`Supervisor` over fresh settings (``<prefix>_<run>`` schema, created; its own
-    queue and ports; then ``overrides``), its services not started yet; stopped and removed on
-    leaving."""
+    queue and ports; then ``overrides``), its services not started yet (from the checkout
+    ``code`` when given); stopped and removed on leaving."""
     run = uuid.uuid4().hex[:8]
     settings = Settings.from_env(
         db_schema=f"{prefix}_{run}",
@@ -35,7 +35,7 @@ async def private_system(
     )
     await dbschema.ensure(settings)
     logdir = Path(tempfile.mkdtemp(prefix=f"pubsub-{prefix}-"))
-    stack = Supervisor(settings, logdir=logdir, consumers=consumers)
+    stack = Supervisor(settings, logdir=logdir, consumers=consumers, code=code)
     try:
         yield stack
     finally:

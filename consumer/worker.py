@@ -74,7 +74,7 @@ class Worker:
     async def start(self, stop: asyncio.Event) -> None:
         self.connection = await service.connect_broker(self.settings, name="consumer", stop=stop)
         channel = await self.connection.channel()
-        await channel.set_qos(prefetch_count=self.settings.prefetch)
+        await channel.set_qos(prefetch_count=self.settings.consumer_prefetch)
         topo = await topology.declare(channel, self.settings)
         self._queue = topo.queue
         self._consumer_tag = await topo.queue.consume(self.on_message)

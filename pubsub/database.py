@@ -40,9 +40,13 @@ MISCONFIGURED: tuple[type[Exception], ...] = (
 )
 
 
-def connect_kwargs(settings: Settings) -> dict[str, Any]:
-    """Connection options that point unqualified table names at the project's schema."""
-    return {"options": f"-c search_path={settings.db_schema}", "application_name": "pubsub"}
+def connect_kwargs(settings: Settings, *, statement_timeout: float | None = None) -> dict[str, Any]:
+    """Connection options that point unqualified table names at the project's schema, and
+    cancel any statement that runs longer than ``statement_timeout`` seconds when given."""
+    options = f"-c search_path={settings.db_schema}"
+    if statement_timeout is not None:
+        options += f" -c statement_timeout={max(1, round(statement_timeout * 1000))}"
+    return {"options": options, "application_name": "pubsub"}
 
 
 async def connect(

@@ -177,7 +177,14 @@ class Settings(BaseSettings):
         64,
         ge=1,
         le=65535,  # AMQP's prefetch-count is a 16-bit field
-        description="Unacknowledged messages one consumer may hold.",
+        description="Unacknowledged messages one consumer may hold; fewer when "
+        "`PUBSUB_CONSUMER_MEMORY_BUDGET` would not hold that many of the largest messages.",
+    )
+    consumer_memory_budget: Count = Field(
+        64 * 1024 * 1024,
+        description="Bytes of messages one consumer holds at most: its prefetch is lowered to "
+        "this divided by `PUBSUB_MESSAGE_MAX_BYTES` when that is fewer (RabbitMQ does not bound "
+        "a prefetch by bytes). At least `PUBSUB_MESSAGE_MAX_BYTES`.",
     )
     batch_max_events: Count = Field(
         5000, description="Most events a consumer stores in one transaction."
@@ -241,6 +248,16 @@ class Settings(BaseSettings):
     events_default_limit: Count = Field(
         100, description="`limit` of `GET /events` when none is given."
     )
+    events_max_bytes: Count = Field(
+        4 * 1024 * 1024,
+        description="Most payload bytes in one page of `GET /events`: a page that would hold "
+        "more ends early, with its `Link: next`. A page holds at least one event.",
+    )
+    read_statement_timeout: Seconds = Field(
+        10.0,
+        description="Seconds one query of the read API may run (PostgreSQL's "
+        "`statement_timeout`); a longer one is cancelled and answered 503.",
+    )
     stats_max_topics: Count = Field(1000, description="Most topic names listed by `GET /stats`.")
     stream_max_clients: Count = Field(
         64,
@@ -251,13 +268,19 @@ class Settings(BaseSettings):
         1000,
         description="Events a live stream reads ahead of its client; the most it holds in memory.",
     )
+    stream_buffer_bytes: Count = Field(
+        1024 * 1024,
+        description="Bytes of events a live stream reads ahead of its client (but one event).",
+    )
     stream_slow_timeout: Seconds = Field(
         10.0,
         description="Seconds an event may wait in a stream's buffer for its client; a client "
         "slower than that is cut off with a final message (it resumes with `Last-Event-ID`).",
     )
     stream_poll_interval: Seconds = Field(
-        0.25, description="Seconds between a live stream's looks for newly stored events."
+        0.25,
+        description="Seconds between two looks for newly stored events, taken once for all the "
+        "live streams of a read API.",
     )
     stream_heartbeat: Seconds = Field(
         15.0,
@@ -331,6 +354,11 @@ class Settings(BaseSettings):
             )
         if self.events_default_limit > self.events_max_limit:
             raise ValueError("PUBSUB_EVENTS_DEFAULT_LIMIT exceeds PUBSUB_EVENTS_MAX_LIMIT")
+        if self.consumer_memory_budget < self.message_max_bytes:
+            raise ValueError(
+                "PUBSUB_CONSUMER_MEMORY_BUDGET must be at least PUBSUB_MESSAGE_MAX_BYTES, or a "
+                "consumer could not hold the largest message"
+            )
         return self
 
     # --- construction ---------------------------------------------------------------------------
@@ -368,6 +396,12 @@ class Settings(BaseSettings):
         return type(self).from_env({}, **{**self.model_dump(), **changes})
 
     # --- derived values -------------------------------------------------------------------------
+
+    @property
+    def consumer_prefetch(self) -> int:
+        """The prefetch a consumer asks for: ``prefetch``, or fewer so that that many of the
+        largest messages fit ``consumer_memory_budget``."""
+        return min(self.prefetch, self.consumer_memory_budget // self.message_max_bytes)
 
     @property
     def reads_from(self) -> str:

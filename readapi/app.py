@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
@@ -33,7 +34,14 @@ class Sources:
             max_size=settings.db_pool_size,
             # Autocommit: each read is one statement, so one snapshot, and needs no BEGIN
             # before it nor ROLLBACK when the pool takes the connection back.
-            kwargs={**database.connect_kwargs(settings), "autocommit": True},
+            # A statement timeout: one query that scans too much must not hold a connection
+            # of the pool (of four) for longer than that.
+            kwargs={
+                **database.connect_kwargs(
+                    settings, statement_timeout=settings.read_statement_timeout
+                ),
+                "autocommit": True,
+            },
             timeout=5.0,
             # A database restart leaves dead connections in the pool: check before lending.
             check=AsyncConnectionPool.check_connection,
@@ -58,6 +66,14 @@ class Sources:
         return True
 
     def unavailable(self, exc: Exception) -> Refusal:
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            timeout = self.settings.read_statement_timeout
+            log.info("query cancelled after %g s: %r", timeout, exc)
+            return Refusal.unavailable(
+                f"the query took longer than {timeout:g} s (PUBSUB_READ_STATEMENT_TIMEOUT); "
+                "narrow it (topic, since and until) or retry later",
+                retry_after=self.settings.retry_after,
+            )
         log.warning("database unavailable: %r", exc)
         return Refusal.unavailable(
             "database unavailable; retry later", retry_after=self.settings.retry_after
@@ -79,7 +95,9 @@ async def get_events(request: web.Request) -> web.Response:
         except queries.BadCursor as exc:
             raise Refusal(400, str(exc)) from None
     limit = settings.events_default_limit if q.limit is None else q.limit
-    query = queries.EventQuery(_filters(q), q.since, q.until, after, limit)
+    query = queries.EventQuery(
+        _filters(q), q.since, q.until, after, limit, max_bytes=settings.events_max_bytes
+    )
     try:
         async with sources.pool.connection() as conn:
             events, next_cursor = await queries.events_page(conn, query)
@@ -140,7 +158,13 @@ def make_app(sources: Sources, stop: asyncio.Event | None = None) -> web.Applica
     settings = sources.settings
     app = http.new_app(guarded=routes.guarded_paths(api.READ, routes.tokens(settings)))
     app[SOURCES] = sources
-    app[stream.STREAMS] = stream.Streams(settings, stop or asyncio.Event())
+    streams = stream.Streams(settings, stop or asyncio.Event(), sources.pool)
+    app[stream.STREAMS] = streams
+
+    async def close_feed(_: web.Application) -> None:
+        await streams.feed.close()
+
+    app.on_cleanup.append(close_feed)
 
     async def ready() -> Mapping[str, bool]:
         return {"broker": sources.queues.connected, "database": await sources.database_ok()}

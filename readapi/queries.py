@@ -64,14 +64,20 @@ class Cursor:
         return cls(parsed, topic, event_id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class StreamCursor:
     """Position in the live stream: ``(storing transaction, topic, event_id)``, the order in
-    which events became visible (see :func:`stream_page`)."""
+    which events became visible (see :func:`stream_read`)."""
 
     txid: int
     topic: str
     event_id: str
+
+    @classmethod
+    def at(cls, txid: int) -> StreamCursor:
+        """The position before every event stored by transaction ``txid`` (topics are never
+        empty, so ``("", "")`` sorts first)."""
+        return cls(txid, "", "")
 
     def encode(self) -> str:
         return _pack(str(self.txid), self.topic, self.event_id)
@@ -114,15 +120,14 @@ class EventQuery:
     until: datetime | None
     after: Cursor | None
     limit: int
-
-
-_EPOCH_MIN = datetime(1, 1, 1, tzinfo=UTC)
+    max_bytes: int  # of the events' payloads; a page holds at least one event
 
 
 async def events_page(
     conn: psycopg.AsyncConnection[Any], q: EventQuery
 ) -> tuple[list[dict[str, Any]], Cursor | None]:
-    """One page of events ordered by ``(timestamp, topic, event_id)``, and the next cursor."""
+    """One page of events ordered by ``(timestamp, topic, event_id)``, and the next cursor:
+    at most ``q.limit`` events, and no more payload bytes than ``q.max_bytes`` (but one)."""
     where = ["TRUE"]
     params: list[Any] = []
     q.filters.sql(where, params)
@@ -140,17 +145,30 @@ async def events_page(
             where.append("(ts, topic, event_id) > (%s, %s, %s)")
             params += [q.after.ts, q.after.topic, q.after.event_id]
     order = "ts, event_id" if topic is not None else "ts, topic, event_id"
-    query = (
-        "SELECT topic, event_id, ts, source, payload::text FROM events"
-        f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT %s"
-    )
-    params.append(q.limit + 1)
+    # The page's rows come by the index, at most limit + 1; of those only the ones that start
+    # within the byte budget leave the server (and one more, which tells that more follow).
+    query = f"""
+        SELECT topic, event_id, ts, source, body FROM (
+          SELECT *, sum(octet_length(body)) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING)
+                    - octet_length(body) AS before
+          FROM (SELECT topic, event_id, ts, source, payload::text AS body FROM events
+                WHERE {" AND ".join(where)} ORDER BY {order} LIMIT %s) page
+        ) sized WHERE before <= %s ORDER BY {order}
+    """
+    params += [q.limit + 1, q.max_bytes]
     cur = await conn.execute(query, params)
     rows = await cur.fetchall()
-    page = rows[: q.limit]
+    page: list[tuple[Any, ...]] = []
+    total = 0
+    for row in rows[: q.limit]:
+        size = len(row[4].encode())
+        if page and total + size > q.max_bytes:
+            break
+        page.append(row)
+        total += size
     events = [_event(*row) for row in page]
     after = None
-    if len(rows) > q.limit:
+    if len(rows) > len(page):
         topic, event_id, ts, _, _ = page[-1]
         after = Cursor(ts, topic, event_id)
     return events, after
@@ -171,16 +189,43 @@ def rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-# The stream reads only what transactions older than every running one stored: those have all
-# ended, so nothing can appear behind the cursor later (a transaction that commits after a
+# A stream reads only what transactions older than every running one stored: those have all
+# ended, so nothing can appear behind its position later (a transaction that commits after a
 # younger one would otherwise be skipped). The price: a write transaction that stays open
 # holds the stream back until it ends.
-_STREAM_PAGE = """
-SELECT txid::text, topic, event_id, ts, source, payload::text FROM events
-WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
-  AND txid >= %s::text::xid8 AND (txid, topic, event_id) > (%s::text::xid8, %s, %s) {filters}
-ORDER BY txid, topic, event_id
-LIMIT %s
+#
+# One statement, so one snapshot, gives the events and the horizon that snapshot saw. It scans
+# at most ``scan`` rows in the stream's order and returns those that match the filters (the
+# first ``limit``, and no more bytes than ``max_bytes`` and one event), the last row scanned,
+# and the horizon with the number of rows scanned. A filter that matches little thus costs
+# ``scan`` rows per read, never a scan from the position to the head; a read that took fewer
+# than matched goes on after the last it took next time; and a read that scanned
+# everything up to the horizon moves the position there, so the next one starts at the head.
+_STREAM_READ = """
+WITH horizon AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+scanned AS MATERIALIZED (
+  SELECT txid, topic, event_id, ts, source, payload FROM events
+  WHERE txid < (SELECT xmin FROM horizon)
+    AND txid >= %s::text::xid8 AND (txid, topic, event_id) > (%s::text::xid8, %s, %s)
+  ORDER BY txid, topic, event_id LIMIT %s
+),
+matched AS (
+  SELECT txid, topic, event_id, ts, source, payload::text AS body FROM scanned
+  WHERE TRUE {filters} ORDER BY txid, topic, event_id LIMIT %s
+),
+sized AS (
+  SELECT *, sum(octet_length(body)) OVER (ORDER BY txid, topic, event_id
+                                          ROWS UNBOUNDED PRECEDING) - octet_length(body) AS before
+  FROM matched
+)
+SELECT 'e', txid::text, topic, event_id, ts, source, body FROM sized WHERE before <= %s
+UNION ALL
+(SELECT 'l', txid::text, topic, event_id, NULL, NULL, NULL FROM scanned
+ ORDER BY txid DESC, topic DESC, event_id DESC LIMIT 1)
+UNION ALL
+SELECT 'h', xmin::text, (SELECT count(*) FROM scanned)::text, (SELECT count(*) FROM matched)::text,
+       NULL, NULL, NULL
+FROM horizon
 """
 # The live head: transactions from the oldest one still running on are still to be read.
 _STREAM_HEAD = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
@@ -202,23 +247,74 @@ async def stream_start(conn: psycopg.AsyncConnection[Any], since: datetime | Non
         cur = await conn.execute(_STREAM_HEAD)
         row = await cur.fetchone()
     txid = int(row[0]) if row else 0
-    # Topics are never empty, so ("", "") sorts before every event of that transaction.
-    return StreamCursor(txid, "", "")
+    return StreamCursor.at(txid)
 
 
-async def stream_page(
-    conn: psycopg.AsyncConnection[Any], after: StreamCursor, filters: Filters, limit: int
-) -> list[tuple[StreamCursor, dict[str, Any]]]:
-    """Up to ``limit`` events stored after ``after``, in the order they became visible."""
+@dataclass(frozen=True)
+class StreamEvent:
+    """An event of the stream: its position, its source, and its SSE data (the event's
+    JSON, made once however many streams send it)."""
+
+    at: StreamCursor
+    source: str
+    data: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class StreamPage:
+    """What one read of the stream found, and where the next read starts."""
+
+    events: list[StreamEvent]
+    position: StreamCursor
+    caught_up: bool  # the read reached the live head: nothing after it is visible yet
+
+
+async def stream_read(
+    conn: psycopg.AsyncConnection[Any],
+    after: StreamCursor,
+    filters: Filters,
+    *,
+    limit: int,
+    max_bytes: int,
+    scan: int,
+) -> StreamPage:
+    """Events stored after ``after`` in the order they became visible: at most ``limit`` of
+    them, of at most ``max_bytes`` together (or one event), found among ``scan`` rows."""
     where: list[str] = []
-    params: list[Any] = [str(after.txid), str(after.txid), after.topic, after.event_id]
+    params: list[Any] = [str(after.txid), str(after.txid), after.topic, after.event_id, scan]
     filters.sql(where, params)
-    query = _STREAM_PAGE.format(filters="".join(f" AND {w}" for w in where))
-    cur = await conn.execute(query, [*params, limit])
-    return [
-        (StreamCursor(int(txid), topic, event_id), _event(topic, event_id, ts, source, payload))
-        for txid, topic, event_id, ts, source, payload in await cur.fetchall()
-    ]
+    query = _STREAM_READ.format(filters="".join(f" AND {w}" for w in where))
+    cur = await conn.execute(query, [*params, limit, max_bytes])
+    found: list[StreamEvent] = []
+    last: StreamCursor | None = None
+    horizon, scanned, matched = 0, 0, 0
+    for kind, txid, topic, event_id, ts, source, body in await cur.fetchall():
+        if kind == "e":
+            at = StreamCursor(int(txid), topic, event_id)
+            data = orjson.dumps(_event(topic, event_id, ts, source, body)).decode()
+            found.append(StreamEvent(at, source, data))
+        elif kind == "l":
+            last = StreamCursor(int(txid), topic, event_id)
+        else:
+            horizon, scanned, matched = int(txid), int(topic), int(event_id)
+    found.sort(key=lambda e: e.at)
+    events: list[StreamEvent] = []
+    total = 0
+    for event in found:
+        if len(events) == limit or (events and total + event.size > max_bytes):
+            break
+        events.append(event)
+        total += event.size
+    if len(events) < matched or len(events) == limit:
+        # Cut by count or bytes: more may match; go on right after what was taken.
+        return StreamPage(events, events[-1].at, caught_up=False)
+    if scanned == scan and last is not None:
+        return StreamPage(events, last, caught_up=False)  # the scan ended before the head
+    return StreamPage(events, max(after, StreamCursor.at(horizon)), caught_up=True)
 
 
 # One statement, so one snapshot: the counters and the topics agree with each other. The

@@ -1,20 +1,24 @@
 """``GET /events/stream``: a live tail of stored events over Server-Sent Events.
 
-Each stream polls PostgreSQL by its own cursor, ``(storing transaction, topic, event_id)``
-(see :func:`readapi.queries.stream_page`), every ``PUBSUB_STREAM_POLL_INTERVAL`` seconds when
-it has caught up. Polling rather than consumers' ``NOTIFY``: a ``NOTIFY`` in the storing
-transaction serialises every commit on the notification queue's lock, a cost on the write path
-paid whether or not anybody watches; a poll that finds nothing costs one index probe.
+Events go out in the order they became visible: by ``(storing transaction, topic, event_id)``
+(see :func:`readapi.queries.stream_read`). A stream at the live head gets them from the read
+API's one shared look for new events (:mod:`readapi.feed`), taken every
+``PUBSUB_STREAM_POLL_INTERVAL`` seconds however many streams are open; a stream behind the head
+reads by itself until it reaches it. Polling rather than consumers' ``NOTIFY``: a ``NOTIFY`` in
+the storing transaction serialises every commit on the notification queue's lock, a cost on
+the write path paid whether or not anybody watches; a look that finds nothing costs one index
+probe.
 
 Every SSE event carries its cursor as ``id:``, so a client that reconnects with
 ``Last-Event-ID`` resumes exactly after the last event it got: no gap, no repeat.
 
-Memory per stream is bounded: it reads at most ``PUBSUB_STREAM_BUFFER`` events ahead of its
-client. An event that waited longer than ``PUBSUB_STREAM_SLOW_TIMEOUT`` seconds in that buffer
-means the client reads more slowly than events arrive; the stream then ends with a final
-``event: error`` saying so. A client that stops reading altogether is aborted once one write
-has waited three times that, and at least 30 s (aiohttp-sse's send timeout): nothing more can
-reach it. Heartbeats are SSE comments.
+Memory per stream is bounded: it holds at most ``PUBSUB_STREAM_BUFFER`` events and
+``PUBSUB_STREAM_BUFFER_BYTES`` bytes (or one event) ahead of its client. An event that waited
+longer than ``PUBSUB_STREAM_SLOW_TIMEOUT`` seconds in that buffer means the client reads more
+slowly than events arrive; the stream then ends with a final ``event: error`` saying so. A
+client that stops reading altogether is aborted once one write has waited three times that, and
+at least 30 s (aiohttp-sse's send timeout): nothing more can reach it. Heartbeats are SSE
+comments.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import contextlib
 import logging
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,7 +42,8 @@ from pubsub import service
 from pubsub.backoff import Backoff
 from pubsub.http import Refusal
 from pubsub.settings import Settings
-from readapi import queries
+from readapi import feed, metrics, queries
+from readapi.feed import Follower
 
 log = logging.getLogger("pubsub.readapi.stream")
 
@@ -51,12 +55,16 @@ _STALLED_AFTER = 30.0  # seconds a single write may wait before the client count
 
 
 class Streams:
-    """The live streams of one read API: how many run, and when they must all end."""
+    """The live streams of one read API: how many run, their shared feed, and when they must
+    all end."""
 
-    def __init__(self, settings: Settings, stop: asyncio.Event) -> None:
+    def __init__(
+        self, settings: Settings, stop: asyncio.Event, pool: AsyncConnectionPool[Any]
+    ) -> None:
         self.settings = settings
         self.stop = stop
         self.active = 0
+        self.feed = feed.Feed(settings, pool, stop)
 
     @contextlib.contextmanager
     def place(self) -> Iterator[None]:
@@ -70,10 +78,12 @@ class Streams:
                 retry_after=self.settings.retry_after,
             )
         self.active += 1
+        metrics.STREAMS.inc()
         try:
             yield
         finally:
             self.active -= 1
+            metrics.STREAMS.dec()
 
 
 STREAMS = web.AppKey("streams", Streams)
@@ -134,7 +144,8 @@ def _gone(request: web.Request) -> bool:
 
 @dataclass
 class _Stream:
-    """One client's stream: read a page after the cursor, send it, look again."""
+    """One client's stream: send what its buffer holds; when it is empty, wait for the feed,
+    or, when behind the head, read by itself."""
 
     request: web.Request
     resp: EventSourceResponse
@@ -142,51 +153,76 @@ class _Stream:
     pool: AsyncConnectionPool[Any]
     filters: queries.Filters
 
-    async def run(self, cursor: queries.StreamCursor) -> None:
+    async def run(self, position: queries.StreamCursor) -> None:
+        follower = Follower(self.filters, position)
+        try:
+            await self._serve(follower)
+        finally:
+            self.streams.feed.leave(follower)
+
+    async def _serve(self, follower: Follower) -> None:
         settings, stop, resp = self.streams.settings, self.streams.stop, self.resp
-        backoff, failures = Backoff.of(settings), 0
-        pending: deque[tuple[float, queries.StreamCursor, dict[str, Any]]] = deque()
+        backoff, failures, refused = Backoff.of(settings), 0, 0
         while resp.is_connected() and not _gone(self.request):
             if stop.is_set():
                 await _final(resp, "end", "the read API is shutting down; reconnect with "
                              "Last-Event-ID to resume")  # fmt: skip
                 return
-            if not pending:
-                try:
-                    async with self.pool.connection() as conn:
-                        page = await queries.stream_page(
-                            conn, cursor, self.filters, settings.stream_buffer
-                        )
-                    failures = 0
-                except queries.UNAVAILABLE as exc:
-                    # Keep the client: heartbeats go on, and reading resumes where it stopped.
-                    log.warning("stream: database unavailable: %r", exc)
-                    await service.stopped_within(stop, backoff.delay(failures))
-                    failures += 1
-                    continue
-                if not page:
-                    await service.stopped_within(stop, settings.stream_poll_interval)
-                    continue
-                fetched = time.monotonic()
-                pending.extend((fetched, c, e) for c, e in page)
-                cursor = page[-1][0]
+            if follower.buffer:
+                fetched, event = follower.take()
+                waited = time.monotonic() - fetched
+                if waited > settings.stream_slow_timeout:
+                    await self._cut_off(len(follower.buffer) + 1, waited)
+                    return
+                await resp.send(event.data, id=event.at.encode())
                 continue
-            fetched, at, event = pending.popleft()
-            waited = time.monotonic() - fetched
-            if waited > settings.stream_slow_timeout:
-                behind = len(pending) + 1
-                log.info("stream: cutting off a slow client (%d events waited %.1fs)", behind,
-                         waited)  # fmt: skip
-                await _final(
-                    resp,
-                    "error",
-                    f"this client reads more slowly than events arrive: {behind} events waited "
-                    f"more than {settings.stream_slow_timeout:g} s (PUBSUB_STREAM_SLOW_TIMEOUT) "
-                    f"in a buffer of {settings.stream_buffer} (PUBSUB_STREAM_BUFFER); reconnect "
-                    "with Last-Event-ID to resume, or narrow the stream by topic",
-                )
-                return
-            await resp.send(_data(event), id=at.encode())
+            if follower.joined:
+                follower.changed.clear()
+                # Not for longer than a poll: a client that left, or a stop, is noticed.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(follower.changed.wait(), settings.stream_poll_interval)
+                continue
+            events, room = follower.room(settings)
+            try:
+                async with self.pool.connection() as conn:
+                    page = await queries.stream_read(
+                        conn, follower.position, self.filters,
+                        limit=events, max_bytes=room, scan=feed.SCAN,
+                    )  # fmt: skip
+                metrics.OWN_READS.inc()
+                failures = 0
+            except queries.UNAVAILABLE as exc:
+                # Keep the client: heartbeats go on, and reading resumes where it stopped.
+                log.warning("stream: database unavailable: %r", exc)
+                await service.stopped_within(stop, backoff.delay(failures))
+                failures += 1
+                continue
+            fetched = time.monotonic()
+            for event in page.events:
+                follower.add(event, fetched)
+            follower.position = page.position
+            if page.caught_up:
+                if self.streams.feed.join(follower):
+                    refused = 0
+                else:
+                    # The feed read past this position meanwhile: read up to it first.
+                    refused += 1
+                    if refused > 1 and not follower.buffer:
+                        await service.stopped_within(stop, settings.stream_poll_interval)
+
+    async def _cut_off(self, behind: int, waited: float) -> None:
+        settings = self.streams.settings
+        log.info("stream: cutting off a slow client (%d events waited %.1fs)", behind, waited)
+        await _final(
+            self.resp,
+            "error",
+            f"this client reads more slowly than events arrive: {behind} events waited "
+            f"more than {settings.stream_slow_timeout:g} s (PUBSUB_STREAM_SLOW_TIMEOUT) "
+            f"in a buffer of {settings.stream_buffer} events and "
+            f"{settings.stream_buffer_bytes} bytes (PUBSUB_STREAM_BUFFER, "
+            "PUBSUB_STREAM_BUFFER_BYTES); reconnect with Last-Event-ID to resume, or narrow the "
+            "stream by topic",
+        )
 
 
 async def _final(resp: EventSourceResponse, kind: str, message: str) -> None:

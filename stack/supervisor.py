@@ -76,7 +76,8 @@ class Supervisor:
 
     With ``logdir`` each child writes to ``<logdir>/<name>.log``; without, to this process's
     terminal. With ``own_group`` the children do not receive the terminal's Ctrl-C: the
-    supervisor alone stops them, in :data:`SHUTDOWN_ORDER`.
+    supervisor alone stops them, in :data:`SHUTDOWN_ORDER`. With ``code`` the children run
+    the services of that checkout (a benchmark's base commit) instead of this one.
     """
 
     def __init__(
@@ -86,8 +87,10 @@ class Supervisor:
         logdir: Path | None = None,
         consumers: int = 2,
         own_group: bool = False,
+        code: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.code = code
         self.logdir = logdir
         self.own_group = own_group
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -152,6 +155,7 @@ class Supervisor:
                 stdout=out,
                 stderr=out,
                 process_group=0 if self.own_group else None,
+                cwd=self.code,  # python -m finds the services in the working directory first
             )
         finally:
             if out is not None:

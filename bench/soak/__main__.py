@@ -35,6 +35,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -60,7 +61,7 @@ async def main(args: argparse.Namespace) -> int:
         return await soak(args, {"database_url": url})
 
 
-async def soak(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+async def soak(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     rows: list[Minute] = []
     async with (
         private_system("soak", consumers=2, **overrides) as stack,
