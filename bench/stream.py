@@ -111,7 +111,10 @@ async def measure(args: argparse.Namespace, code: Path | None) -> Figures:
             code=code,
             stream_max_clients=max(args.streams, *args.idle_streams) + 8,
         ) as stack,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
+        # No limit on connections (100 by default): each stream holds one.
+        aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=60), connector=aiohttp.TCPConnector(limit=0)
+        ) as http,
     ):
         stack.start_all()
         load = Load(stack, http, Counts(stack.settings, stack, http))

@@ -2,11 +2,18 @@
 
 ``ensure`` is safe to run from every process at once: an advisory lock serialises the
 ``CREATE ... IF NOT EXISTS`` statements, which otherwise race on the catalog.
+
+``python -m pubsub.dbschema`` creates or upgrades the schema and exits: a deployment whose
+services connect as roles that may not create tables (compose's ``pubsub_app`` and
+``pubsub_reader``) runs it first, as the schema's owner; the services then find the schema
+current and only check it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from typing import Any
 
 import psycopg
@@ -14,7 +21,10 @@ from psycopg import sql
 
 from pubsub import database, service
 from pubsub.backoff import Backoff
+from pubsub.errors import Unusable
 from pubsub.settings import Settings
+
+log = logging.getLogger("pubsub.dbschema")
 
 _LOCK_KEY = 0x70756273  # any constant shared by every process of the project
 
@@ -128,6 +138,12 @@ async def ensure(settings: Settings) -> None:
     async with await database.connect(settings) as conn, conn.transaction():
         if await _current(conn, settings):
             return
+        if not await _may_create(conn, settings):
+            raise NotCurrent(
+                f"schema {settings.db_schema} is not at version {SCHEMA_VERSION}, and this "
+                "role may not create or upgrade it: run `python -m pubsub.dbschema` as the "
+                "schema's owner"
+            )
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         if await _current(conn, settings):
             return  # another process created it while this one waited for the lock
@@ -141,6 +157,25 @@ async def ensure(settings: Settings) -> None:
         await conn.execute(_DDL)
         await conn.execute(_UPGRADE)
         await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+
+
+class NotCurrent(RuntimeError):
+    """The schema is older than this code, and this role may not upgrade it."""
+
+
+async def _may_create(conn: psycopg.AsyncConnection[Any], settings: Settings) -> bool:
+    """Whether this role can create the schema's tables: it owns the schema, or may create
+    schemas where there is none yet."""
+    cur = await conn.execute(
+        """
+        SELECT CASE WHEN n.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE')
+                    ELSE pg_has_role(n.nspowner, 'USAGE') END
+        FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s
+        """,
+        (settings.db_schema,),
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
 
 
 async def _current(conn: psycopg.AsyncConnection[Any], settings: Settings) -> bool:
@@ -165,3 +200,30 @@ async def drop(settings: Settings) -> None:
         await conn.execute(
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.db_schema))
         )
+
+
+def main() -> None:
+    """Create or upgrade the schema named by the environment's settings, then exit; exit 2 if
+    this role may not."""
+    settings = service.setup("dbschema")
+
+    async def attempt() -> None:
+        try:
+            await ensure(settings)
+        except NotCurrent as exc:
+            raise Unusable(str(exc)) from None  # waiting cannot help: stop
+
+    try:
+        asyncio.run(
+            service.retry(
+                attempt, what="PostgreSQL", stop=asyncio.Event(), backoff=Backoff.of(settings)
+            )
+        )
+    except Unusable as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(2) from None
+    log.info("schema %s is at version %d", settings.db_schema, SCHEMA_VERSION)
+
+
+if __name__ == "__main__":
+    main()

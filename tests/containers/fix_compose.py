@@ -80,7 +80,7 @@ class Compose:
 
     def psql(self, query: str) -> str:
         (pg,) = self.ids("postgres")
-        return self.exec(pg, "psql", "-U", "pubsub", "-d", "pubsub", "-tAc", query).strip()
+        return self.exec(pg, "psql", "-U", "postgres", "-d", "pubsub", "-tAc", query).strip()
 
     def up(self, *args: str) -> float:
         """``up -d`` with ``args``; returns the seconds until every service was healthy."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import time
 import uuid
@@ -49,6 +50,83 @@ def test_our_containers_run_as_a_non_root_user(compose: Compose) -> None:
         for cid in compose.ids(service):
             assert compose.exec(cid, "id", "-u").strip() != "0", service
             assert docker("inspect", "-f", "{{.Config.User}}", cid).strip() not in ("", "0", "root")
+
+
+def _bindings(cid: str) -> set[str]:
+    """The host addresses a container's ports are published on (``docker port``)."""
+    out = docker("port", cid)
+    return {line.split(" -> ")[1].rsplit(":", 1)[0] for line in out.splitlines() if " -> " in line}
+
+
+def test_only_the_gateway_listens_beyond_loopback(compose: Compose) -> None:
+    (gateway,) = compose.ids("gateway")
+    assert _bindings(gateway) == {"0.0.0.0"}
+    for service in ("rabbitmq", "prometheus"):
+        (cid,) = compose.ids(service)
+        assert _bindings(cid) == {"127.0.0.1"}, service
+    for service in ("postgres", *APP):
+        for cid in compose.ids(service):
+            assert _bindings(cid) == set(), service
+
+
+async def test_grafana_is_loopback_only_and_refuses_anonymous_data_source_queries(
+    compose: Compose,
+) -> None:
+    """As configured, always; by a real anonymous query too where a Grafana image exists."""
+    config = yaml.safe_load(compose("config"))["services"]["grafana"]
+    ports = config["ports"]
+    assert all(p["host_ip"] == "127.0.0.1" for p in ports if isinstance(p, dict)) or all(
+        str(p).startswith("127.0.0.1:") for p in ports
+    ), ports
+    assert config["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    if "grafana" not in compose.services:
+        return  # no Grafana image on this machine (no registry): the configuration is all
+    port = os.environ.get("PUBSUB_GRAFANA_PORT", "3000")
+    query = {"queries": [{"refId": "A", "datasource": {"uid": "pubsub-events"},
+                          "rawSql": "SELECT 1", "format": "table"}]}  # fmt: skip
+    async with _session() as http:
+
+        async def status() -> int:
+            async with http.post(f"http://127.0.0.1:{port}/api/ds/query", json=query) as resp:
+                return resp.status
+
+        assert await eventually(status, lambda s: s != 502, timeout=60, what="grafana") == 401
+
+
+def test_the_services_connect_as_roles_that_cannot_change_the_schema(compose: Compose) -> None:
+    sessions = compose.psql(
+        "SELECT DISTINCT a.usename || ':' || r.rolsuper FROM pg_stat_activity a "
+        "JOIN pg_roles r ON r.rolname = a.usename WHERE a.application_name = 'pubsub'"
+    )
+    assert set(sessions.split()) == {"pubsub_app:false", "pubsub_reader:false"}, sessions
+    (pg,) = compose.ids("postgres")
+
+    def as_role(role: str, sql: str) -> str:
+        return compose.exec(pg, "psql", "-U", role, "-d", "pubsub", "-tAc", sql)
+
+    for role in ("pubsub_app", "pubsub_reader"):
+        with pytest.raises(AssertionError, match="permission denied for schema pubsub"):
+            as_role(role, "CREATE TABLE pubsub.intruder (i int)")
+        with pytest.raises(AssertionError, match="must be owner"):
+            as_role(role, "DROP TABLE pubsub.events")
+    with pytest.raises(AssertionError, match="read-only transaction"):
+        as_role("pubsub_reader", "DELETE FROM pubsub.events")
+    assert as_role("pubsub_reader", "SHOW statement_timeout").strip() == "10s"
+    owner = compose.psql("SELECT nspowner::regrole FROM pg_namespace WHERE nspname = 'pubsub'")
+    assert owner == "pubsub_owner"
+
+
+async def test_the_gateway_sends_the_security_headers_and_no_metrics(compose: Compose) -> None:
+    async with _session() as http:
+        async with http.get(f"{compose.gateway}/", headers={"Accept": "text/html"}) as resp:
+            assert resp.status == 200
+            csp = resp.headers["Content-Security-Policy"]
+            assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            assert resp.headers["Referrer-Policy"] == "no-referrer"
+        for path in ("/metrics", "/ingest/metrics"):
+            async with http.get(f"{compose.gateway}{path}") as resp:
+                assert resp.status == 404, path
 
 
 async def test_docs_through_the_gateway_document_every_public_operation(compose: Compose) -> None:
