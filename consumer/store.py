@@ -10,7 +10,7 @@ five round trips.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,25 @@ RETURNING (SELECT n FROM n)
 # (the columns of ``incoming``, tab-separated, not yet backslash-escaped). Lines are made once
 # per event as messages arrive, so storing a batch is a single COPY.
 Row = tuple[tuple[str, str], str]
+
+
+# Bytes of COPY text built at once: a batch of large events is sent in pieces of about this
+# size rather than as one string (and its copies) the size of the whole batch.
+_COPY_CHUNK = 1 << 20
+
+
+def _chunks(lines: list[str], size: int) -> Iterator[list[str]]:
+    """``lines`` in consecutive groups of about ``size`` characters (one line at least)."""
+    group: list[str] = []
+    length = 0
+    for line in lines:
+        group.append(line)
+        length += len(line)
+        if length >= size:
+            yield group
+            group, length = [], 0
+    if group:
+        yield group
 
 
 def copy_rows(events: Sequence[Mapping[str, Any]], received_at: str) -> list[Row]:
@@ -190,10 +209,10 @@ class Store:
                 # Python orders str by code point, as COLLATE "C" orders UTF-8: the COPY arrives
                 # in the order the INSERT takes its locks.
                 lines = [unique[key] for key in sorted(unique)]
-                data = ("\n".join(lines) + "\n").replace("\\", "\\\\")
                 async with conn.cursor() as cur:
                     async with cur.copy("COPY incoming FROM STDIN") as copy:
-                        await copy.write(data)
+                        for chunk in _chunks(lines, _COPY_CHUNK):
+                            await copy.write(("\n".join(chunk) + "\n").replace("\\", "\\\\"))
                     await cur.execute(_INSERT_EVENTS, {"shard": self._shard, "received": received})
                     row = await cur.fetchone()  # always one: the counters' upsert
                     inserted = row[0] if row and isinstance(row[0], int) else 0

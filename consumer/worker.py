@@ -93,6 +93,10 @@ class Worker:
         except Undecodable as exc:
             await _dead_letter(message, exc)
             return
+        # Its rows hold all the store needs, and the broker keeps its own copy for redelivery
+        # and dead-lettering: holding the body too would double what the prefetch costs.
+        if isinstance(message, aio_pika.IncomingMessage):
+            message.body = b""
         events = decoded.events
         self._pending.append(
             Delivery(

@@ -148,6 +148,8 @@ class Feed:
                 self._hand_out(page)  # no await between the read and the new position
                 if page.caught_up:
                     await service.stopped_within(self.stop, settings.stream_poll_interval)
+        except Exception:
+            log.exception("stream feed failed; its streams read by themselves")
         finally:
             # Nobody follows, or the service stops, or a fault nobody foresaw: whoever still
             # follows reads on by itself, and the next joiner starts the feed afresh.

@@ -45,4 +45,5 @@ async def _fill_and_drain(stack: Supervisor, http: aiohttp.ClientSession) -> Non
         peak = max(peak, proc.memory_info().rss)
         await asyncio.sleep(0.02)  # a sampling period, not a synchronisation
     await storing
+    print(f"the consumer peaked at {peak >> 20} MiB")
     assert peak < CAP_MIB * 1024 * 1024, f"the consumer peaked at {peak >> 20} MiB"

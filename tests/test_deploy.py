@@ -61,11 +61,43 @@ def test_compose_scales_consumers_and_keeps_secrets_off_guest() -> None:
     assert consumer["deploy"]["replicas"] == 2
     assert services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"] != "guest"
     assert "guest" not in services["ingest"]["environment"]["PUBSUB_AMQP_URL"]
-    assert services["gateway"]["ports"] == ["8080:8080"]
     assert services["publisher"]["profiles"] == ["demo"]
     assert any("postgres-data" in v for v in services["postgres"]["volumes"])
     plugins = (DEPLOY / "rabbitmq" / "enabled_plugins").read_text()
     assert "rabbitmq_management" in plugins and "rabbitmq_prometheus" in plugins
+
+
+def test_compose_is_closed_by_default() -> None:
+    """Only the gateway on every interface, the consoles on loopback, Grafana without
+    anonymous users, and services that connect as roles other than the superuser."""
+    services = compose()["services"]
+    published = {name: s["ports"] for name, s in services.items() if "ports" in s}
+    assert published == {
+        "gateway": ["0.0.0.0:8080:8080"],
+        "rabbitmq": ["127.0.0.1:15672:15672"],
+        "prometheus": ["127.0.0.1:9090:9090"],
+        "grafana": ["127.0.0.1:3000:3000"],
+    }
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "admin"  # a default only: from a variable
+    text = (ROOT / "docker-compose.yml").read_text()
+    for who in ("RABBITMQ", "POSTGRES", "GRAFANA", "OWNER", "APP", "READER"):
+        assert f"${{PUBSUB_{who}_PASSWORD:-" in text, who
+    superuser = services["postgres"]["environment"]["POSTGRES_USER"]
+    roles = {
+        name: re.match(r"postgresql://(\w+):", s["environment"]["PUBSUB_DATABASE_URL"])[1]  # type: ignore[index]
+        for name, s in services.items()
+        if name in (*APP_SERVICES, "migrate")
+    }
+    assert roles == {"ingest": "pubsub_app", "consumer": "pubsub_app",
+                     "readapi": "pubsub_reader", "migrate": "pubsub_owner"}  # fmt: skip
+    assert superuser not in roles.values()
+    assert services["migrate"]["command"] == ["python", "-m", "pubsub.dbschema"]
+    for name in APP_SERVICES:
+        assert services[name]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }
 
 
 def test_compose_runs_postgres_with_the_settings_the_soak_measured() -> None:
