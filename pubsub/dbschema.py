@@ -147,9 +147,15 @@ async def ensure(settings: Settings) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         if await _current(conn, settings):
             return  # another process created it while this one waited for the lock
-        await conn.execute(
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema))
+        cur = await conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (settings.db_schema,)
         )
+        if await cur.fetchone() is None:
+            # Only then: CREATE SCHEMA IF NOT EXISTS needs the right to create schemas even
+            # when the schema exists, which its owner (compose's pubsub_owner) does not have.
+            await conn.execute(
+                sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(settings.db_schema))
+            )
         await conn.execute(
             sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
         )

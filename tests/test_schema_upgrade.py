@@ -3,10 +3,16 @@ to the current version (json payloads, the stream's txid)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from pubsub import dbschema
 from pubsub.database import connect_kwargs
@@ -55,3 +61,42 @@ def test_a_version_1_schema_is_upgraded_with_its_topics_and_counters(old: Settin
         )
         new = "SELECT txid IS NOT NULL, payload::text FROM events WHERE event_id = 'new'"
         assert c.execute(new).fetchone() == (True, '{"x": -0.0}')
+
+
+@pytest.fixture
+def no_ddl_role(database_url: str) -> Iterator[tuple[str, str]]:
+    """A login role that may read rows but create nothing, as compose's ``pubsub_app`` and
+    ``pubsub_reader``: its name and URL."""
+    name = f"pubsub_test_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'app'").format(sql.Identifier(name)))
+    try:
+        yield name, make_conninfo(database_url, user=name, password="app")
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as c:
+            c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def test_a_role_that_may_not_create_tables_checks_a_current_schema_and_waits_for_an_old_one(
+    old: Settings, no_ddl_role: tuple[str, str]
+) -> None:
+    name, url = no_ddl_role
+    app = old.replace(database_url=url)
+    schema, role = sql.Identifier(old.db_schema), sql.Identifier(name)
+    with psycopg.connect(old.database_url, autocommit=True) as c:
+        c.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, role))
+        c.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schema, role))
+    with pytest.raises(dbschema.NotCurrent, match=r"run `python -m pubsub\.dbschema`"):
+        run_async(dbschema.ensure(app))  # version 1: it says who must upgrade it
+    done = subprocess.run(
+        [sys.executable, "-m", "pubsub.dbschema"],
+        env={**os.environ, **app.to_env()},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "as the schema's owner" in done.stderr, done.stderr
+    run_async(dbschema.ensure(old))  # the owner upgrades it
+    run_async(dbschema.ensure(app))  # now current: checked, nothing to create
