@@ -113,6 +113,13 @@ class Bench:
             accepted = await self.metric(["ingest"], "pubsub_ingest_events_accepted_total")
             return int(before["received"] + accepted - before["accepted"])
 
+        # First until ingest holds no request: one still awaiting its confirm would be counted
+        # as accepted after the count below was read, and seem lost.
+        deadline = time.monotonic() + timeout
+        while await self.metric(["ingest"], "pubsub_ingest_bytes_in_flight") > 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("ingest still holds requests")
+            await asyncio.sleep(0.05)
         await watch.wait_stored(self.http, self.stack.read_url, target, timeout=timeout)
         return await self.snapshot()
 
