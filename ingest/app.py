@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from ingest import metrics
+from ingest import intake, metrics, otlp
 from ingest.broker import BrokerClient, BrokerUnavailable
-from ingest.budget import Budget, Held, OverBudget
+from ingest.budget import Budget, OverBudget
+from ingest.intake import BROKER, BUDGET, SETTINGS
 from ingest.validate import validate
 from pubsub import api, health, http, openapi, routes
 from pubsub.http import Refusal
@@ -21,25 +19,13 @@ from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.ingest.app")
 
-BROKER = web.AppKey("broker", BrokerClient)
-BUDGET = web.AppKey("budget", Budget)
-SETTINGS = web.AppKey("settings", Settings)
 TITLE = "pubsub ingest"
 
 _JSON_TYPES = frozenset({"application/json"})
-_ID_PREFIX = uuid.uuid4().hex[:12]
-_ids = itertools.count()
-
-
-def _new_request_id() -> str:
-    # Unique across processes thanks to the random prefix; cheaper than uuid4 per request.
-    return f"{_ID_PREFIX}-{next(_ids):x}"
 
 
 async def publish(request: web.Request) -> web.Response:
-    request_id = request.headers.get("X-Request-Id", "")
-    if not (0 < len(request_id) <= 64 and request_id.isprintable() and "," not in request_id):
-        request_id = _new_request_id()  # missing, or unfit for logs and headers
+    request_id = intake.request_id(request)
     try:
         accepted = await _accept(request, request_id)
     except Refusal as exc:
@@ -72,7 +58,7 @@ async def _accept(request: web.Request, request_id: str) -> int:
     try:
         # The body, its events and their message live until the broker confirmed them.
         with request.app[BUDGET].reserve(length or 0) as held:
-            body = await _read(request, held, settings)
+            body = await intake.read_body(request, held, settings)
             pieces = validate(
                 body, received_at=received_at, settings=settings, key=key, ndjson=ndjson
             )
@@ -90,37 +76,6 @@ async def _accept(request: web.Request, request_id: str) -> int:
             retry_after=settings.retry_after,
         ) from None
     return sum(piece.count for piece in pieces)
-
-
-async def _read(request: web.Request, held: Held, settings: Settings) -> bytes:
-    """The body as it arrives, after any ``Content-Encoding`` is undone, each chunk counted
-    against the request's share of the budget and the body limit before it is kept."""
-    limit = settings.max_body_bytes
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(settings.body_read_timeout):
-            async for chunk in request.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    raise Refusal(413, f"body exceeds the limit of {limit} bytes")
-                held.grow_to(size)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise Refusal(
-            408,
-            f"the body did not arrive within {settings.body_read_timeout:g} s "
-            "(PUBSUB_BODY_READ_TIMEOUT)",
-        ) from None
-    except web.RequestPayloadError as exc:
-        # A body cut short, or a compressed one that cannot be decoded (corrupt, or more
-        # members than aiohttp accepts): name the deepest cause, it says what was wrong.
-        cause: BaseException = exc
-        while (deeper := cause.__cause__ or cause.__context__) is not None:
-            cause = deeper
-        reason = " ".join(str(cause).split())
-        raise Refusal(400, f"the body could not be read: {reason}") from None
-    return b"".join(chunks)
 
 
 _FAST_TYPES = frozenset({"application/json", "application/json; charset=utf-8"})
@@ -168,7 +123,7 @@ def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
         return {"broker": broker.connected}
 
     http.add_index(app, TITLE, health.endpoints(api.INGEST))
-    routes.mount(app, api.INGEST, {api.PUBLISH: publish}, settings)
+    routes.mount(app, api.INGEST, {api.PUBLISH: publish, api.OTLP_LOGS: otlp.export_logs}, settings)
     health.add_health(app, ready, settings)
     openapi.add_docs(app, openapi.document(TITLE, [*api.INGEST, *api.HEALTH], settings))
     return app

@@ -27,3 +27,7 @@ BYTES_IN_FLIGHT = Gauge(
 OVER_BUDGET = Counter(
     "pubsub_ingest_over_budget", "Requests refused because the memory budget was spent."
 )
+OTLP_RECORDS_REJECTED = Counter(
+    "pubsub_ingest_otlp_records_rejected",
+    "OTLP log records left out of an export because they cannot be events (partial_success).",
+)

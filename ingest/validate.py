@@ -24,7 +24,7 @@ from pubsub.http import Refusal
 from pubsub.settings import Settings
 
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
-_EVENT = TypeAdapter(Event)
+EVENT = TypeAdapter(Event)
 _EVENTS = TypeAdapter(list[Event])
 
 
@@ -99,7 +99,7 @@ def parse_events(
     """
     first = body.lstrip()[:1]
     if first == b"{":
-        adapter: TypeAdapter[Any] = _EVENT
+        adapter: TypeAdapter[Any] = EVENT
     elif first == b"[":
         adapter = _EVENTS
     elif not first:

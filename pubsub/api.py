@@ -150,6 +150,36 @@ PUBLISH = Route(
     errors=(400, 401, 408, 413, 415, 422, 503),
 )
 
+OTLP_LOGS = Route(
+    method="POST",
+    path="/v1/logs",
+    auth="publish",
+    summary="OpenTelemetry logs over OTLP/HTTP: each log record is stored as an event.",
+    description=(
+        "An `ExportLogsServiceRequest` in protobuf or OTLP JSON, gzip or not: point an "
+        "OpenTelemetry SDK's or the Collector's OTLP/HTTP log exporter here. Answers 200 with "
+        "an `ExportLogsServiceResponse` in the request's encoding only after the broker "
+        "confirmed every stored record; `partial_success` counts the records that cannot be "
+        "events. The mapping is in docs/api.md."
+    ),
+    headers=(
+        Header("X-Pubsub-Topic", "Topic of every record of the request (else `service.name`)."),
+    ),
+    body={
+        "application/x-protobuf": {"type": "string", "format": "binary"},
+        "application/json": {"type": "object", "description": "OTLP JSON encoding."},
+    },
+    replies={
+        200: Reply(
+            "Stored (confirmed by the broker): an `ExportLogsServiceResponse`, in the "
+            "request's encoding.",
+            {"type": "object"},
+            media=("application/x-protobuf", "application/json"),
+        )
+    },
+    errors=(400, 401, 408, 413, 415, 503),
+)
+
 EVENTS = Route(
     method="GET",
     path="/events",
@@ -208,7 +238,7 @@ METRICS = Route(
     replies={200: Reply("text exposition format")},
 )
 
-INGEST = (PUBLISH,)
+INGEST = (PUBLISH, OTLP_LOGS)
 READ = (EVENTS, STREAM, STATS)
 HEALTH = (HEALTHZ, READYZ, METRICS)
 # One port for everything (deploy/nginx/nginx.conf): the ingest routes go to ingest, the

@@ -94,7 +94,7 @@ class Reply:
 
     description: str
     schema: Any = None
-    media: str = "application/json"
+    media: str | tuple[str, ...] = "application/json"  # several: the request's decides
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,8 @@ def _operation(route: Route, settings: Settings) -> dict[str, Any]:
     for status, reply in route.replies.items():
         answer: dict[str, Any] = {"description": reply.description}
         if reply.schema is not None:
-            answer["content"] = _content(reply.schema, reply.media)
+            kinds = (reply.media,) if isinstance(reply.media, str) else reply.media
+            answer["content"] = {k: v for m in kinds for k, v in _content(reply.schema, m).items()}
         responses[str(status)] = answer
     for status in route.errors:
         responses[str(status)] = {

@@ -168,6 +168,19 @@ class Settings(BaseSettings):
         "bytes as well as by count. Keep it below the broker's `max_message_size` (16 MiB by "
         "default since RabbitMQ 4.0, 128 MiB before).",
     )
+    otlp_topic_attribute: str = Field(
+        "service.name",
+        min_length=1,
+        description="Resource attribute whose value is the topic of OTLP log records "
+        "(`POST /v1/logs`); `unknown_service` when a resource lacks it. An `X-Pubsub-Topic` "
+        "header overrides it per request.",
+    )
+    otlp_source_attributes: str = Field(
+        "service.instance.id,host.name",
+        min_length=1,
+        description="Resource attributes, separated by commas, whose first one set is the "
+        "source of OTLP log records; `otlp` when none is.",
+    )
     publish_in_flight: Count = Field(
         2,
         description="Broker messages ingest keeps awaiting confirms at once; later requests "

@@ -16,9 +16,9 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ingest.app import BUDGET
 from ingest.app import make_app as make_ingest
 from ingest.broker import BrokerClient, BrokerUnavailable
+from ingest.intake import BUDGET
 from pubsub import message
 from pubsub.settings import Settings
 from readapi.app import Sources

@@ -69,7 +69,13 @@ def test_the_gateway_document_lists_every_route_of_both_services() -> None:
 
 def test_tokens_guard_the_declared_paths_with_their_own_token() -> None:
     guarded = routes.guarded_paths(api.GATEWAY, routes.tokens(SETTINGS))
-    assert guarded == {"/publish": "p", "/events": "r", "/events/stream": "r", "/stats": "r"}
+    assert guarded == {
+        "/publish": "p",
+        "/v1/logs": "p",
+        "/events": "r",
+        "/events/stream": "r",
+        "/stats": "r",
+    }
     assert routes.guarded_paths(api.GATEWAY, routes.tokens(Settings.from_env({}))) == {}
 
 

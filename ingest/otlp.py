@@ -1,0 +1,314 @@
+"""``POST /v1/logs``: OpenTelemetry logs over OTLP/HTTP, stored as events.
+
+Every OpenTelemetry SDK and the Collector export logs this way; pointing their endpoint at
+ingest is all it takes. A request (``ExportLogsServiceRequest``, protobuf or the OTLP JSON
+encoding, gzip or not) goes through the same memory budget, validation, broker confirms and
+metrics as ``POST /publish``, and ``200`` comes only once the broker confirmed its events.
+
+Each log record becomes one event:
+
+- ``topic``: the resource attribute ``PUBSUB_OTLP_TOPIC_ATTRIBUTE`` (``service.name``), else
+  ``unknown_service``; an ``X-Pubsub-Topic`` header overrides it for the whole request;
+- ``source``: the first of the resource attributes ``PUBSUB_OTLP_SOURCE_ATTRIBUTES``
+  (``service.instance.id``, ``host.name``) that is set, else ``otlp``;
+- ``timestamp``: ``timeUnixNano``, else ``observedTimeUnixNano``, else the receive time;
+- ``event_id``: the record's ``log.record.uid`` attribute (the semantic conventions define it
+  for exactly this), else a hash of the record and its resource, so a retried export, which
+  carries the same records, is deduplicated;
+- ``payload``: ``body`` (any value, as JSON), ``severity_number``, ``severity_text``,
+  ``attributes``, ``trace_id`` and ``span_id`` (hex), ``flags``, ``event_name``, ``resource``
+  (its attributes) and ``scope`` (name, version, attributes).
+
+A record that cannot be an event (a topic over 255 characters, a record over
+``PUBSUB_MAX_EVENT_BYTES``) is left out and counted in ``partial_success``; the others are
+stored. Values JSON cannot hold keep their meaning: bytes as base64, non-finite doubles as the
+strings ``NaN``, ``Infinity`` and ``-Infinity`` (as the protobuf JSON mapping writes them).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from pydantic import ValidationError
+
+from ingest import intake, metrics
+from ingest.broker import BrokerUnavailable
+from ingest.budget import OverBudget
+from ingest.validate import EVENT, check_payloads, validate
+from pubsub.event import Event
+from pubsub.http import Refusal
+from pubsub.settings import Settings
+
+log = logging.getLogger("pubsub.ingest.otlp")
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ID_FIELDS = ("traceId", "spanId", "trace_id", "span_id")
+
+
+async def export_logs(request: web.Request) -> web.Response:
+    """Store the request's log records; answer ``ExportLogsServiceResponse`` in its encoding."""
+    request_id = intake.request_id(request)
+    kind = request.content_type
+    try:
+        if kind not in (PROTOBUF, JSON):
+            raise Refusal(415, f"unsupported content type {kind!r}: send {PROTOBUF} or {JSON}")
+        response = await _export(request, kind, request_id)
+    except Refusal as exc:
+        metrics.REQUESTS.labels(str(exc.status)).inc()
+        log.log(logging.WARNING if exc.status >= 500 else logging.DEBUG, "refused: %s",
+                exc.message, extra={"request_id": request_id, "status": exc.status})  # fmt: skip
+        raise exc.with_headers(("X-Request-Id", request_id)) from None
+    metrics.REQUESTS.labels("200").inc()
+    if kind == PROTOBUF:
+        body = response.SerializeToString()
+    else:
+        body = json_format.MessageToJson(response, indent=None).encode()
+    return web.Response(body=body, content_type=kind, headers={"X-Request-Id": request_id})
+
+
+async def _export(request: web.Request, kind: str, request_id: str) -> ExportLogsServiceResponse:
+    app, received_at = request.app, datetime.now(UTC)
+    settings = app[intake.SETTINGS]
+    length = request.content_length
+    if length is not None and length > settings.max_body_bytes:
+        raise Refusal(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
+    topic = request.headers.get("X-Pubsub-Topic") or None
+    response = ExportLogsServiceResponse()
+    try:
+        with app[intake.BUDGET].reserve(length or 0) as held:
+            body = await intake.read_body(request, held, settings)
+            export = parse(body, kind)
+            events, refused = to_events(export, settings=settings, received_at=received_at,
+                                        topic=topic)  # fmt: skip
+            if refused:
+                count, first = refused
+                response.partial_success.rejected_log_records = count
+                response.partial_success.error_message = first
+                metrics.OTLP_RECORDS_REJECTED.inc(count)
+            if events:
+                pieces = validate(orjson.dumps(events), received_at=received_at, settings=settings)
+                await app[intake.BROKER].publish(
+                    pieces, received_at=received_at, request_id=request_id
+                )
+                metrics.EVENTS_ACCEPTED.inc(len(events))
+    except OverBudget as exc:
+        raise Refusal.unavailable(
+            f"ingest is busy ({exc}); nothing was accepted, retry later",
+            retry_after=settings.retry_after,
+        ) from None
+    except BrokerUnavailable as exc:
+        raise Refusal.unavailable(
+            f"broker unavailable: {exc}; nothing was accepted, retry later",
+            retry_after=settings.retry_after,
+        ) from None
+    return response
+
+
+def parse(body: bytes, kind: str) -> ExportLogsServiceRequest:
+    """The request in either encoding; :class:`Refusal` 400 when it does not decode."""
+    export = ExportLogsServiceRequest()
+    if kind == PROTOBUF:
+        try:
+            export.ParseFromString(body)
+        except DecodeError as exc:
+            raise Refusal(400, f"not an ExportLogsServiceRequest: {exc}") from None
+        return export
+    try:
+        document = orjson.loads(body)
+        _hex_ids_to_base64(document)
+        json_format.ParseDict(document, export, ignore_unknown_fields=True)
+    except (orjson.JSONDecodeError, json_format.ParseError, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise Refusal(400, f"not an OTLP JSON ExportLogsServiceRequest: {reason}") from None
+    return export
+
+
+def _hex_ids_to_base64(document: Any) -> None:
+    """OTLP JSON writes trace and span ids in hex, where the protobuf JSON mapping (which the
+    parser follows) expects base64 for bytes: convert them in place."""
+    if not isinstance(document, dict):
+        raise TypeError("the body must be a JSON object")
+    for resource_logs in document.get("resourceLogs") or document.get("resource_logs") or []:
+        for scope_logs in _items(resource_logs, "scopeLogs", "scope_logs"):
+            for record in _items(scope_logs, "logRecords", "log_records"):
+                for name in _ID_FIELDS:
+                    value = record.get(name) if isinstance(record, dict) else None
+                    if isinstance(value, str) and value:
+                        try:
+                            raw = bytes.fromhex(value)
+                        except ValueError:
+                            raise ValueError(f"{name} {value[:40]!r} is not hex") from None
+                        record[name] = base64.b64encode(raw).decode()
+
+
+def _items(parent: Any, *names: str) -> list[Any]:
+    if not isinstance(parent, dict):
+        return []
+    for name in names:
+        value = parent.get(name)
+        if isinstance(value, list):
+            return value
+    return []
+
+
+def value(v: AnyValue) -> Any:
+    """An ``AnyValue`` as JSON."""
+    kind = v.WhichOneof("value")
+    if kind in _AS_IS:
+        return getattr(v, kind)
+    convert = _CONVERT.get(kind or "")
+    return None if convert is None else convert(v)  # None: no value set
+
+
+def _double(v: AnyValue) -> Any:
+    d = v.double_value
+    if math.isfinite(d):
+        return d
+    return "NaN" if math.isnan(d) else ("Infinity" if d > 0 else "-Infinity")
+
+
+_AS_IS = frozenset({"string_value", "bool_value", "int_value"})
+_CONVERT: dict[str, Callable[[AnyValue], Any]] = {
+    "double_value": _double,
+    "array_value": lambda v: [value(item) for item in v.array_value.values],
+    "kvlist_value": lambda v: attributes(v.kvlist_value.values),
+    "bytes_value": lambda v: base64.b64encode(v.bytes_value).decode(),
+}
+
+
+def attributes(pairs: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        assert isinstance(kv, KeyValue)
+        out[kv.key] = value(kv.value)
+    return out
+
+
+def to_events(
+    export: ExportLogsServiceRequest,
+    *,
+    settings: Settings,
+    received_at: datetime,
+    topic: str | None,
+) -> tuple[list[dict[str, Any]], tuple[int, str] | None]:
+    """The events of every record that can be one, and (how many could not, why the first)."""
+    events: list[dict[str, Any]] = []
+    refused, first = 0, ""
+    topic_key = settings.otlp_topic_attribute
+    source_keys = [k.strip() for k in settings.otlp_source_attributes.split(",") if k.strip()]
+    for resource_logs in export.resource_logs:
+        resource = resource_logs.resource
+        resource_attrs = attributes(resource.attributes)
+        resource_bytes = resource.SerializeToString(deterministic=True)
+        topic_of = topic or _text(resource_attrs.get(topic_key)) or "unknown_service"
+        source = next(
+            (t for k in source_keys if (t := _text(resource_attrs.get(k)))), "otlp"
+        )  # fmt: skip
+        for scope_logs in resource_logs.scope_logs:
+            scope = {
+                "name": scope_logs.scope.name,
+                "version": scope_logs.scope.version,
+                "attributes": attributes(scope_logs.scope.attributes),
+            }
+            for record in scope_logs.log_records:
+                event = _event(
+                    record,
+                    resource_attrs=resource_attrs,
+                    resource_bytes=resource_bytes,
+                    scope=scope,
+                    topic=topic_of,
+                    source=source,
+                    received_at=received_at,
+                )
+                problem = _problem(event, settings)
+                if problem is None:
+                    events.append(event)
+                else:
+                    refused += 1
+                    first = first or problem
+    return events, ((refused, first) if refused else None)
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else ("" if v is None else str(v))
+
+
+def _event(
+    record: LogRecord,
+    *,
+    resource_attrs: dict[str, Any],
+    resource_bytes: bytes,
+    scope: dict[str, Any],
+    topic: str,
+    source: str,
+    received_at: datetime,
+) -> dict[str, Any]:
+    attrs = attributes(record.attributes)
+    nanos = record.time_unix_nano or record.observed_time_unix_nano
+    # PostgreSQL keeps microseconds; the nanoseconds stay in the payload.
+    timestamp = _EPOCH + timedelta(microseconds=nanos // 1000) if nanos else received_at
+    uid = _text(attrs.get("log.record.uid"))
+    if not uid:
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(record.SerializeToString(deterministic=True))
+        digest.update(resource_bytes)
+        uid = f"otlp-{digest.hexdigest()}"
+    return {
+        "topic": topic,
+        "event_id": uid,
+        "timestamp": timestamp.isoformat(),
+        "source": source,
+        "payload": {
+            "body": value(record.body) if record.HasField("body") else None,
+            "severity_number": record.severity_number,
+            "severity_text": record.severity_text,
+            "attributes": attrs,
+            "trace_id": record.trace_id.hex(),
+            "span_id": record.span_id.hex(),
+            "flags": record.flags,
+            "event_name": getattr(record, "event_name", ""),
+            "time_unix_nano": str(record.time_unix_nano),
+            "observed_time_unix_nano": str(record.observed_time_unix_nano),
+            "resource": resource_attrs,
+            "scope": scope,
+        },
+    }
+
+
+def _problem(event: dict[str, Any], settings: Settings) -> str | None:
+    """Why ``event`` cannot be stored, or None."""
+    try:
+        EVENT.validate_python({**event, "timestamp": datetime.fromisoformat(event["timestamp"])})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        return f"a record's {where}: {error['msg']}"
+    try:
+        check_payloads([cast(Event, event)], max_problems=1)  # NUL, which PostgreSQL refuses
+    except Refusal as exc:
+        return f"a record's payload: {exc.message}"
+    size = len(orjson.dumps(event))
+    if size > settings.max_event_bytes:
+        return (
+            f"a record of {size} bytes as an event exceeds PUBSUB_MAX_EVENT_BYTES "
+            f"({settings.max_event_bytes})"
+        )
+    return None
