@@ -13,9 +13,24 @@ import yarl
 from pubsub.settings import Settings
 from stack.supervisor import Supervisor
 from tests.fix_services import private_settings
-from tests.tcpproxy import TCPProxy
+from tests.fix_stack import StackFactory
+from tests.tcpproxy import TCPProxy, proxy
 
 REPORTS = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def proxied_ingest(
+    settings: Settings, own_stack: StackFactory
+) -> Iterator[tuple[Supervisor, TCPProxy]]:
+    """A second ingest process whose broker connection runs through a TCP proxy."""
+    url = yarl.URL(settings.amqp_url)
+    with proxy(url.host or "127.0.0.1", url.port or 5672) as p:
+        via = str(url.with_host("127.0.0.1").with_port(p.port))
+        own = own_stack(amqp_url=via, publish_timeout=1.0)
+        own.start("ingest")
+        yield own, p
+        own.stop("ingest")
 
 
 @dataclass

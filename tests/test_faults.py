@@ -6,7 +6,6 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,6 @@ from stack.supervisor import ChildFailed, Supervisor
 from tests.fix_stack import StackFactory
 from tests.support import event, eventually, post_json, publish_raw, queue_depth, settled, stats
 from tests.tcpproxy import TCPProxy, proxy
-
-
-@pytest.fixture
-def proxied_ingest(
-    settings: Settings, own_stack: StackFactory
-) -> Iterator[tuple[Supervisor, TCPProxy]]:
-    """A second ingest process whose broker connection runs through a TCP proxy."""
-    url = yarl.URL(settings.amqp_url)
-    with proxy(url.host or "127.0.0.1", url.port or 5672) as p:
-        via = str(url.with_host("127.0.0.1").with_port(p.port))
-        own = own_stack(amqp_url=via, publish_timeout=1.0)
-        own.start("ingest")
-        yield own, p
-        own.stop("ingest")
 
 
 async def test_ingest_answers_503_while_the_broker_is_unreachable_then_recovers(

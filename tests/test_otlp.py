@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -34,6 +35,7 @@ from opentelemetry.sdk.resources import Resource
 
 from stack.supervisor import Supervisor
 from tests.support import eventually, settled, stats
+from tests.tcpproxy import TCPProxy
 
 DEADLINE = 60.0
 
@@ -43,9 +45,12 @@ def stored(db: psycopg.Connection[Any], topic: str) -> int:
     return int(row[0]) if row else 0
 
 
-def emit(endpoint: str, service: str, unique: int, twice_every: int) -> int:
+def emit(
+    endpoint: str, service: str, unique: int, *, twice_every: int = 0, pace: float = 0.0
+) -> int:
     """Log ``unique`` records through logging -> LoggingHandler -> BatchLogRecordProcessor ->
-    the OTLP/HTTP exporter (gzip), every ``twice_every``-th twice with the same uid."""
+    the OTLP/HTTP exporter (gzip), every ``twice_every``-th twice with the same uid, one per
+    ``pace`` seconds."""
     provider = LoggerProvider(
         resource=Resource.create({"service.name": service, "service.instance.id": "worker-7"})
     )
@@ -59,9 +64,11 @@ def emit(endpoint: str, service: str, unique: int, twice_every: int) -> int:
     sent = 0
     try:
         for i in range(unique):
-            for _ in range(2 if i % twice_every == 0 else 1):
+            for _ in range(2 if twice_every and i % twice_every == 0 else 1):
                 logger.warning("order %d failed", i, extra={"log.record.uid": f"u{i}", "n": i})
                 sent += 1
+            if pace:
+                time.sleep(pace)  # the application's pace, spreading the export over time
         assert provider.force_flush(timeout_millis=60_000)
     finally:
         provider.shutdown()
@@ -75,7 +82,9 @@ async def test_the_sdk_exports_10000_records_and_each_unique_one_is_stored_once(
 ) -> None:
     service = f"otel-{uuid.uuid4().hex[:8]}"
     before, counted = time.time(), (await stats(http, stack.read_url))["received"]
-    sent = await asyncio.to_thread(emit, f"{stack.ingest_url}/v1/logs", service, 8000, 4)
+    sent = await asyncio.to_thread(
+        emit, f"{stack.ingest_url}/v1/logs", service, 8000, twice_every=4
+    )
     assert sent == 10_000  # 8,000 records, 2,000 of them twice
     # Every record exported is counted (the copies as duplicates), and each stored once.
     after = await settled(http, stack.read_url, counted + 10_000, timeout=DEADLINE)
@@ -93,6 +102,46 @@ async def test_the_sdk_exports_10000_records_and_each_unique_one_is_stored_once(
     assert payload["resource"]["service.name"] == service
     assert payload["scope"]["name"] == f"otel-test.{service}"
     assert before - 5 < float(payload["time_unix_nano"]) / 1e9 < time.time() + 5
+
+
+@pytest.mark.filterwarnings("ignore:`LoggingHandler` in `opentelemetry-sdk` is deprecated")
+async def test_an_export_through_a_broker_outage_loses_nothing(
+    proxied_ingest: tuple[Supervisor, TCPProxy],
+    stack: Supervisor,
+    http: aiohttp.ClientSession,
+    db: psycopg.Connection[Any],
+) -> None:
+    """Ingest answers 503 with Retry-After while its broker link is cut; the exporter retries
+    those, so every record is stored once the link is back."""
+    own, link = proxied_ingest
+    service = f"otel-outage-{uuid.uuid4().hex[:8]}"
+    counted = (await stats(http, stack.read_url))["received"]
+    sending = asyncio.create_task(
+        asyncio.to_thread(emit, f"{own.ingest_url}/v1/logs", service, 5000, pace=0.001)
+    )
+    await eventually(lambda: asyncio.to_thread(stored, db, service), lambda n: n >= 500,
+                     timeout=DEADLINE, interval=0.05, what="the first records stored")  # fmt: skip
+    link.cut()
+    refused = await _refusals_while(http, own, seconds=3.0)
+    link.restore()
+    assert await sending == 5000
+    assert refused, "the exporter met no refusal: the outage missed the export"
+    await settled(http, stack.read_url, counted + 5000, timeout=DEADLINE)
+    assert stored(db, service) == 5000
+
+
+async def _refusals_while(http: aiohttp.ClientSession, own: Supervisor, *, seconds: float) -> int:
+    """503s ingest answered for OTLP during ``seconds`` (a window of the outage)."""
+
+    async def count() -> float:
+        async with http.get(f"{own.ingest_url}/metrics") as resp:
+            text = await resp.text()
+        found = re.search(r'^pubsub_ingest_requests_total\{status="503"\} (\S+)$', text, re.M)
+        return float(found[1]) if found else 0.0
+
+    before = await count()
+    await asyncio.sleep(seconds)  # the outage lasts this long
+    return int(await count() - before)
 
 
 def _request(service: str, records: list[LogRecord]) -> ExportLogsServiceRequest:
