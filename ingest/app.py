@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from ingest import intake, metrics, otlp
+from ingest import intake, loki, metrics, otlp
 from ingest.broker import BrokerClient, BrokerUnavailable
 from ingest.budget import Budget, OverBudget
 from ingest.intake import BROKER, BUDGET, SETTINGS
@@ -123,7 +123,8 @@ def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
         return {"broker": broker.connected}
 
     http.add_index(app, TITLE, health.endpoints(api.INGEST))
-    routes.mount(app, api.INGEST, {api.PUBLISH: publish, api.OTLP_LOGS: otlp.export_logs}, settings)
+    handlers = {api.PUBLISH: publish, api.OTLP_LOGS: otlp.export_logs, api.LOKI_PUSH: loki.push}
+    routes.mount(app, api.INGEST, handlers, settings)
     health.add_health(app, ready, settings)
     openapi.add_docs(app, openapi.document(TITLE, [*api.INGEST, *api.HEALTH], settings))
     return app

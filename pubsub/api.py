@@ -180,6 +180,27 @@ OTLP_LOGS = Route(
     errors=(400, 401, 408, 413, 415, 503),
 )
 
+LOKI_PUSH = Route(
+    method="POST",
+    path="/loki/api/v1/push",
+    auth="publish",
+    summary="The Loki push API: each entry of each stream is stored as an event.",
+    description=(
+        'JSON (`{"streams": [{"stream": {labels}, "values": [["<unix ns>", '
+        '"<line>"]]}]}`, gzip or not) or protobuf compressed with snappy (block format), '
+        "as Promtail, Alloy, Vector, Fluent Bit and Loki handlers send. Answers 204 only after "
+        "the broker confirmed every entry; errors are plain text, as Loki answers them. The "
+        "mapping is in docs/api.md."
+    ),
+    body={
+        "application/json": {"type": "object", "description": "Loki's JSON push."},
+        "application/x-protobuf": {"type": "string", "format": "binary"},
+    },
+    replies={204: Reply("Stored: confirmed by the broker.")},
+    errors=(400, 401, 408, 413, 415, 503),
+    error_media=("text/plain", "application/json"),
+)
+
 EVENTS = Route(
     method="GET",
     path="/events",
@@ -238,7 +259,7 @@ METRICS = Route(
     replies={200: Reply("text exposition format")},
 )
 
-INGEST = (PUBLISH, OTLP_LOGS)
+INGEST = (PUBLISH, OTLP_LOGS, LOKI_PUSH)
 READ = (EVENTS, STREAM, STATS)
 HEALTH = (HEALTHZ, READYZ, METRICS)
 # One port for everything (deploy/nginx/nginx.conf): the ingest routes go to ingest, the

@@ -121,6 +121,9 @@ class Route:
     body: Mapping[str, Any] | None = None
     replies: Mapping[int, Reply] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
+    # Where a protocol answers its errors otherwise (Loki: plain text), beside the JSON ones
+    # that the shared middleware gives (401, 413 from aiohttp).
+    error_media: tuple[str, ...] = ("application/json",)
     # Types that raw schemas (dicts) of this route refer to by ``ref``.
     uses: tuple[Any, ...] = ()
 
@@ -281,10 +284,11 @@ def _operation(route: Route, settings: Settings) -> dict[str, Any]:
             answer["content"] = {k: v for m in kinds for k, v in _content(reply.schema, m).items()}
         responses[str(status)] = answer
     for status in route.errors:
-        responses[str(status)] = {
-            "description": ERRORS[status],
-            "content": _content(ErrorReply, "application/json"),
-        }
+        error: dict[str, Any] = {}
+        for media in route.error_media:
+            schema = ErrorReply if media == "application/json" else {"type": "string"}
+            error.update(_content(schema, media))
+        responses[str(status)] = {"description": ERRORS[status], "content": error}
     op["responses"] = responses
     return op
 

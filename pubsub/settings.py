@@ -181,6 +181,18 @@ class Settings(BaseSettings):
         description="Resource attributes, separated by commas, whose first one set is the "
         "source of OTLP log records; `otlp` when none is.",
     )
+    loki_topic_labels: str = Field(
+        "service_name,job,app",
+        min_length=1,
+        description="Stream labels, separated by commas, whose first one set is the topic of "
+        "Loki pushes (`POST /loki/api/v1/push`); `loki` when none is.",
+    )
+    loki_source_labels: str = Field(
+        "host,hostname,instance",
+        min_length=1,
+        description="Stream labels, separated by commas, whose first one set is the source of "
+        "Loki pushes; `loki` when none is.",
+    )
     publish_in_flight: Count = Field(
         2,
         description="Broker messages ingest keeps awaiting confirms at once; later requests "

@@ -72,6 +72,7 @@ def test_tokens_guard_the_declared_paths_with_their_own_token() -> None:
     assert guarded == {
         "/publish": "p",
         "/v1/logs": "p",
+        "/loki/api/v1/push": "p",
         "/events": "r",
         "/events/stream": "r",
         "/stats": "r",
