@@ -52,7 +52,6 @@ log = logging.getLogger("pubsub.readapi.stream")
 # for minutes before the stream could notice. 256 KiB still carries ~10 MB/s at 25 ms RTT.
 _SEND_BUFFER = 256 * 1024
 _STALLED_AFTER = 30.0  # seconds a single write may wait before the client counts as gone
-_LOOK_FOR_LEAVERS = 1.0  # seconds between two looks whether an idle stream's client is gone
 
 
 class Streams:
@@ -179,10 +178,11 @@ class _Stream:
                 continue
             if follower.joined:
                 follower.changed.clear()
-                # The feed wakes it for events and when it stops; the timeout only notices a
-                # client that left (aiohttp does not cancel a handler whose client went away).
+                # The feed wakes it for events and when it stops; the timeout notices a client
+                # that left (aiohttp does not cancel a handler whose client went away), and
+                # soon: its place counts against PUBSUB_STREAM_MAX_CLIENTS until then.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(follower.changed.wait(), _LOOK_FOR_LEAVERS)
+                    await asyncio.wait_for(follower.changed.wait(), settings.stream_poll_interval)
                 continue
             events, room = follower.room(settings)
             try:
