@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from ingest import intake, loki, metrics, otlp
-from ingest.broker import BrokerClient, BrokerUnavailable
-from ingest.budget import Budget, OverBudget
+from ingest.broker import BrokerClient
+from ingest.budget import Budget
 from ingest.intake import BROKER, BUDGET, SETTINGS
 from ingest.validate import validate
 from pubsub import api, health, http, openapi, routes
@@ -29,13 +29,7 @@ async def publish(request: web.Request) -> web.Response:
     try:
         accepted = await _accept(request, request_id)
     except Refusal as exc:
-        metrics.REQUESTS.labels(str(exc.status)).inc()
-        log.log(
-            logging.WARNING if exc.status >= 500 else logging.DEBUG,
-            "refused: %s",
-            exc.message,
-            extra={"request_id": request_id, "status": exc.status},
-        )
+        intake.note_refusal(log, exc, request_id)
         raise exc.with_headers(("X-Request-Id", request_id)) from None
     metrics.REQUESTS_202.inc()
     metrics.EVENTS_ACCEPTED.inc(accepted)
@@ -51,30 +45,11 @@ async def _accept(request: web.Request, request_id: str) -> int:
     settings = request.app[SETTINGS]
     received_at = datetime.now(UTC)
     ndjson = _is_ndjson(request)
-    length = request.content_length
-    if length is not None and length > settings.max_body_bytes:
-        raise Refusal(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
-    key = _idempotency_key(request)
-    try:
-        # The body, its events and their message live until the broker confirmed them.
-        with request.app[BUDGET].reserve(length or 0) as held:
-            body = await intake.read_body(request, held, settings)
-            pieces = validate(
-                body, received_at=received_at, settings=settings, key=key, ndjson=ndjson
-            )
-            await request.app[BROKER].publish(
-                pieces, received_at=received_at, request_id=request_id
-            )
-    except OverBudget as exc:
-        raise Refusal.unavailable(
-            f"ingest is busy ({exc}); nothing was accepted, retry later",
-            retry_after=settings.retry_after,
-        ) from None
-    except BrokerUnavailable as exc:
-        raise Refusal.unavailable(
-            f"broker unavailable: {exc}; nothing was accepted, retry later",
-            retry_after=settings.retry_after,
-        ) from None
+    with intake.holding(request) as held:
+        key = _idempotency_key(request)
+        body = await intake.read_body(request, held, settings)
+        pieces = validate(body, received_at=received_at, settings=settings, key=key, ndjson=ndjson)
+        await request.app[BROKER].publish(pieces, received_at=received_at, request_id=request_id)
     return sum(piece.count for piece in pieces)
 
 

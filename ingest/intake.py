@@ -4,13 +4,17 @@ within the memory budget."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
 import uuid
+from collections.abc import Iterator
 
 from aiohttp import web
 
-from ingest.broker import BrokerClient
-from ingest.budget import Budget, Held
+from ingest import metrics
+from ingest.broker import BrokerClient, BrokerUnavailable
+from ingest.budget import Budget, Held, OverBudget
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 
@@ -29,6 +33,38 @@ def request_id(request: web.Request) -> str:
         return given
     # Unique across processes thanks to the random prefix; cheaper than uuid4 per request.
     return f"{_ID_PREFIX}-{next(_ids):x}"
+
+
+def note_refusal(log: logging.Logger, exc: Refusal, request_id: str) -> None:
+    """Count a refused request and log it (a warning when the fault is on this side)."""
+    metrics.REQUESTS.labels(str(exc.status)).inc()
+    log.log(logging.WARNING if exc.status >= 500 else logging.DEBUG, "refused: %s", exc.message,
+            extra={"request_id": request_id, "status": exc.status})  # fmt: skip
+
+
+@contextlib.contextmanager
+def holding(request: web.Request) -> Iterator[Held]:
+    """The request's share of the memory budget for the ``with`` block, reserved by its
+    ``Content-Length`` (413 past the body limit). The body, its events and their message live
+    in it until the broker confirmed them; a spent budget or a broker that cannot take the
+    events is a 503, nothing accepted."""
+    settings = request.app[SETTINGS]
+    length = request.content_length
+    if length is not None and length > settings.max_body_bytes:
+        raise Refusal(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
+    try:
+        with request.app[BUDGET].reserve(length or 0) as held:
+            yield held
+    except OverBudget as exc:
+        raise Refusal.unavailable(
+            f"ingest is busy ({exc}); nothing was accepted, retry later",
+            retry_after=settings.retry_after,
+        ) from None
+    except BrokerUnavailable as exc:
+        raise Refusal.unavailable(
+            f"broker unavailable: {exc}; nothing was accepted, retry later",
+            retry_after=settings.retry_after,
+        ) from None
 
 
 async def read_body(request: web.Request, held: Held, settings: Settings) -> bytes:

@@ -34,8 +34,6 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 from google.protobuf.message import DecodeError
 
 from ingest import intake, metrics
-from ingest.broker import BrokerUnavailable
-from ingest.budget import OverBudget
 from ingest.validate import validate
 from pubsub.http import Refusal
 from pubsub.settings import Settings
@@ -117,9 +115,7 @@ async def push(request: web.Request) -> web.Response:
     try:
         count = await _push(request, request_id)
     except Refusal as exc:
-        metrics.REQUESTS.labels(str(exc.status)).inc()
-        log.log(logging.WARNING if exc.status >= 500 else logging.DEBUG, "refused: %s",
-                exc.message, extra={"request_id": request_id, "status": exc.status})  # fmt: skip
+        intake.note_refusal(log, exc, request_id)
         # Plain text, as Loki answers: its clients log the body as it is.
         return web.Response(
             status=exc.status,
@@ -137,28 +133,14 @@ async def _push(request: web.Request, request_id: str) -> int:
     kind = request.content_type
     if kind not in (PROTOBUF, JSON):
         raise Refusal(415, f"unsupported content type {kind!r}: send {PROTOBUF} or {JSON}")
-    length = request.content_length
-    if length is not None and length > settings.max_body_bytes:
-        raise Refusal(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
-    try:
-        with app[intake.BUDGET].reserve(length or 0) as held:
-            body = await intake.read_body(request, held, settings)
-            streams = _from_protobuf(body, settings) if kind == PROTOBUF else _from_json(body)
-            events = to_events(streams, settings=settings)
-            if not events:
-                return 0
-            pieces = validate(orjson.dumps(events), received_at=received_at, settings=settings)
-            await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
-    except OverBudget as exc:
-        raise Refusal.unavailable(
-            f"ingest is busy ({exc}); nothing was accepted, retry later",
-            retry_after=settings.retry_after,
-        ) from None
-    except BrokerUnavailable as exc:
-        raise Refusal.unavailable(
-            f"broker unavailable: {exc}; nothing was accepted, retry later",
-            retry_after=settings.retry_after,
-        ) from None
+    with intake.holding(request) as held:
+        body = await intake.read_body(request, held, settings)
+        streams = _from_protobuf(body, settings) if kind == PROTOBUF else _from_json(body)
+        events = to_events(streams, settings=settings)
+        if not events:
+            return 0
+        pieces = validate(orjson.dumps(events), received_at=received_at, settings=settings)
+        await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
     return len(events)
 
 

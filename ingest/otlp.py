@@ -48,8 +48,6 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from pydantic import ValidationError
 
 from ingest import intake, metrics
-from ingest.broker import BrokerUnavailable
-from ingest.budget import OverBudget
 from ingest.validate import EVENT, check_payloads, validate
 from pubsub.event import Event
 from pubsub.http import Refusal
@@ -72,9 +70,7 @@ async def export_logs(request: web.Request) -> web.Response:
             raise Refusal(415, f"unsupported content type {kind!r}: send {PROTOBUF} or {JSON}")
         response = await _export(request, kind, request_id)
     except Refusal as exc:
-        metrics.REQUESTS.labels(str(exc.status)).inc()
-        log.log(logging.WARNING if exc.status >= 500 else logging.DEBUG, "refused: %s",
-                exc.message, extra={"request_id": request_id, "status": exc.status})  # fmt: skip
+        intake.note_refusal(log, exc, request_id)
         raise exc.with_headers(("X-Request-Id", request_id)) from None
     metrics.REQUESTS.labels("200").inc()
     if kind == PROTOBUF:
@@ -87,38 +83,22 @@ async def export_logs(request: web.Request) -> web.Response:
 async def _export(request: web.Request, kind: str, request_id: str) -> ExportLogsServiceResponse:
     app, received_at = request.app, datetime.now(UTC)
     settings = app[intake.SETTINGS]
-    length = request.content_length
-    if length is not None and length > settings.max_body_bytes:
-        raise Refusal(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
     topic = request.headers.get("X-Pubsub-Topic") or None
     response = ExportLogsServiceResponse()
-    try:
-        with app[intake.BUDGET].reserve(length or 0) as held:
-            body = await intake.read_body(request, held, settings)
-            export = parse(body, kind)
-            events, refused = to_events(export, settings=settings, received_at=received_at,
-                                        topic=topic)  # fmt: skip
-            if refused:
-                count, first = refused
-                response.partial_success.rejected_log_records = count
-                response.partial_success.error_message = first
-                metrics.OTLP_RECORDS_REJECTED.inc(count)
-            if events:
-                pieces = validate(orjson.dumps(events), received_at=received_at, settings=settings)
-                await app[intake.BROKER].publish(
-                    pieces, received_at=received_at, request_id=request_id
-                )
-                metrics.EVENTS_ACCEPTED.inc(len(events))
-    except OverBudget as exc:
-        raise Refusal.unavailable(
-            f"ingest is busy ({exc}); nothing was accepted, retry later",
-            retry_after=settings.retry_after,
-        ) from None
-    except BrokerUnavailable as exc:
-        raise Refusal.unavailable(
-            f"broker unavailable: {exc}; nothing was accepted, retry later",
-            retry_after=settings.retry_after,
-        ) from None
+    with intake.holding(request) as held:
+        body = await intake.read_body(request, held, settings)
+        export = parse(body, kind)
+        events, refused = to_events(export, settings=settings, received_at=received_at,
+                                    topic=topic)  # fmt: skip
+        if refused:
+            count, first = refused
+            response.partial_success.rejected_log_records = count
+            response.partial_success.error_message = first
+            metrics.OTLP_RECORDS_REJECTED.inc(count)
+        if events:
+            pieces = validate(orjson.dumps(events), received_at=received_at, settings=settings)
+            await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
+            metrics.EVENTS_ACCEPTED.inc(len(events))
     return response
 
 
