@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from ingest import intake, loki, metrics, otlp
+from ingest import elastic, intake, loki, metrics, otlp
 from ingest.broker import BrokerClient
 from ingest.budget import Budget
 from ingest.intake import BROKER, BUDGET, SETTINGS
@@ -97,8 +97,15 @@ def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
     async def ready() -> Mapping[str, bool]:
         return {"broker": broker.connected}
 
-    http.add_index(app, TITLE, health.endpoints(api.INGEST))
-    handlers = {api.PUBLISH: publish, api.OTLP_LOGS: otlp.export_logs, api.LOKI_PUSH: loki.push}
+    # GET / also answers the probe of Elasticsearch clients (ingest.elastic.PROBE).
+    http.add_index(app, TITLE, health.endpoints(api.INGEST), extra=elastic.PROBE)
+    handlers = {
+        api.PUBLISH: publish,
+        api.OTLP_LOGS: otlp.export_logs,
+        api.LOKI_PUSH: loki.push,
+        api.BULK: elastic.bulk,
+        api.INDEX_BULK: elastic.bulk,
+    }
     routes.mount(app, api.INGEST, handlers, settings)
     health.add_health(app, ready, settings)
     openapi.add_docs(app, openapi.document(TITLE, [*api.INGEST, *api.HEALTH], settings))

@@ -31,3 +31,8 @@ OTLP_RECORDS_REJECTED = Counter(
     "pubsub_ingest_otlp_records_rejected",
     "OTLP log records left out of an export because they cannot be events (partial_success).",
 )
+BULK_ITEMS_REJECTED = Counter(
+    "pubsub_ingest_bulk_items_rejected",
+    "Elasticsearch bulk items answered with an error of their own (update, delete, documents "
+    "that cannot be events).",
+)

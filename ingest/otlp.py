@@ -33,7 +33,7 @@ import logging
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -45,11 +45,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from pydantic import ValidationError
 
 from ingest import intake, metrics
-from ingest.validate import EVENT, check_payloads, validate
-from pubsub.event import Event
+from ingest.validate import event_problem, validate
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 
@@ -218,7 +216,7 @@ def to_events(
                     source=source,
                     received_at=received_at,
                 )
-                problem = _problem(event, settings)
+                problem = event_problem(event, settings)
                 if problem is None:
                     events.append(event)
                 else:
@@ -271,24 +269,3 @@ def _event(
             "scope": scope,
         },
     }
-
-
-def _problem(event: dict[str, Any], settings: Settings) -> str | None:
-    """Why ``event`` cannot be stored, or None."""
-    try:
-        EVENT.validate_python({**event, "timestamp": datetime.fromisoformat(event["timestamp"])})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        return f"a record's {where}: {error['msg']}"
-    try:
-        check_payloads([cast(Event, event)], max_problems=1)  # NUL, which PostgreSQL refuses
-    except Refusal as exc:
-        return f"a record's payload: {exc.message}"
-    size = len(orjson.dumps(event))
-    if size > settings.max_event_bytes:
-        return (
-            f"a record of {size} bytes as an event exceeds PUBSUB_MAX_EVENT_BYTES "
-            f"({settings.max_event_bytes})"
-        )
-    return None

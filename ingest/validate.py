@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import jiter
 import orjson
@@ -237,3 +237,25 @@ def _bad_input(exc: ValidationError, max_problems: int) -> Refusal:
         tuple(problems),
         len(errors),
     )
+
+
+def event_problem(event: dict[str, Any], settings: Settings) -> str | None:
+    """Why ``event``, mapped from a record of another protocol (its timestamp an ISO string),
+    cannot be stored, or None: the protocols that accept a request in part name it per record."""
+    try:
+        EVENT.validate_python({**event, "timestamp": datetime.fromisoformat(event["timestamp"])})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        return f"the record's {where}: {error['msg']}"
+    try:
+        check_payloads([cast(Event, event)], max_problems=1)  # NUL, which PostgreSQL refuses
+    except Refusal as exc:
+        return f"the record's payload: {exc.message}"
+    size = len(orjson.dumps(event))
+    if size > settings.max_event_bytes:
+        return (
+            f"a record of {size} bytes as an event exceeds PUBSUB_MAX_EVENT_BYTES "
+            f"({settings.max_event_bytes})"
+        )
+    return None

@@ -201,6 +201,53 @@ LOKI_PUSH = Route(
     error_media=("text/plain", "application/json"),
 )
 
+_BULK_BODY = {
+    "application/x-ndjson": {
+        "type": "string",
+        "description": "Action lines (`create`, `index`; `update` and `delete` get an error "
+        "item) each followed by its document's line.",
+    }
+}
+_BULK_REPLY = Reply(
+    "Elasticsearch's bulk reply (`took`, `errors`, `items`, one per action, in order), sent "
+    "after the broker confirmed every stored document.",
+    {
+        "type": "object",
+        "properties": {
+            "took": {"type": "integer"},
+            "errors": {"type": "boolean"},
+            "items": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+)
+
+BULK = Route(
+    method="POST",
+    path="/_bulk",
+    auth="publish",
+    summary="The Elasticsearch bulk API: each `create` or `index` document is stored as an event.",
+    description=(
+        "NDJSON, gzip or not, as Fluent Bit's `es` output, Vector's `elasticsearch` sink and "
+        "the OpenSearch clients send it. The topic is each action's `_index`; the mapping is "
+        "in docs/api.md. A busy ingest or an unreachable broker answers 429 with "
+        "`Retry-After`; query parameters are ignored."
+    ),
+    body=_BULK_BODY,
+    replies={200: _BULK_REPLY},
+    errors=(400, 401, 408, 413, 415, 429),
+)
+
+INDEX_BULK = Route(
+    method="POST",
+    path="/{index}/_bulk",
+    auth="publish",
+    summary="The Elasticsearch bulk API with a default index: the topic of actions without one.",
+    description=BULK.description,
+    body=_BULK_BODY,
+    replies={200: _BULK_REPLY},
+    errors=(400, 401, 408, 413, 415, 429),
+)
+
 EVENTS = Route(
     method="GET",
     path="/events",
@@ -259,7 +306,7 @@ METRICS = Route(
     replies={200: Reply("text exposition format")},
 )
 
-INGEST = (PUBLISH, OTLP_LOGS, LOKI_PUSH)
+INGEST = (PUBLISH, OTLP_LOGS, LOKI_PUSH, BULK, INDEX_BULK)
 READ = (EVENTS, STREAM, STATS)
 HEALTH = (HEALTHZ, READYZ, METRICS)
 # One port for everything (deploy/nginx/nginx.conf): the ingest routes go to ingest, the

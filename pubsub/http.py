@@ -108,7 +108,9 @@ def bearer(guarded: Mapping[str, str]) -> Any:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        want = expected.get(request.path)
+        # A route with a variable part (/{index}/_bulk) is guarded by its declared path.
+        resource = request.match_info.route.resource
+        want = expected.get(resource.canonical if resource is not None else request.path)
         if want is not None:
             # The header as it came: bytes that are not UTF-8 are a wrong token, not an error.
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
@@ -147,14 +149,22 @@ def new_app(
     return app
 
 
-def index_body(service: str, endpoints: list[str]) -> dict[str, Any]:
-    """What a service is and what it serves."""
-    return {"service": service, "endpoints": endpoints}
+def index_body(
+    service: str, endpoints: list[str], extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a service is and what it serves (and ``extra``, what its clients look for)."""
+    return {**(extra or {}), "service": service, "endpoints": endpoints}
 
 
-def add_index(app: web.Application, service: str, endpoints: list[str]) -> None:
+def add_index(
+    app: web.Application,
+    service: str,
+    endpoints: list[str],
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """``/``: what this service is and what it serves, for whoever opens it in a browser."""
-    body = index_body(service, endpoints)
+    body = index_body(service, endpoints, extra)
 
     async def index(_: web.Request) -> web.Response:
         return json_response(body)

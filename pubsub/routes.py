@@ -18,6 +18,7 @@ exactly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast, get_args
@@ -43,6 +44,7 @@ ERRORS: dict[int, str] = {
     413: "Body or batch over the limit.",
     415: "Not application/json (UTF-8).",
     422: "Schema violations, with the index and field of each.",
+    429: "Busy, or the broker is unavailable; retry after `Retry-After` seconds.",
     503: "Broker or database unavailable; retry after `Retry-After` seconds.",
 }
 
@@ -263,7 +265,11 @@ def _operation(route: Route, settings: Settings) -> dict[str, Any]:
         op["description"] = route.description
     if route.auth != "open":
         op["security"] = OPTIONAL_BEARER
-    parameters = [*_query_parameters(route.query, settings)] if route.query else []
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", route.path)
+    ]
+    parameters += [*_query_parameters(route.query, settings)] if route.query else []
     parameters += [
         {"name": h.name, "in": "header", "required": False, "schema": dict(h.schema),
          "description": h.description}

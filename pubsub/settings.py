@@ -193,6 +193,13 @@ class Settings(BaseSettings):
         description="Stream labels, separated by commas, whose first one set is the source of "
         "Loki pushes; `loki` when none is.",
     )
+    elastic_source_fields: str = Field(
+        "host.name,host.hostname,host,hostname",
+        min_length=1,
+        description="Document fields, separated by commas, whose first one that holds a string "
+        "is the source of Elasticsearch bulk documents (`POST /_bulk`); a dotted name is looked "
+        "up as written, then through nested objects. `bulk` when none is.",
+    )
     publish_in_flight: Count = Field(
         2,
         description="Broker messages ingest keeps awaiting confirms at once; later requests "

@@ -1,0 +1,263 @@
+"""``POST /_bulk`` and ``POST /{index}/_bulk``: the Elasticsearch bulk API, stored as events.
+
+Fluent Bit's ``es`` output, Vector's ``elasticsearch`` sink and the OpenSearch clients send
+documents this way; pointing their host at ingest is all it takes. A request (NDJSON: an action
+line, then for ``index`` and ``create`` the document's line, gzip or not) goes through the same
+memory budget, validation, broker confirms and metrics as ``POST /publish``; ``200`` with
+Elasticsearch's reply (``took``, ``errors``, one item per action, in order) comes only once the
+broker confirmed the request's events.
+
+Each ``index`` or ``create`` action becomes one event:
+
+- ``topic``: the action's ``_index``, else the index of the path;
+- ``event_id``: the action's ``_id``, else a hash of the document's line, so a retried request
+  is deduplicated (and so are identical documents sent without an id);
+- ``timestamp``: the document's ``@timestamp`` (RFC 3339, or Unix milliseconds as
+  Elasticsearch reads them), else the receive time;
+- ``source``: the first of the document's fields ``PUBSUB_ELASTIC_SOURCE_FIELDS`` that holds
+  a string, else ``bulk``;
+- ``payload``: the document, as sent.
+
+``update`` and ``delete`` are answered with an error of their own (events are immutable), as is
+a document that cannot be an event; the other items are stored. Whether an ``_id`` is already
+stored cannot be known at ingest: every stored item answers ``201 created``, and a duplicate is
+then dropped by the consumer and counted in ``/stats`` (``duplicate_dropped``).
+
+A busy ingest or an unreachable broker answers ``429`` with ``Retry-After``, the status that
+Elasticsearch clients retry (the Python clients' bulk helpers retry no other).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ingest import intake, metrics
+from ingest.validate import event_problem, validate
+from pubsub import http
+from pubsub.http import Refusal
+from pubsub.settings import Settings
+
+log = logging.getLogger("pubsub.ingest.elastic")
+
+TYPES = frozenset({
+    "application/x-ndjson",
+    "application/json",
+    "application/vnd.elasticsearch+x-ndjson",
+    "application/vnd.elasticsearch+json",
+})  # fmt: skip
+ACTIONS = ("index", "create", "update", "delete")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# What clients read from ``GET /`` before they send: the version decides the bulk format
+# (8: no ``_type``). No ``X-Elastic-Product`` header: this is not Elasticsearch, and the
+# clients that require that header (elasticsearch-py 8+, Logstash, Beats) are not supported.
+PROBE: dict[str, Any] = {
+    "name": "pubsub-ingest",
+    "cluster_name": "pubsub",
+    "version": {"number": "8.0.0", "build_flavor": "oss"},
+    "tagline": "pubsub ingest: the Elasticsearch bulk API (POST /_bulk), stored as events",
+}
+
+
+async def bulk(request: web.Request) -> web.Response:
+    """Store the request's documents; answer Elasticsearch's bulk reply."""
+    request_id = intake.request_id(request)
+    started = time.monotonic()
+    try:
+        items, accepted = await _bulk(request, request_id)
+    except Refusal as exc:
+        if exc.status == 503:
+            # Elasticsearch's "retry later"; its clients retry 429 where 503 may be fatal.
+            exc = replace(exc, status=429)
+        intake.note_refusal(log, exc, request_id)
+        raise exc.with_headers(("X-Request-Id", request_id)) from None
+    rejected = sum(1 for item in items if "error" in next(iter(item.values())))
+    metrics.REQUESTS.labels("200").inc()
+    metrics.EVENTS_ACCEPTED.inc(accepted)
+    metrics.BULK_ITEMS_REJECTED.inc(rejected)
+    took = int((time.monotonic() - started) * 1000)
+    return http.json_response(
+        {"took": took, "errors": rejected > 0, "items": items},
+        headers={"X-Request-Id": request_id},
+    )
+
+
+async def _bulk(request: web.Request, request_id: str) -> tuple[list[dict[str, Any]], int]:
+    app, received_at = request.app, datetime.now(UTC)
+    settings = app[intake.SETTINGS]
+    kind = request.content_type
+    if kind not in TYPES:
+        raise Refusal(415, f"unsupported content type {kind!r}: send application/x-ndjson")
+    charset = request.charset
+    if charset is not None and charset.lower().replace("-", "") != "utf8":
+        raise Refusal(415, f"unsupported charset {charset!r}: send UTF-8")
+    with intake.holding(request) as held:
+        body = await intake.read_body(request, held, settings)
+        items, events = to_events(
+            body,
+            index=request.match_info.get("index"),
+            settings=settings,
+            received_at=received_at,
+        )
+        if events:
+            pieces = validate(orjson.dumps(events), received_at=received_at, settings=settings)
+            await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
+    return items, len(events)
+
+
+def to_events(
+    body: bytes, *, index: str | None, settings: Settings, received_at: datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The reply's items (one per action, in order) and the events of the stored ones;
+    :class:`Refusal` 400 for a body that is not a bulk request, 413 past the batch limit."""
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    sources = [k.strip() for k in settings.elastic_source_fields.split(",") if k.strip()]
+    items: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    at = 0
+    while at < len(lines):
+        action, meta = _action(lines[at], at + 1)
+        document: bytes | None = None
+        if action != "delete":
+            if at + 1 >= len(lines):
+                raise Refusal(400, f"line {at + 1}: the {action} action has no document line")
+            document = lines[at + 1]
+        at += 1 if document is None else 2
+        if len(items) >= settings.max_batch_events:
+            raise Refusal(
+                413,
+                f"more than {settings.max_batch_events} actions in one request "
+                "(PUBSUB_MAX_BATCH_EVENTS)",
+            )
+        topic = meta.get("_index", index)
+        given_id = meta.get("_id")
+        if isinstance(given_id, int) and not isinstance(given_id, bool):
+            given_id = str(given_id)
+        result: dict[str, Any] = {"_index": topic, "_id": given_id}
+        problem = _item_problem(action, topic, given_id)
+        event = None
+        if problem is None and document is not None:
+            event_id = given_id if isinstance(given_id, str) and given_id else (
+                f"bulk-{hashlib.blake2b(document, digest_size=16).hexdigest()}"
+            )  # fmt: skip
+            result["_id"] = event_id
+            event, problem = _event(document, str(topic), event_id, sources, received_at)
+            if event is not None:
+                reason = event_problem(event, settings)
+                if reason is not None:
+                    event, problem = None, ("mapper_parsing_exception", reason)
+        if problem is None and event is not None:
+            events.append(event)
+            result.update(_CREATED)
+        else:
+            kind, reason = problem or ("illegal_argument_exception", "not stored")
+            result.update(status=400, error={"type": kind, "reason": reason})
+        items.append({action: result})
+    return items, events
+
+
+_CREATED: dict[str, Any] = {
+    "_version": 1,
+    "result": "created",
+    "_shards": {"total": 1, "successful": 1, "failed": 0},
+    "_seq_no": 0,
+    "_primary_term": 1,
+    "status": 201,
+}
+
+
+def _action(line: bytes, number: int) -> tuple[str, dict[str, Any]]:
+    try:
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise Refusal(400, f"line {number}: the action is not JSON: {exc}") from None
+    if not isinstance(parsed, dict) or len(parsed) != 1:
+        raise Refusal(400, f"line {number}: an action is one object with one key, e.g. "
+                           '{"create": {"_index": "app"}}')  # fmt: skip
+    (action, meta), = parsed.items()  # fmt: skip
+    if action not in ACTIONS:
+        raise Refusal(
+            400, f"line {number}: unknown action {action[:40]!r}; expected one of {list(ACTIONS)}"
+        )
+    if not isinstance(meta, dict):
+        raise Refusal(400, f"line {number}: the {action} action's metadata must be an object")
+    return action, meta
+
+
+def _item_problem(action: str, topic: Any, given_id: Any) -> tuple[str, str] | None:
+    if action in ("update", "delete"):
+        return (
+            "illegal_argument_exception",
+            f"{action} is not supported: stored events are immutable; use create or index",
+        )
+    if topic is None:
+        return ("action_request_validation_exception", "index is missing: give _index or "
+                "send to /{index}/_bulk")  # fmt: skip
+    if not isinstance(topic, str):
+        return ("illegal_argument_exception", "_index must be a string")
+    if given_id is not None and not isinstance(given_id, str):
+        return ("illegal_argument_exception", "_id must be a string")
+    return None
+
+
+def _event(
+    document: bytes, topic: str, event_id: str, sources: list[str], received_at: datetime
+) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    try:
+        source = orjson.loads(document)
+    except orjson.JSONDecodeError as exc:
+        return None, ("mapper_parsing_exception", f"the document is not JSON: {exc}")
+    if not isinstance(source, dict):
+        return None, ("mapper_parsing_exception", "the document must be a JSON object")
+    stamp = source.get("@timestamp")
+    try:
+        timestamp = received_at if stamp is None else timestamp_of(stamp)
+    except (ValueError, OverflowError):
+        return None, (
+            "mapper_parsing_exception",
+            f"@timestamp {str(stamp)[:60]!r} is neither an RFC 3339 time nor Unix milliseconds",
+        )
+    origin = next((s for name in sources if isinstance(s := _field(source, name), str) and s),
+                  "bulk")  # fmt: skip
+    event = {
+        "topic": topic,
+        "event_id": event_id,
+        "timestamp": timestamp.isoformat(),
+        "source": origin,
+        "payload": source,
+    }
+    return event, None
+
+
+def timestamp_of(value: Any) -> datetime:
+    """``@timestamp`` as Elasticsearch's default date format reads it: an ISO 8601 time (UTC
+    when it has no offset), or Unix milliseconds as a number or a string of digits."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int | float):
+        return _EPOCH + timedelta(milliseconds=value)
+    if not isinstance(value, str):
+        raise ValueError(value)
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _field(document: dict[str, Any], name: str) -> Any:
+    if name in document:
+        return document[name]
+    value: Any = document
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
