@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fix_stack",
     "tests.fix_faults",
     "tests.fix_browser",
+    "tests.fix_node",
 ]

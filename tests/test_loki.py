@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -157,3 +158,33 @@ def test_labels_are_read_in_prometheus_syntax(text: str, labels: dict[str, str])
 def test_labels_in_another_syntax_are_refused(text: str) -> None:
     with pytest.raises(Refusal):
         parse_labels(text)
+
+
+async def test_winston_loki_under_node_pushes_protobuf_and_every_line_is_stored(
+    node_clients: Path,
+    stack: Supervisor,
+    http: aiohttp.ClientSession,
+    db: psycopg.Connection[Any],
+) -> None:
+    """winston-loki, from the npm registry, sends Loki's protobuf compressed with snappy."""
+    service = f"loki-node-{uuid.uuid4().hex[:8]}"
+    counted = (await stats(http, stack.read_url))["received"]
+    node = await asyncio.create_subprocess_exec(
+        "node", str(node_clients / "loki_winston.js"), stack.ingest_url, service, "2000",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(node.communicate(), DEADLINE)
+    assert node.returncode == 0, err.decode()
+    assert orjson.loads(out) == {"sent": 2000, "contentType": "application/x-protobuf"}
+    await settled(http, stack.read_url, counted + 2000, timeout=DEADLINE)
+    assert stored(db, service) == 2000
+    async with http.get(f"{stack.read_url}/events", params={"topic": service, "limit": "1"}) as r:
+        (event,) = await r.json()
+    assert event["source"] == "node-1"
+    assert event["payload"]["labels"] == {"service_name": service, "host": "node-1",
+                                          "level": "warn"}  # fmt: skip
+    lines = {row[0] for row in db.execute(
+        "SELECT payload->>'line' FROM events WHERE topic = %s", (service,)
+    )}  # fmt: skip
+    assert lines == {f'cart {i} abandoned {{"cart":"{i}","region":"eu","level":"warn"}}'
+                     for i in range(2000)}  # fmt: skip
