@@ -108,7 +108,9 @@ async def _bulk(request: web.Request, request_id: str) -> tuple[list[dict[str, A
             received_at=received_at,
         )
         if events:
-            pieces = validate(orjson.dumps(events), received_at=received_at, settings=settings)
+            encoded = orjson.dumps(events)
+            intake.hold_more(request, held, len(encoded))
+            pieces = validate(encoded, received_at=received_at, settings=settings)
             await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
     return items, len(events)
 

@@ -67,6 +67,19 @@ def holding(request: web.Request) -> Iterator[Held]:
         ) from None
 
 
+def hold_more(request: web.Request, held: Held, extra: int) -> None:
+    """Hold ``extra`` bytes more: what the body became in memory (inflated, mapped to events).
+    A request that could never fit the budget on its own is a 413, not a 503 to retry."""
+    size = held.size + extra
+    if size > request.app[BUDGET].large_limit:
+        raise Refusal(
+            413,
+            f"the request takes {size} bytes in memory once decoded, more than ingest holds "
+            "for one request (PUBSUB_INGEST_MEMORY_BUDGET)",
+        )
+    held.grow_to(size)
+
+
 async def read_body(request: web.Request, held: Held, settings: Settings) -> bytes:
     """The body as it arrives, after any ``Content-Encoding`` is undone, each chunk counted
     against the request's share of the budget and the body limit before it is kept."""

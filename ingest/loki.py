@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -135,11 +136,16 @@ async def _push(request: web.Request, request_id: str) -> int:
         raise Refusal(415, f"unsupported content type {kind!r}: send {PROTOBUF} or {JSON}")
     with intake.holding(request) as held:
         body = await intake.read_body(request, held, settings)
-        streams = _from_protobuf(body, settings) if kind == PROTOBUF else _from_json(body)
+        if kind == PROTOBUF:
+            streams = _from_protobuf(body, settings, lambda n: intake.hold_more(request, held, n))
+        else:
+            streams = _from_json(body)
         events = to_events(streams, settings=settings)
         if not events:
             return 0
-        pieces = validate(orjson.dumps(events), received_at=received_at, settings=settings)
+        encoded = orjson.dumps(events)
+        intake.hold_more(request, held, len(encoded))
+        pieces = validate(encoded, received_at=received_at, settings=settings)
         await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
     return len(events)
 
@@ -148,13 +154,20 @@ async def _push(request: web.Request, request_id: str) -> int:
 Stream = tuple[dict[str, str], list[tuple[int, str, dict[str, str]]]]
 
 
-def _from_protobuf(body: bytes, settings: Settings) -> list[Stream]:
+def _from_protobuf(body: bytes, settings: Settings, hold: Callable[[int], None]) -> list[Stream]:
+    """The streams of a snappy-compressed ``PushRequest``; its inflated size (which snappy's
+    block format declares up front) is checked against the body limit and held in the budget
+    (``hold``) before a byte is inflated."""
     try:
+        size = cramjam.snappy.decompress_raw_len(body)
+        if size > settings.max_body_bytes:
+            raise Refusal(
+                413, f"body inflates to {size} bytes, over the limit of {settings.max_body_bytes}"
+            )
+        hold(size)
         raw = bytes(cramjam.snappy.decompress_raw(body))
     except cramjam.DecompressionError as exc:
         raise Refusal(400, f"the body is not snappy-compressed (block format): {exc}") from None
-    if len(raw) > settings.max_body_bytes:
-        raise Refusal(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
     message = PushRequest()
     try:
         message.ParseFromString(raw)
@@ -206,6 +219,12 @@ def _json_entry(value: Any, where: str) -> tuple[int, str, dict[str, str]]:
 
 
 def to_events(streams: list[Stream], *, settings: Settings) -> list[dict[str, Any]]:
+    count = sum(len(entries) for _, entries in streams)
+    if count > settings.max_batch_events:
+        raise Refusal(
+            413, f"{count} entries in one push, over PUBSUB_MAX_BATCH_EVENTS "
+            f"({settings.max_batch_events})",
+        )  # fmt: skip
     topics = [k.strip() for k in settings.loki_topic_labels.split(",") if k.strip()]
     sources = [k.strip() for k in settings.loki_source_labels.split(",") if k.strip()]
     events: list[dict[str, Any]] = []

@@ -94,7 +94,9 @@ async def _export(request: web.Request, kind: str, request_id: str) -> ExportLog
             response.partial_success.error_message = first
             metrics.OTLP_RECORDS_REJECTED.inc(count)
         if events:
-            pieces = validate(orjson.dumps(events), received_at=received_at, settings=settings)
+            encoded = orjson.dumps(events)
+            intake.hold_more(request, held, len(encoded))
+            pieces = validate(encoded, received_at=received_at, settings=settings)
             await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
             metrics.EVENTS_ACCEPTED.inc(len(events))
     return response
@@ -188,6 +190,12 @@ def to_events(
     topic: str | None,
 ) -> tuple[list[dict[str, Any]], tuple[int, str] | None]:
     """The events of every record that can be one, and (how many could not, why the first)."""
+    count = sum(len(s.log_records) for r in export.resource_logs for s in r.scope_logs)
+    if count > settings.max_batch_events:
+        raise Refusal(
+            413, f"{count} log records in one request, over PUBSUB_MAX_BATCH_EVENTS "
+            f"({settings.max_batch_events})",
+        )  # fmt: skip
     events: list[dict[str, Any]] = []
     refused, first = 0, ""
     topic_key = settings.otlp_topic_attribute
