@@ -178,14 +178,24 @@ class Bench:
     # --- drivers -------------------------------------------------------------------------
 
     def wrk(
-        self, topic: str, *, batch: int, connections: int, seconds: float
+        self,
+        topic: str,
+        *,
+        batch: int,
+        connections: int,
+        seconds: float,
+        protocol: str = "publish",
     ) -> Callable[[], Awaitable[tuple[float, float]]]:
+        """``wrk`` sending ``batch`` events per request for ``seconds``, 20% of them again, to
+        ``POST /publish`` or in another ``protocol`` (``otlp``, ``loki``, ``bulk``)."""
+
         async def drive() -> tuple[float, float]:
             env = {
                 "BENCH_RUN": uuid.uuid4().hex[:8],
                 "BENCH_BATCH": str(batch),
                 "BENCH_TOPIC": topic,
                 "BENCH_DUP": "0.2",
+                "BENCH_PROTOCOL": protocol,
             }
             threads = 2 if batch >= 100 else 1  # Lua builds the bodies: big ones want a thread more
             summary = await run_wrk(

@@ -1,0 +1,81 @@
+"""``python -m bench.protocols``: the log protocols' throughput next to ``POST /publish``.
+
+Runs the services as separate processes (ingest, two consumers, the read API) and sends the same
+load, batches of 100 events with 20% repeated, for ``--duration`` seconds in each protocol:
+``POST /publish`` (native), OTLP/HTTP logs (``POST /v1/logs``, OTLP JSON), the Loki push API
+(JSON) and Elasticsearch bulk (NDJSON). Each workload is timed until everything ingest accepted
+is stored, with the counts checked exactly. The rounds alternate the order of the protocols;
+each protocol's rate is compared with native's of the same round, and the table gives the
+median of those ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import uuid
+
+import aiohttp
+
+from bench import record
+from bench.system import private_system
+from bench.workloads import Bench, Result, launch, table
+
+PROTOCOLS = {
+    "publish": "POST /publish (native)",
+    "otlp": "POST /v1/logs (OTLP JSON)",
+    "loki": "POST /loki/api/v1/push (JSON)",
+    "bulk": "POST /_bulk (NDJSON)",
+}
+
+
+async def main(args: argparse.Namespace) -> int:
+    rounds: list[dict[str, Result]] = []
+    async with (
+        private_system("bench-protocols", consumers=2) as stack,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http,
+    ):
+        stack.start_all(["readapi", "ingest", "consumer-1", "consumer-2"])
+        bench = Bench(stack.settings, stack, http)
+        order = list(PROTOCOLS)
+        for n in range(args.rounds):
+            results: dict[str, Result] = {}
+            for protocol in order if n % 2 == 0 else order[::-1]:
+                topic = f"bench-{protocol}-{uuid.uuid4().hex[:6]}"
+                print(f"round {n + 1}: {protocol} ...", file=sys.stderr)
+                drive = bench.wrk(
+                    topic, batch=100, connections=16, seconds=args.duration, protocol=protocol
+                )
+                result = await bench.run(f"{PROTOCOLS[protocol]}, round {n + 1}", topic, drive)
+                results[protocol] = result
+            rounds.append(results)
+        bench.db.close()
+    out = record.Output()
+    out(f"Batches of 100 events (20% repeated), 16 connections, {args.duration:g} s each.")
+    out()
+    out(table([r for results in rounds for r in results.values()]))
+    out()
+    out("| protocol | events/s (median of rounds) | vs native, same round (median) | rounds |")
+    out("| --- | --- | --- | --- |")
+    for protocol, name in PROTOCOLS.items():
+        rates = [results[protocol].rate for results in rounds]
+        ratios = [results[protocol].rate / results["publish"].rate for results in rounds]
+        out(
+            f"| {name} | {statistics.median(rates):,.0f} | {statistics.median(ratios):.2f} "
+            f"| {', '.join(f'{r:.2f}' for r in ratios)} |"
+        )
+    out.write("bench-protocols", title="Benchmark: the log protocols next to POST /publish")
+    failed = [r for results in rounds for r in results.values() if r.problems]
+    return 1 if failed else 0
+
+
+def cli(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.protocols", description=__doc__)
+    p.add_argument("--duration", type=float, default=20, help="seconds of each workload")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over the four protocols")
+    launch(main, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli()
