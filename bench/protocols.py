@@ -33,7 +33,7 @@ PROTOCOLS = {
 async def main(args: argparse.Namespace) -> int:
     rounds: list[dict[str, Result]] = []
     async with (
-        private_system("bench-protocols", consumers=2) as stack,
+        private_system("bench_protocols", consumers=2) as stack,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http,
     ):
         stack.start_all(["readapi", "ingest", "consumer-1", "consumer-2"])

@@ -40,7 +40,7 @@ import orjson
 from aiohttp import web
 
 from ingest import intake, metrics
-from ingest.validate import event_problem, validate
+from ingest.validate import validate_records
 from pubsub import http
 from pubsub.http import Refusal
 from pubsub.settings import Settings
@@ -101,29 +101,37 @@ async def _bulk(request: web.Request, request_id: str) -> tuple[list[dict[str, A
         raise Refusal(415, f"unsupported charset {charset!r}: send UTF-8")
     with intake.holding(request) as held:
         body = await intake.read_body(request, held, settings)
-        items, events = to_events(
+        items, events, slots = to_events(
             body,
             index=request.match_info.get("index"),
             settings=settings,
             received_at=received_at,
         )
-        if events:
-            encoded = orjson.dumps(events)
-            intake.hold_more(request, held, len(encoded))
-            pieces = validate(encoded, received_at=received_at, settings=settings)
+        pieces, problems = validate_records(
+            events,
+            received_at=received_at,
+            settings=settings,
+            hold=lambda size: intake.hold_more(request, held, size),
+        )
+        for n, reason in problems.items():
+            (result,) = items[slots[n]].values()
+            _refuse(result, "mapper_parsing_exception", reason)
+        if pieces:
             await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
-    return items, len(events)
+    return items, len(events) - len(problems)
 
 
 def to_events(
     body: bytes, *, index: str | None, settings: Settings, received_at: datetime
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The reply's items (one per action, in order) and the events of the stored ones;
-    :class:`Refusal` 400 for a body that is not a bulk request, 413 past the batch limit."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
+    """The reply's items (one per action, in order), the events of the actions that map to
+    one, and the item of each event; :class:`Refusal` 400 for a body that is not a bulk
+    request, 413 past the batch limit."""
     lines = [line for line in body.split(b"\n") if line.strip()]
     sources = [k.strip() for k in settings.elastic_source_fields.split(",") if k.strip()]
     items: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    slots: list[int] = []
     at = 0
     while at < len(lines):
         action, meta = _action(lines[at], at + 1)
@@ -152,18 +160,21 @@ def to_events(
             )  # fmt: skip
             result["_id"] = event_id
             event, problem = _event(document, str(topic), event_id, sources, received_at)
-            if event is not None:
-                reason = event_problem(event, settings)
-                if reason is not None:
-                    event, problem = None, ("mapper_parsing_exception", reason)
         if problem is None and event is not None:
+            slots.append(len(items))
             events.append(event)
             result.update(_CREATED)
         else:
-            kind, reason = problem or ("illegal_argument_exception", "not stored")
-            result.update(status=400, error={"type": kind, "reason": reason})
+            _refuse(result, *(problem or ("illegal_argument_exception", "not stored")))
         items.append({action: result})
-    return items, events
+    return items, events, slots
+
+
+def _refuse(result: dict[str, Any], kind: str, reason: str) -> None:
+    """Make an action's result an error of ``kind``."""
+    for key in _CREATED:
+        result.pop(key, None)
+    result.update(status=400, error={"type": kind, "reason": reason})
 
 
 _CREATED: dict[str, Any] = {

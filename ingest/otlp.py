@@ -47,7 +47,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from ingest import intake, metrics
-from ingest.validate import event_problem, validate
+from ingest.validate import validate_records
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 
@@ -86,19 +86,20 @@ async def _export(request: web.Request, kind: str, request_id: str) -> ExportLog
     with intake.holding(request) as held:
         body = await intake.read_body(request, held, settings)
         export = parse(body, kind)
-        events, refused = to_events(export, settings=settings, received_at=received_at,
-                                    topic=topic)  # fmt: skip
-        if refused:
-            count, first = refused
-            response.partial_success.rejected_log_records = count
-            response.partial_success.error_message = first
-            metrics.OTLP_RECORDS_REJECTED.inc(count)
-        if events:
-            encoded = orjson.dumps(events)
-            intake.hold_more(request, held, len(encoded))
-            pieces = validate(encoded, received_at=received_at, settings=settings)
+        events = to_events(export, settings=settings, received_at=received_at, topic=topic)
+        pieces, problems = validate_records(
+            events,
+            received_at=received_at,
+            settings=settings,
+            hold=lambda size: intake.hold_more(request, held, size),
+        )
+        if problems:
+            response.partial_success.rejected_log_records = len(problems)
+            response.partial_success.error_message = problems[min(problems)]
+            metrics.OTLP_RECORDS_REJECTED.inc(len(problems))
+        if pieces:
             await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
-            metrics.EVENTS_ACCEPTED.inc(len(events))
+            metrics.EVENTS_ACCEPTED.inc(len(events) - len(problems))
     return response
 
 
@@ -188,8 +189,8 @@ def to_events(
     settings: Settings,
     received_at: datetime,
     topic: str | None,
-) -> tuple[list[dict[str, Any]], tuple[int, str] | None]:
-    """The events of every record that can be one, and (how many could not, why the first)."""
+) -> list[dict[str, Any]]:
+    """An event for each record, in order; :class:`Refusal` 413 past the batch limit."""
     count = sum(len(s.log_records) for r in export.resource_logs for s in r.scope_logs)
     if count > settings.max_batch_events:
         raise Refusal(
@@ -197,7 +198,6 @@ def to_events(
             f"({settings.max_batch_events})",
         )  # fmt: skip
     events: list[dict[str, Any]] = []
-    refused, first = 0, ""
     topic_key = settings.otlp_topic_attribute
     source_keys = [k.strip() for k in settings.otlp_source_attributes.split(",") if k.strip()]
     for resource_logs in export.resource_logs:
@@ -215,7 +215,7 @@ def to_events(
                 "attributes": attributes(scope_logs.scope.attributes),
             }
             for record in scope_logs.log_records:
-                event = _event(
+                events.append(_event(
                     record,
                     resource_attrs=resource_attrs,
                     resource_bytes=resource_bytes,
@@ -223,14 +223,8 @@ def to_events(
                     topic=topic_of,
                     source=source,
                     received_at=received_at,
-                )
-                problem = event_problem(event, settings)
-                if problem is None:
-                    events.append(event)
-                else:
-                    refused += 1
-                    first = first or problem
-    return events, ((refused, first) if refused else None)
+                ))  # fmt: skip
+    return events
 
 
 def _text(v: Any) -> str:

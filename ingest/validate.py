@@ -10,7 +10,7 @@ beyond 64 bits).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -237,6 +237,38 @@ def _bad_input(exc: ValidationError, max_problems: int) -> Refusal:
         tuple(problems),
         len(errors),
     )
+
+
+def validate_records(
+    events: list[dict[str, Any]],
+    *,
+    received_at: datetime,
+    settings: Settings,
+    hold: Callable[[int], None],
+) -> tuple[list[message.Piece], dict[int, str]]:
+    """The pieces of the events mapped from another protocol's records that can be stored,
+    and why each other one cannot (by its index): the protocols that accept a request in part
+    name the records they leave out.
+
+    The batch is validated whole first; only when that fails is each event checked on its
+    own, so a request without a bad record costs one validation. ``hold`` is told the size of
+    the events encoded (what they add to the request's memory)."""
+    if not events:
+        return [], {}
+    encoded = orjson.dumps(events)
+    hold(len(encoded))
+    try:
+        return validate(encoded, received_at=received_at, settings=settings), {}
+    except Refusal as exc:
+        if exc.status not in (413, 422):
+            raise
+        problems = {i: p for i, e in enumerate(events) if (p := event_problem(e, settings))}
+        if not problems:
+            raise  # not one record's fault (the batch as a whole is over a limit)
+    kept = [e for i, e in enumerate(events) if i not in problems]
+    if not kept:
+        return [], problems
+    return validate(orjson.dumps(kept), received_at=received_at, settings=settings), problems
 
 
 def event_problem(event: dict[str, Any], settings: Settings) -> str | None:
