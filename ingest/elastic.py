@@ -109,7 +109,6 @@ async def _bulk(request: web.Request, request_id: str) -> tuple[list[dict[str, A
         )
         pieces, problems = validate_records(
             events,
-            received_at=received_at,
             settings=settings,
             hold=lambda size: intake.hold_more(request, held, size),
         )
@@ -243,7 +242,7 @@ def _event(
     event = {
         "topic": topic,
         "event_id": event_id,
-        "timestamp": timestamp.isoformat(),
+        "timestamp": timestamp,
         "source": origin,
         "payload": source,
     }

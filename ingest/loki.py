@@ -35,7 +35,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 from google.protobuf.message import DecodeError
 
 from ingest import intake, metrics
-from ingest.validate import validate
+from ingest.validate import validate_mapped
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 
@@ -143,9 +143,8 @@ async def _push(request: web.Request, request_id: str) -> int:
         events = to_events(streams, settings=settings)
         if not events:
             return 0
-        encoded = orjson.dumps(events)
-        intake.hold_more(request, held, len(encoded))
-        pieces = validate(encoded, received_at=received_at, settings=settings)
+        pieces = validate_mapped(events, settings=settings)
+        intake.hold_more(request, held, sum(len(piece.data) for piece in pieces))
         await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
     return len(events)
 
@@ -239,7 +238,7 @@ def to_events(streams: list[Stream], *, settings: Settings) -> list[dict[str, An
             events.append({
                 "topic": topic,
                 "event_id": f"loki-{digest.hexdigest()}",
-                "timestamp": (_EPOCH + timedelta(microseconds=ns // 1000)).isoformat(),
+                "timestamp": _EPOCH + timedelta(microseconds=ns // 1000),
                 "source": source,
                 "payload": {
                     "line": line,

@@ -89,7 +89,6 @@ async def _export(request: web.Request, kind: str, request_id: str) -> ExportLog
         events = to_events(export, settings=settings, received_at=received_at, topic=topic)
         pieces, problems = validate_records(
             events,
-            received_at=received_at,
             settings=settings,
             hold=lambda size: intake.hold_more(request, held, size),
         )
@@ -254,7 +253,7 @@ def _event(
     return {
         "topic": topic,
         "event_id": uid,
-        "timestamp": timestamp.isoformat(),
+        "timestamp": timestamp,
         "source": source,
         "payload": {
             "body": value(record.body) if record.HasField("body") else None,
