@@ -46,7 +46,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from ingest import intake, metrics
+from ingest import intake, metrics, otlp_json
 from ingest.validate import validate_records
 from pubsub.http import Refusal
 from pubsub.settings import Settings
@@ -56,7 +56,6 @@ log = logging.getLogger("pubsub.ingest.otlp")
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ID_FIELDS = ("traceId", "spanId", "trace_id", "span_id")
 
 
 async def export_logs(request: web.Request) -> web.Response:
@@ -104,49 +103,19 @@ async def _export(request: web.Request, kind: str, request_id: str) -> ExportLog
 
 def parse(body: bytes, kind: str) -> ExportLogsServiceRequest:
     """The request in either encoding; :class:`Refusal` 400 when it does not decode."""
-    export = ExportLogsServiceRequest()
     if kind == PROTOBUF:
+        export = ExportLogsServiceRequest()
         try:
             export.ParseFromString(body)
         except DecodeError as exc:
             raise Refusal(400, f"not an ExportLogsServiceRequest: {exc}") from None
         return export
     try:
-        document = orjson.loads(body)
-        _hex_ids_to_base64(document)
-        json_format.ParseDict(document, export, ignore_unknown_fields=True)
-    except (orjson.JSONDecodeError, json_format.ParseError, ValueError, TypeError) as exc:
+        return otlp_json.parse(orjson.loads(body))
+    except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        # ValueError also from the protobuf runtime: a value out of its field's range.
         reason = " ".join(str(exc).split())[:300]
         raise Refusal(400, f"not an OTLP JSON ExportLogsServiceRequest: {reason}") from None
-    return export
-
-
-def _hex_ids_to_base64(document: Any) -> None:
-    """OTLP JSON writes trace and span ids in hex, where the protobuf JSON mapping (which the
-    parser follows) expects base64 for bytes: convert them in place."""
-    if not isinstance(document, dict):
-        raise TypeError("the body must be a JSON object")
-    for resource_logs in document.get("resourceLogs") or document.get("resource_logs") or []:
-        for scope_logs in _items(resource_logs, "scopeLogs", "scope_logs"):
-            for record in _items(scope_logs, "logRecords", "log_records"):
-                for name in _ID_FIELDS:
-                    value = record.get(name) if isinstance(record, dict) else None
-                    if isinstance(value, str) and value:
-                        try:
-                            raw = bytes.fromhex(value)
-                        except ValueError:
-                            raise ValueError(f"{name} {value[:40]!r} is not hex") from None
-                        record[name] = base64.b64encode(raw).decode()
-
-
-def _items(parent: Any, *names: str) -> list[Any]:
-    if not isinstance(parent, dict):
-        return []
-    for name in names:
-        value = parent.get(name)
-        if isinstance(value, list):
-            return value
-    return []
 
 
 def value(v: AnyValue) -> Any:
