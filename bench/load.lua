@@ -4,7 +4,7 @@
 -- of 100 of all events) or "topic" (a page of 100 of one of BENCH_TOPICS topics "topic-<n>",
 -- picked at random per request).
 -- BENCH_PROTOCOL sends the same events in another protocol instead of /publish: "otlp"
--- (POST /v1/logs, OTLP JSON, the id as log.record.uid), "loki" (POST /loki/api/v1/push, JSON;
+-- (POST /v1/logs, OTLP JSON, the id as log.record.uid), "otlp-protobuf" (the same in protobuf), "loki" (POST /loki/api/v1/push, JSON;
 -- a repeated event repeats its time and line, Loki's identity) or "bulk" (POST /_bulk, create
 -- actions with _id).
 -- Prints one JSON line at the end: requests, non-2xx answers, latency percentiles in us.
@@ -80,11 +80,44 @@ local function parts(make)
   return out
 end
 
-local paths = {publish = "/publish", otlp = "/v1/logs", loki = "/loki/api/v1/push",
-               bulk = "/_bulk"}
+-- OTLP in protobuf, as the SDKs send it by default: the wire format of the few fields used.
+local function varint(n)
+  local out = {}
+  repeat
+    local byte = n % 128
+    n = math.floor(n / 128)
+    if n > 0 then byte = byte + 128 end
+    out[#out + 1] = string.char(byte)
+  until n == 0
+  return table.concat(out)
+end
+
+local function field(tag, bytes) return string.char(tag) .. varint(#bytes) .. bytes end
+
+-- timeUnixNano 1761040800000000000 (fixed64, little-endian): beyond a Lua number's precision.
+local TIME = string.char(9, 0, 64, 248, 246, 70, 121, 112, 24)
+
+local function otlp_pb_record()
+  local n = next_n()
+  local uid = field(0x0a, "log.record.uid") ..
+    field(0x12, field(0x0a, string.format("%s-%d-%d", run, tid, n)))
+  local count = field(0x0a, "n") .. field(0x12, string.char(0x18) .. varint(n))
+  return field(0x12, TIME .. string.char(0x10, 9) .. field(0x1a, "INFO") ..
+    field(0x2a, field(0x0a, string.format("event %d", n))) ..
+    field(0x32, uid) .. field(0x32, count))
+end
+
+local paths = {publish = "/publish", otlp = "/v1/logs", ["otlp-protobuf"] = "/v1/logs",
+               loki = "/loki/api/v1/push", bulk = "/_bulk"}
 local function protocol_request()
   local body
-  if protocol == "otlp" then
+  local kind = "application/json"
+  if protocol == "otlp-protobuf" then
+    kind = "application/x-protobuf"
+    local resource = field(0x0a, field(0x0a, "service.name") ..
+      field(0x12, field(0x0a, topic)))
+    body = field(0x0a, field(0x0a, resource) .. field(0x12, table.concat(parts(otlp_pb_record))))
+  elseif protocol == "otlp" then
     body = '{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name",' ..
       '"value":{"stringValue":"' .. topic .. '"}}]},"scopeLogs":[{"logRecords":[' ..
       table.concat(parts(otlp_record), ",") .. ']}]}]}'
@@ -92,10 +125,10 @@ local function protocol_request()
     body = '{"streams":[{"stream":{"service_name":"' .. topic .. '","host":"wrk"},' ..
       '"values":[' .. table.concat(parts(loki_value), ",") .. ']}]}'
   else
+    kind = "application/x-ndjson"
     body = table.concat(parts(bulk_pair))
   end
-  local headers = {["Content-Type"] = protocol == "bulk" and "application/x-ndjson"
-                                      or "application/json"}
+  local headers = {["Content-Type"] = kind}
   return wrk.format("POST", paths[protocol], headers, body)
 end
 

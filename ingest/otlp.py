@@ -15,9 +15,10 @@ Each log record becomes one event:
 - ``event_id``: the record's ``log.record.uid`` attribute (the semantic conventions define it
   for exactly this), else a hash of the record and its resource, so a retried export, which
   carries the same records, is deduplicated;
-- ``payload``: ``body`` (any value, as JSON), ``severity_number``, ``severity_text``,
-  ``attributes``, ``trace_id`` and ``span_id`` (hex), ``flags``, ``event_name``, ``resource``
-  (its attributes) and ``scope`` (name, version, attributes).
+- ``payload``: ``body`` (any value, as JSON; null when there is none), and those of
+  ``severity_number``, ``severity_text``, ``attributes``, ``trace_id`` and ``span_id`` (hex),
+  ``flags``, ``event_name``, ``time_unix_nano``, ``observed_time_unix_nano``, ``resource`` (its
+  attributes) and ``scope`` (name, version, attributes) that are not at their default.
 
 A record that cannot be an event (a topic over 255 characters, a record over
 ``PUBSUB_MAX_EVENT_BYTES``) is left out and counted in ``partial_success``; the others are
@@ -31,7 +32,7 @@ import base64
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -143,12 +144,8 @@ _CONVERT: dict[str, Callable[[AnyValue], Any]] = {
 }
 
 
-def attributes(pairs: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kv in pairs:
-        assert isinstance(kv, KeyValue)
-        out[kv.key] = value(kv.value)
-    return out
+def attributes(pairs: Iterable[KeyValue]) -> dict[str, Any]:
+    return {kv.key: value(kv.value) for kv in pairs}
 
 
 def to_events(
@@ -177,11 +174,10 @@ def to_events(
             (t for k in source_keys if (t := _text(resource_attrs.get(k)))), "otlp"
         )  # fmt: skip
         for scope_logs in resource_logs.scope_logs:
-            scope = {
-                "name": scope_logs.scope.name,
-                "version": scope_logs.scope.version,
-                "attributes": attributes(scope_logs.scope.attributes),
-            }
+            given = scope_logs.scope
+            fields = (("name", given.name), ("version", given.version),
+                      ("attributes", attributes(given.attributes)))  # fmt: skip
+            scope = {k: v for k, v in fields if v}
             for record in scope_logs.log_records:
                 events.append(_event(
                     record,
@@ -210,7 +206,8 @@ def _event(
     received_at: datetime,
 ) -> dict[str, Any]:
     attrs = attributes(record.attributes)
-    nanos = record.time_unix_nano or record.observed_time_unix_nano
+    time_ns, observed_ns = record.time_unix_nano, record.observed_time_unix_nano
+    nanos = time_ns or observed_ns
     # PostgreSQL keeps microseconds; the nanoseconds stay in the payload.
     timestamp = _EPOCH + timedelta(microseconds=nanos // 1000) if nanos else received_at
     uid = _text(attrs.get("log.record.uid"))
@@ -219,23 +216,35 @@ def _event(
         digest.update(record.SerializeToString(deterministic=True))
         digest.update(resource_bytes)
         uid = f"otlp-{digest.hexdigest()}"
+    # A field at its default is left out, as protobuf itself leaves it out; the body is
+    # always there (null when the record has none).
+    payload: dict[str, Any] = {"body": value(record.body) if record.HasField("body") else None}
+    if severity := record.severity_number:
+        payload["severity_number"] = severity
+    if text := record.severity_text:
+        payload["severity_text"] = text
+    if attrs:
+        payload["attributes"] = attrs
+    if trace_id := record.trace_id:
+        payload["trace_id"] = trace_id.hex()
+    if span_id := record.span_id:
+        payload["span_id"] = span_id.hex()
+    if flags := record.flags:
+        payload["flags"] = flags
+    if name := getattr(record, "event_name", ""):
+        payload["event_name"] = name
+    if time_ns:
+        payload["time_unix_nano"] = str(time_ns)
+    if observed_ns:
+        payload["observed_time_unix_nano"] = str(observed_ns)
+    if resource_attrs:
+        payload["resource"] = resource_attrs
+    if scope:
+        payload["scope"] = scope
     return {
         "topic": topic,
         "event_id": uid,
         "timestamp": timestamp,
         "source": source,
-        "payload": {
-            "body": value(record.body) if record.HasField("body") else None,
-            "severity_number": record.severity_number,
-            "severity_text": record.severity_text,
-            "attributes": attrs,
-            "trace_id": record.trace_id.hex(),
-            "span_id": record.span_id.hex(),
-            "flags": record.flags,
-            "event_name": getattr(record, "event_name", ""),
-            "time_unix_nano": str(record.time_unix_nano),
-            "observed_time_unix_nano": str(record.observed_time_unix_nano),
-            "resource": resource_attrs,
-            "scope": scope,
-        },
+        "payload": payload,
     }

@@ -189,7 +189,10 @@ async def test_every_anyvalue_kind_and_a_record_without_body_are_stored_as_sent(
         "s": "ünï", "b": True, "i": 2**63 - 1, "d": "NaN", "bytes": "AQI=",
         "kv": expected_nested, "empty": None,
     }  # fmt: skip
-    assert second["body"] is None
+    # Fields at their default are left out; the body is always there.
+    assert second == {
+        "body": None, "time_unix_nano": "2000000", "resource": {"service.name": service}
+    }  # fmt: skip
 
 
 async def test_label_values_that_are_not_utf8_are_400_and_nothing_is_stored(
