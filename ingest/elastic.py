@@ -127,7 +127,8 @@ def to_events(
     one, and the item of each event; :class:`Refusal` 400 for a body that is not a bulk
     request, 413 past the batch limit."""
     lines = [line for line in body.split(b"\n") if line.strip()]
-    sources = [k.strip() for k in settings.elastic_source_fields.split(",") if k.strip()]
+    sources = [(k, k.split(".")) for k in map(str.strip, settings.elastic_source_fields.split(","))
+               if k]  # fmt: skip
     items: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     slots: list[int] = []
@@ -176,14 +177,9 @@ def _refuse(result: dict[str, Any], kind: str, reason: str) -> None:
     result.update(status=400, error={"type": kind, "reason": reason})
 
 
-_CREATED: dict[str, Any] = {
-    "_version": 1,
-    "result": "created",
-    "_shards": {"total": 1, "successful": 1, "failed": 0},
-    "_seq_no": 0,
-    "_primary_term": 1,
-    "status": 201,
-}
+# What clients read of a stored item (its status, and result for some); Elasticsearch's
+# _shards, _seq_no and _primary_term would say nothing true here, and cost bytes per item.
+_CREATED: dict[str, Any] = {"_version": 1, "result": "created", "status": 201}
 
 
 def _action(line: bytes, number: int) -> tuple[str, dict[str, Any]]:
@@ -221,7 +217,11 @@ def _item_problem(action: str, topic: Any, given_id: Any) -> tuple[str, str] | N
 
 
 def _event(
-    document: bytes, topic: str, event_id: str, sources: list[str], received_at: datetime
+    document: bytes,
+    topic: str,
+    event_id: str,
+    sources: list[tuple[str, list[str]]],
+    received_at: datetime,
 ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     try:
         source = orjson.loads(document)
@@ -237,7 +237,7 @@ def _event(
             "mapper_parsing_exception",
             f"@timestamp {str(stamp)[:60]!r} is neither an RFC 3339 time nor Unix milliseconds",
         )
-    origin = next((s for name in sources if isinstance(s := _field(source, name), str) and s),
+    origin = next((s for field in sources if isinstance(s := _field(source, *field), str) and s),
                   "bulk")  # fmt: skip
     event = {
         "topic": topic,
@@ -264,11 +264,13 @@ def timestamp_of(value: Any) -> datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _field(document: dict[str, Any], name: str) -> Any:
+def _field(document: dict[str, Any], name: str, path: list[str]) -> Any:
+    """The field ``name`` as written (``"host.name": ...``), else along ``path`` through
+    nested objects (``"host": {"name": ...}``)."""
     if name in document:
         return document[name]
     value: Any = document
-    for part in name.split("."):
+    for part in path:
         if not isinstance(value, dict):
             return None
         value = value.get(part)
