@@ -22,6 +22,13 @@ from tests.support import fuzzing
 
 TOKENS = {"publish_token": "pub-token", "read_token": "read-token"}
 EVENT = b'{"topic":"fuzz","event_id":"e1","source":"s","payload":{}}'
+# A body with one record for each protocol route, in its JSON encoding.
+BODIES = {
+    "/v1/logs": b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"x"}}]}]}]}',
+    "/loki/api/v1/push": b'{"streams":[{"stream":{"app":"fuzz"},"values":[["1","x"]]}]}',
+    "/_bulk": b'{"create":{"_index":"fuzz","_id":"e1"}}\n{"m":"x"}\n',
+    "/{index}/_bulk": b'{"create":{"_id":"e1"}}\n{"m":"x"}\n',
+}
 
 # (service, method, path, where, name): everything a handler or middleware reads.
 TARGETS = [
@@ -39,6 +46,12 @@ TARGETS = [
       for name in ("topic", "source", "event_id", "limit", "cursor", "since", "until")],
     *[("readapi", "GET", "/events/stream", "query", name)
       for name in ("topic", "source", "event_id", "since", "last_event_id")],
+    ("ingest", "POST", "/v1/logs", "header", "X-Pubsub-Topic"),
+    ("ingest", "POST", "/v1/logs", "header", "Content-Type"),
+    ("ingest", "POST", "/loki/api/v1/push", "header", "Content-Type"),
+    ("ingest", "POST", "/loki/api/v1/push", "header", "Content-Encoding"),
+    ("ingest", "POST", "/_bulk", "header", "Content-Type"),
+    ("ingest", "POST", "/{index}/_bulk", "path", "index"),
 ]  # fmt: skip
 
 
@@ -54,16 +67,20 @@ def status_of(stack: Supervisor, target: tuple[str, str, str, str, str], value: 
     token = TOKENS["publish_token" if service == "ingest" else "read_token"]
     headers = {b"Host": b"127.0.0.1", b"Authorization": b"Bearer " + token.encode()}
     query = b""
+    target_path = path.encode()
     if where == "header":
         # CR, LF and NUL end or break the header line itself: the parser's business.
         headers[name.encode()] = value.translate(None, b"\r\n\x00")
+    elif where == "path":
+        segment = quote_from_bytes(value).encode()
+        target_path = target_path.replace(b"{" + name.encode() + b"}", segment)
     else:
         query = b"?" + name.encode() + b"=" + quote_from_bytes(value).encode()
-    body = EVENT if method == "POST" else b""
+    body = BODIES.get(path, EVENT) if method == "POST" else b""
     if method == "POST":
         headers.setdefault(b"Content-Type", b"application/json")
         headers[b"Content-Length"] = str(len(body)).encode()
-    lines = [f"{method} {path}".encode() + query + b" HTTP/1.1"]
+    lines = [method.encode() + b" " + target_path + query + b" HTTP/1.1"]
     lines += [k + b": " + v for k, v in headers.items()]
     request = b"\r\n".join([*lines, b"Connection: close", b"", b""]) + body
     port = int(stack.url(service).rsplit(":", 1)[1])

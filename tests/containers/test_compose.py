@@ -162,6 +162,38 @@ async def test_the_seeds_demo_gives_exact_counts_through_the_gateway(compose: Co
         assert resp.status == 200 and len(await resp.json()) == 10
 
 
+async def test_the_log_protocols_reach_ingest_through_the_gateway(compose: Compose) -> None:
+    """OTLP, Loki push and both bulk paths go to ingest, and so does the probe of
+    Elasticsearch clients under ingest's prefix."""
+    topic = f"gw-proto-{uuid.uuid4().hex[:8]}"
+    otlp = {"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": topic}}]},
+        "scopeLogs": [{"logRecords": [{"body": {"stringValue": "otlp"}}]}],
+    }]}  # fmt: skip
+    loki = {"streams": [{"stream": {"service_name": topic}, "values": [["1", "loki"]]}]}
+    bulk = f'{{"create":{{"_index":"{topic}","_id":"b1"}}}}\n{{"m":"bulk"}}\n'
+    by_path = '{"create":{"_id":"b2"}}\n{"m":"by path"}\n'
+    ndjson = {"Content-Type": "application/x-ndjson"}
+    async with _session() as http:
+        async with http.post(f"{compose.gateway}/v1/logs", json=otlp) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.post(f"{compose.gateway}/loki/api/v1/push", json=loki) as resp:
+            assert resp.status == 204, await resp.text()
+        async with http.post(f"{compose.gateway}/_bulk", data=bulk, headers=ndjson) as resp:
+            assert resp.status == 200 and not (await resp.json())["errors"]
+        async with http.post(f"{compose.gateway}/{topic}/_bulk", data=by_path,
+                             headers=ndjson) as resp:  # fmt: skip
+            assert resp.status == 200 and not (await resp.json())["errors"]
+        async with http.get(f"{compose.gateway}/ingest/") as resp:
+            assert (await resp.json())["version"]["number"].startswith("8.")
+
+        async def stored() -> int:
+            async with http.get(f"{compose.gateway}/events", params={"topic": topic}) as r:
+                return len(await r.json())
+
+        await eventually(stored, lambda n: n == 4, timeout=60, what="the four events stored")
+
+
 async def _queue_consumers(http: aiohttp.ClientSession, compose: Compose) -> int:
     auth = {"Authorization": "Basic " + base64.b64encode(b"pubsub:pubsub").decode()}
     async with http.get(f"{compose.management}/api/queues/%2F/{QUEUE}", headers=auth) as resp:
