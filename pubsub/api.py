@@ -10,7 +10,7 @@ handlers fill in.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo
 from typing_extensions import TypedDict
@@ -56,6 +56,14 @@ def _opaque(value: Any) -> Any:
     return value or None
 
 
+def _order(value: Any) -> Any:
+    if value in ("", None):
+        return "asc"
+    if value not in ("asc", "desc"):
+        raise ValueError("order must be asc or desc")
+    return value
+
+
 NameFilter = Annotated[
     Annotated[str, Field(max_length=NAME_MAX)] | None, BeforeValidator(_name_filter)
 ]
@@ -82,6 +90,11 @@ class EventsQuery(Filters):
     )
     since: Time = Field(None, description="Only events whose timestamp is at or after this.")
     until: Time = Field(None, description="Only events whose timestamp is before this.")
+    order: Annotated[Literal["asc", "desc"], BeforeValidator(_order)] = Field(
+        "asc",
+        description="`asc`: oldest first (by timestamp, then topic and event id); `desc`: "
+        "newest first. A cursor pages on in the order of the page it came from.",
+    )
 
 
 class StreamQuery(Filters):
@@ -252,7 +265,7 @@ EVENTS = Route(
     method="GET",
     path="/events",
     auth="read",
-    summary="Stored events, ordered by timestamp, keyset-paginated.",
+    summary="Stored events, ordered by timestamp (oldest or newest first), keyset-paginated.",
     description='The next page is in the `Link: <...>; rel="next"` header.',
     query=EventsQuery,
     replies={200: Reply("A page of events.", list[Event])},

@@ -94,9 +94,18 @@ async def get_events(request: web.Request) -> web.Response:
             after = queries.Cursor.decode(q.cursor[:2048])
         except queries.BadCursor as exc:
             raise Refusal(400, str(exc)) from None
+        if after.descending != (q.order == "desc"):
+            given = "desc" if after.descending else "asc"
+            raise Refusal(400, f"the cursor pages on in order={given}, not order={q.order}")
     limit = settings.events_default_limit if q.limit is None else q.limit
     query = queries.EventQuery(
-        _filters(q), q.since, q.until, after, limit, max_bytes=settings.events_max_bytes
+        _filters(q),
+        q.since,
+        q.until,
+        after,
+        limit,
+        max_bytes=settings.events_max_bytes,
+        descending=q.order == "desc",
     )
     try:
         async with sources.pool.connection() as conn:

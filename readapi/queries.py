@@ -41,27 +41,36 @@ def _unpack(text: str, what: str) -> tuple[str, str, str]:
     return fields
 
 
+# Marks a cursor of newest-first pages; a timestamp never starts with it, so the cursors of
+# oldest-first pages stay as they were.
+_DESCENDING = "<"
+
+
 @dataclass(frozen=True)
 class Cursor:
-    """Position after the last event of a page: ``(timestamp, topic, event_id)``."""
+    """Position after the last event of a page: ``(timestamp, topic, event_id)``, in the
+    page's order (``descending``: newest first)."""
 
     ts: datetime
     topic: str
     event_id: str
+    descending: bool = False
 
     def encode(self) -> str:
-        return _pack(self.ts.isoformat(), self.topic, self.event_id)
+        mark = _DESCENDING if self.descending else ""
+        return _pack(mark + self.ts.isoformat(), self.topic, self.event_id)
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
         ts, topic, event_id = _unpack(text, "cursor")
+        descending = ts.startswith(_DESCENDING)
         try:
-            parsed = datetime.fromisoformat(ts)
+            parsed = datetime.fromisoformat(ts.removeprefix(_DESCENDING))
         except ValueError:
             raise BadCursor("cursor is not one this service produced") from None
         if parsed.tzinfo is None:
             raise BadCursor("cursor is not one this service produced")
-        return cls(parsed, topic, event_id)
+        return cls(parsed, topic, event_id, descending)
 
 
 @dataclass(frozen=True, order=True)
@@ -121,13 +130,16 @@ class EventQuery:
     after: Cursor | None
     limit: int
     max_bytes: int  # of the events' payloads; a page holds at least one event
+    descending: bool = False  # newest first
 
 
 async def events_page(
     conn: psycopg.AsyncConnection[Any], q: EventQuery
 ) -> tuple[list[dict[str, Any]], Cursor | None]:
-    """One page of events ordered by ``(timestamp, topic, event_id)``, and the next cursor:
-    at most ``q.limit`` events, and no more payload bytes than ``q.max_bytes`` (but one)."""
+    """One page of events ordered by ``(timestamp, topic, event_id)`` (or the reverse, with
+    ``q.descending``), and the next cursor: at most ``q.limit`` events, and no more payload
+    bytes than ``q.max_bytes`` (but one). The indexes serve both orders, read backwards for
+    the newest first."""
     where = ["TRUE"]
     params: list[Any] = []
     q.filters.sql(where, params)
@@ -136,15 +148,17 @@ async def events_page(
             where.append(condition)
             params.append(value)
     topic = q.filters.topic
+    beyond, direction = ("<", " DESC") if q.descending else (">", "")
     if q.after is not None:
         if topic is not None:
             # Within one topic the index (topic, ts, event_id) orders the page.
-            where.append("(ts, event_id) > (%s, %s)")
+            where.append(f"(ts, event_id) {beyond} (%s, %s)")
             params += [q.after.ts, q.after.event_id]
         else:
-            where.append("(ts, topic, event_id) > (%s, %s, %s)")
+            where.append(f"(ts, topic, event_id) {beyond} (%s, %s, %s)")
             params += [q.after.ts, q.after.topic, q.after.event_id]
-    order = "ts, event_id" if topic is not None else "ts, topic, event_id"
+    columns = ("ts", "event_id") if topic is not None else ("ts", "topic", "event_id")
+    order = ", ".join(column + direction for column in columns)
     # The page's rows come by the index, at most limit + 1; of those only the ones that start
     # within the byte budget leave the server (and one more, which tells that more follow).
     query = f"""
@@ -170,7 +184,7 @@ async def events_page(
     after = None
     if len(rows) > len(page):
         topic, event_id, ts, _, _ = page[-1]
-        after = Cursor(ts, topic, event_id)
+        after = Cursor(ts, topic, event_id, q.descending)
     return events, after
 
 

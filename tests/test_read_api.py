@@ -55,6 +55,51 @@ async def test_pages_follow_link_headers_in_timestamp_order(
     assert seen == [f"e{i:02d}" for i in range(25)]
 
 
+async def pages(http: aiohttp.ClientSession, base: str, url: str) -> list[list[dict[str, Any]]]:
+    """Every page from ``url`` on, following the ``Link: next`` headers."""
+    out: list[list[dict[str, Any]]] = []
+    next_url: str | None = url
+    while next_url:
+        status, page, link = await fetch(http, next_url)
+        assert status == 200, page
+        out.append(page)
+        match = re.fullmatch(r'<([^>]+)>; rel="next"', link) if link else None
+        next_url = base + match.group(1) if match else None
+    return out
+
+
+@pytest.mark.parametrize("by_topic", [True, False])
+async def test_newest_first_pages_are_the_oldest_first_order_reversed(
+    stack: Supervisor, http: aiohttp.ClientSession, topic: str, by_topic: bool
+) -> None:
+    # Across topics: a time range that holds this topic's events and other tests' alike.
+    where = f"topic={topic}" if by_topic else (
+        "since=2025-10-21T10:00:00Z&until=2025-10-21T10:00:13Z"
+    )  # fmt: skip
+    base = stack.read_url
+    newest = await pages(http, base, f"{base}/events?{where}&limit=4&order=desc")
+    oldest = await pages(http, base, f"{base}/events?{where}&limit=4")
+    keys = [(e["timestamp"], e["topic"], e["event_id"]) for p in newest for e in p]
+    assert keys == sorted(keys, reverse=True)
+    assert keys == [(e["timestamp"], e["topic"], e["event_id"]) for p in oldest for e in p][::-1]
+    if by_topic:
+        assert [len(p) for p in newest] == [4, 4, 4, 4, 4, 4, 1]
+        assert keys[0][2] == "e24" and keys[-1][2] == "e00"
+
+
+async def test_a_cursor_pages_on_only_in_its_own_order(
+    stack: Supervisor, http: aiohttp.ClientSession, topic: str
+) -> None:
+    _, _, link = await fetch(http, f"{stack.read_url}/events?topic={topic}&limit=2&order=desc")
+    assert link is not None and "order=desc" in link
+    cursor = re.search(r"cursor=([^&>]+)", link)
+    assert cursor
+    status, body, _ = await fetch(
+        http, f"{stack.read_url}/events?topic={topic}&limit=2&cursor={cursor[1]}"
+    )
+    assert status == 400 and "order=desc" in body["error"]
+
+
 async def test_time_range_filter(
     stack: Supervisor, http: aiohttp.ClientSession, topic: str
 ) -> None:
@@ -119,6 +164,7 @@ async def test_an_event_id_is_found_without_its_topic_and_source_narrows(
         "cursor=WzEsMiwzXQ",
         "cursor=" + "A" * 5000,
         "bogus=1",
+        "order=newest",
         "topic=" + "x" * 300,
         "source=" + "x" * 300,
         "event_id=%00",

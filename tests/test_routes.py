@@ -112,8 +112,8 @@ class FakeRequest:
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ({"x": "1"}, "unknown query parameter(s): x; known: cursor, event_id, limit, since, "
-                     "source, topic, until"),
+        ({"x": "1"}, "unknown query parameter(s): x; known: cursor, event_id, limit, order, "
+                     "since, source, topic, until"),
         ({"topic": "t" * 256}, "topic must be at most 255 characters without NUL"),
         ({"limit": "ten"}, "limit must be an integer"),
         ({"limit": "0"}, "limit must be between 1 and 1000"),
