@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aio_pika
 import orjson
+from psycopg import sql
 
 from consumer.store import Store, copy_rows
 from pubsub import database, dbschema, failover, topology
@@ -32,14 +35,18 @@ class Ceilings:
         return min(self.broker_events_per_s, self.database_events_per_s)
 
 
-def _event(run: str, n: int) -> bytes:
+def _payload(n: int) -> dict[str, Any]:
+    return {"msg": f"event {n}", "n": n}
+
+
+def _event(run: str, n: int, payload: Callable[[int], dict[str, Any]] = _payload) -> bytes:
     return orjson.dumps(
         {
             "topic": "ceiling",
             "event_id": f"{run}-{n}",
             "timestamp": datetime.now(UTC),
             "source": "bench",
-            "payload": {"msg": f"event {n}", "n": n},
+            "payload": payload(n),
         }
     )
 
@@ -86,10 +93,18 @@ async def broker_ceiling(settings: Settings, *, messages: int = 300) -> float:
 
 
 async def database_ceiling(
-    settings: Settings, *, events: int = 200_000, alter: str = "", name: str = "ceiling"
+    settings: Settings,
+    *,
+    events: int = 200_000,
+    alter: str = "",
+    name: str = "ceiling",
+    payload: Callable[[int], dict[str, Any]] = _payload,
+    sizes: list[float] | None = None,
 ) -> float:
     """Events/s of the batch upsert; ``alter`` is SQL run on the fresh schema first (the
-    schema variants of :mod:`bench.store`)."""
+    schema variants of :mod:`bench.store`), ``payload`` makes the n-th event's payload. With
+    ``sizes``, the bytes on disk per stored event (every table and index of the schema) are
+    appended to it."""
     own = settings.replace(db_schema=f"{settings.db_schema}_{name}")
     await dbschema.ensure(own)
     if alter:
@@ -104,7 +119,8 @@ async def database_ceiling(
         body = (
             b"["
             + b",".join(
-                _event(run, k - 1 if k % 5 == 4 else k) for k in range(b * size, (b + 1) * size)
+                _event(run, k - 1 if k % 5 == 4 else k, payload)
+                for k in range(b * size, (b + 1) * size)
             )
             + b"]"
         )
@@ -116,10 +132,34 @@ async def database_ceiling(
         for batch in batches:
             await store.store([batch])
         elapsed = time.perf_counter() - started
+        if sizes is not None:
+            sizes.append(await _bytes_per_event(own))
     finally:
         await store.close()
         await dbschema.drop(own)
     return events / elapsed
+
+
+async def _bytes_per_event(settings: Settings) -> float:
+    """Bytes on disk (heap, TOAST and indexes of every table of the schema) per stored
+    event, after a VACUUM that settles the visibility map and free space."""
+    async with await database.connect(settings, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+        )
+        for (table,) in await cur.fetchall():
+            await conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(str(table))))
+        cur = await conn.execute(
+            "SELECT (SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c"
+            "        JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "        WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')),"
+            "       (SELECT count(*) FROM events)"
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    total, rows = (int(str(v)) for v in row)
+    return total / max(rows, 1)
 
 
 async def measure(settings: Settings) -> Ceilings:

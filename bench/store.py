@@ -9,7 +9,16 @@ The variants, each a fresh schema altered before the clock starts:
 - ``payload jsonb``: only the payload type of before;
 - ``no txid index``: the stream's index left out;
 - ``NOTIFY per batch``: as shipped, plus a ``pg_notify`` in every storing transaction (a
-  statement trigger), what waking live streams by ``LISTEN`` would cost the write path.
+  statement trigger), what waking live streams by ``LISTEN`` would cost the write path;
+- the candidates for searching payloads, each an index more on the payload's text:
+  ``search: trigram GIN`` (``pg_trgm``, substrings), ``search: full text GIN`` (a
+  ``tsvector`` of words, the ``simple`` configuration) and ``search: RUM`` (the same words in
+  the ``rum`` extension's index, which Debian packages as ``postgresql-15-rum``; left out when
+  it is not installed).
+
+The payloads read like logs (a request line, a user, an address, a status, a duration), as
+search would see them. Each variant's bytes on disk per stored event (every table and index of
+its schema, after a VACUUM) are measured too.
 
 The variants run in turn, ``--rounds`` times, each round starting one variant later, so that
 drift on a shared machine and the order spread over all of them; a checkpoint before each run
@@ -45,31 +54,86 @@ VARIANTS = {
         CREATE TRIGGER notify_stored AFTER INSERT ON events
         FOR EACH STATEMENT EXECUTE FUNCTION notify_stored();
     """,
+    "search: trigram GIN": (
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public;"
+        " CREATE INDEX events_search ON events"
+        " USING gin (lower(payload::text) public.gin_trgm_ops)"
+    ),
+    "search: full text GIN": (
+        "CREATE INDEX events_search ON events"
+        " USING gin (to_tsvector('simple'::regconfig, payload::text))"
+    ),
+    "search: RUM": (
+        "CREATE EXTENSION IF NOT EXISTS rum SCHEMA public;"
+        " CREATE INDEX events_search ON events"
+        " USING rum (to_tsvector('simple'::regconfig, payload::text) public.rum_tsvector_ops)"
+    ),
 }
+_METHODS = ["GET", "POST", "PUT", "DELETE"]
+_PATHS = ["/api/orders", "/api/carts", "/api/users", "/login", "/api/payments/refund"]
+_STATUS = [200, 200, 200, 201, 204, 301, 400, 404, 500, 503]
+
+
+def log_payload(n: int) -> dict[str, object]:
+    """A payload as logs have them: mostly repeated words, some rare ones (ids, addresses)."""
+    status = _STATUS[n * 7 % len(_STATUS)]
+    return {
+        "level": "error" if status >= 500 else "info",
+        "msg": f"{_METHODS[n % 4]} {_PATHS[n * 3 % 5]}/{n * 7919 % 100_000} {status}",
+        "user": f"u{n * 31 % 50_000}",
+        "ip": f"10.{n % 256}.{n * 13 % 256}.{n * 17 % 256}",
+        "duration_ms": n * 37 % 2_000,
+    }
 
 
 async def main(args: argparse.Namespace) -> None:
     settings = Settings.from_env(db_schema=f"store_{uuid.uuid4().hex[:8]}", log_level="WARNING")
-    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    names = list(VARIANTS)
+    names = [n for n in VARIANTS if n != "search: RUM" or await _available(settings, "rum")]
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    sizes: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             await _checkpoint(settings)
             rates[name].append(
                 await database_ceiling(
-                    settings, events=args.events, alter=VARIANTS[name], name=f"v{names.index(name)}"
+                    settings,
+                    events=args.events,
+                    alter=VARIANTS[name],
+                    name=f"v{names.index(name)}",
+                    payload=log_payload,
+                    sizes=sizes[name],
                 )
             )
     base = statistics.median(rates["as shipped"])
+    base_size = statistics.median(sizes["as shipped"])
     out = record.Output()
-    out(f"batch store, {args.events:,} events a run (20% duplicates), {args.rounds} rounds")
-    out("| schema | events/s (median) | runs | vs as shipped |")
-    out("| --- | --- | --- | --- |")
+    out(
+        f"batch store, {args.events:,} events a run (20% duplicates, log-like payloads),"
+        f" {args.rounds} rounds"
+    )
+    out()
+    out("| schema | events/s (median) | runs | vs as shipped | bytes/event | vs as shipped |")
+    out("| --- | --- | --- | --- | --- | --- |")
     for name, runs in rates.items():
         median = statistics.median(runs)
         each = ", ".join(f"{r:,.0f}" for r in runs)
-        out(f"| {name} | {median:,.0f} | {each} | {median / base:.2f} |")
+        size = statistics.median(sizes[name])
+        out(
+            f"| {name} | {median:,.0f} | {each} | {median / base:.2f} | {size:,.0f}"
+            f" | {size / base_size:.2f} |"
+        )
+    if "search: RUM" not in names:
+        out()
+        out("search: RUM left out: the rum extension is not installed (postgresql-15-rum).")
     out.write("store", title="The consumer's batch store, schema variants")
+
+
+async def _available(settings: Settings, extension: str) -> bool:
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        cur = await conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = %s", (extension,)
+        )
+        return await cur.fetchone() is not None
 
 
 async def _checkpoint(settings: Settings) -> None:
