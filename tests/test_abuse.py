@@ -86,7 +86,7 @@ EVENTS: list[tuple[str, str]] = [
     ("cursor=" + "Q3Vyc29y" * 500, "cursor garbage, long"),
     ("cursor=WyIyMDI1LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwiYVx1MDAwMCIsImIiXQ", "cursor with NUL"),
     ("cursor=WyIyMDI1LTAxLTAxVDAwOjAwOjAwIiwiYSIsImIiXQ", "cursor with naive time"),
-    ("order=desc", "unknown parameter"),
+    ("sort=desc", "unknown parameter"),
 ]
 
 
