@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -79,9 +80,13 @@ async def test_newest_first_pages_are_the_oldest_first_order_reversed(
     base = stack.read_url
     newest = await pages(http, base, f"{base}/events?{where}&limit=4&order=desc")
     oldest = await pages(http, base, f"{base}/events?{where}&limit=4")
-    keys = [(e["timestamp"], e["topic"], e["event_id"]) for p in newest for e in p]
+
+    def key(e: dict[str, Any]) -> tuple[datetime, str, str]:
+        return datetime.fromisoformat(e["timestamp"]), e["topic"], e["event_id"]
+
+    keys = [key(e) for p in newest for e in p]
     assert keys == sorted(keys, reverse=True)
-    assert keys == [(e["timestamp"], e["topic"], e["event_id"]) for p in oldest for e in p][::-1]
+    assert keys == [key(e) for p in oldest for e in p][::-1]
     if by_topic:
         assert [len(p) for p in newest] == [4, 4, 4, 4, 4, 4, 1]
         assert keys[0][2] == "e24" and keys[-1][2] == "e00"
@@ -118,7 +123,8 @@ async def test_unfiltered_listing_pages_across_topics(
 ) -> None:
     status, page, link = await fetch(http, f"{stack.read_url}/events?limit=3")
     assert status == 200 and len(page) == 3 and link is not None
-    keys = [(e["timestamp"], e["topic"], e["event_id"]) for e in page]
+    # By time, not by text: "00:00:00Z" is earlier than "00:00:00.001000Z".
+    keys = [(datetime.fromisoformat(e["timestamp"]), e["topic"], e["event_id"]) for e in page]
     assert keys == sorted(keys)
 
 
