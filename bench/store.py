@@ -11,10 +11,11 @@ The variants, each a fresh schema altered before the clock starts:
 - ``NOTIFY per batch``: as shipped, plus a ``pg_notify`` in every storing transaction (a
   statement trigger), what waking live streams by ``LISTEN`` would cost the write path;
 - the candidates for searching payloads, each an index more on the payload's text:
-  ``search: trigram GIN`` (``pg_trgm``, substrings), ``search: full text GIN`` (a
-  ``tsvector`` of words, the ``simple`` configuration) and ``search: RUM`` (the same words in
-  the ``rum`` extension's index, which Debian packages as ``postgresql-15-rum``; left out when
-  it is not installed).
+  ``search: trigram GIN`` (``pg_trgm``, substrings; also without GIN's pending list),
+  ``search: full text GIN`` (a ``tsvector`` of words, the ``simple`` configuration; also of
+  the payload's string values only, without its keys and numbers) and ``search: RUM`` (the
+  words in the ``rum`` extension's index, which Debian packages as ``postgresql-15-rum``; left
+  out when it is not installed).
 
 The payloads read like logs (a request line, a user, an address, a status, a duration), as
 search would see them. Each variant's bytes on disk per stored event (every table and index of
@@ -59,9 +60,18 @@ VARIANTS = {
         " CREATE INDEX events_search ON events"
         " USING gin (lower(payload::text) public.gin_trgm_ops)"
     ),
+    "search: trigram GIN, no pending list": (
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public;"
+        " CREATE INDEX events_search ON events"
+        " USING gin (lower(payload::text) public.gin_trgm_ops) WITH (fastupdate = off)"
+    ),
     "search: full text GIN": (
         "CREATE INDEX events_search ON events"
         " USING gin (to_tsvector('simple'::regconfig, payload::text))"
+    ),
+    "search: full text GIN, string values only": (
+        "CREATE INDEX events_search ON events USING gin"
+        " (jsonb_to_tsvector('simple'::regconfig, payload::jsonb, '[\"string\"]'))"
     ),
     "search: RUM": (
         "CREATE EXTENSION IF NOT EXISTS rum SCHEMA public;"
