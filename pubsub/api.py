@@ -9,6 +9,7 @@ handlers fill in.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -214,26 +215,6 @@ LOKI_PUSH = Route(
     error_media=("text/plain", "application/json"),
 )
 
-_BULK_BODY = {
-    "application/x-ndjson": {
-        "type": "string",
-        "description": "Action lines (`create`, `index`; `update` and `delete` get an error "
-        "item) each followed by its document's line.",
-    }
-}
-_BULK_REPLY = Reply(
-    "Elasticsearch's bulk reply (`took`, `errors`, `items`, one per action, in order), sent "
-    "after the broker confirmed every stored document.",
-    {
-        "type": "object",
-        "properties": {
-            "took": {"type": "integer"},
-            "errors": {"type": "boolean"},
-            "items": {"type": "array", "items": {"type": "object"}},
-        },
-    },
-)
-
 BULK = Route(
     method="POST",
     path="/_bulk",
@@ -245,20 +226,35 @@ BULK = Route(
         "in docs/api.md. A busy ingest or an unreachable broker answers 429 with "
         "`Retry-After`; query parameters are ignored."
     ),
-    body=_BULK_BODY,
-    replies={200: _BULK_REPLY},
+    body={
+        "application/x-ndjson": {
+            "type": "string",
+            "description": "Action lines (`create`, `index`; `update` and `delete` get an error "
+            "item) each followed by its document's line.",
+        }
+    },
+    replies={
+        200: Reply(
+            "Elasticsearch's bulk reply (`took`, `errors`, `items`, one per action, in order), "
+            "sent after the broker confirmed every stored document.",
+            {
+                "type": "object",
+                "properties": {
+                    "took": {"type": "integer"},
+                    "errors": {"type": "boolean"},
+                    "items": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        )
+    },
     errors=(400, 401, 408, 413, 415, 429),
 )
 
-INDEX_BULK = Route(
-    method="POST",
+# The same route with a default index in the path.
+INDEX_BULK = replace(
+    BULK,
     path="/{index}/_bulk",
-    auth="publish",
     summary="The Elasticsearch bulk API with a default index: the topic of actions without one.",
-    description=BULK.description,
-    body=_BULK_BODY,
-    replies={200: _BULK_REPLY},
-    errors=(400, 401, 408, 413, 415, 429),
 )
 
 EVENTS = Route(

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import aio_pika
 import aiohttp
+import psycopg
 
 from publisher.load import EventSource, LoadConfig, Report, send_load
 from publisher.watch import stats_if_up, wait_stored
@@ -203,3 +204,9 @@ def fuzzing(examples: int) -> Callable[[T], T]:
             HealthCheck.function_scoped_fixture,
         ],
     )
+
+
+def stored_count(db: psycopg.Connection[Any], topic: str) -> int:
+    """Rows stored under ``topic``."""
+    row = db.execute("SELECT count(*) FROM events WHERE topic = %s", (topic,)).fetchone()
+    return int(row[0]) if row else 0

@@ -18,16 +18,11 @@ from opensearchpy import OpenSearch, helpers
 
 from stack.supervisor import Supervisor
 from tests.fix_stack import StackFactory
-from tests.support import eventually, settled, stats
+from tests.support import eventually, settled, stats, stored_count
 from tests.tcpproxy import TCPProxy
 
 DEADLINE = 60.0
 NDJSON = {"Content-Type": "application/x-ndjson"}
-
-
-def stored(db: psycopg.Connection[Any], topic: str) -> int:
-    row = db.execute("SELECT count(*) FROM events WHERE topic = %s", (topic,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def client(url: str) -> OpenSearch:
@@ -66,7 +61,7 @@ async def test_opensearch_py_bulk_helpers_store_each_document_once(
     assert (ok, errors) == (10_000, [])  # 8,000 documents, 2,000 of them twice
     after = await settled(http, stack.read_url, counted + 10_000, timeout=DEADLINE)
     assert after["received"] == counted + 10_000
-    assert stored(db, index) == 8000
+    assert stored_count(db, index) == 8000
     async with http.get(
         f"{stack.read_url}/events", params={"topic": index, "event_id": "d61"}
     ) as resp:
@@ -99,7 +94,7 @@ async def test_documents_without_an_id_are_deduplicated_on_a_retry(
     assert ids[0] == ids[1] and len(set(ids[0])) == 50
     assert all(item["index"]["status"] == 201 for item in replies[0]["items"])
     await settled(http, stack.read_url, counted + 100, timeout=DEADLINE)
-    assert stored(db, index) == 50
+    assert stored_count(db, index) == 50
     async with http.get(f"{stack.read_url}/events", params={"topic": index, "limit": "1"}) as r:
         (event,) = await r.json()
     assert event["source"] == "h"
@@ -141,7 +136,7 @@ async def test_each_action_gets_its_own_status_in_order(
     ]
     assert "@timestamp" in reply["items"][4]["index"]["error"]["reason"]
     await settled(http, stack.read_url, counted + 2, timeout=DEADLINE)
-    assert stored(db, index) == 2
+    assert stored_count(db, index) == 2
     async with http.get(f"{stack.read_url}/events", params={"topic": index, "event_id": "7"}) as r:
         (event,) = await r.json()
     assert event["timestamp"] == "2026-01-01T00:00:00Z"
@@ -200,7 +195,7 @@ async def test_a_bulk_through_a_broker_outage_is_retried_and_loses_nothing(
         ))  # fmt: skip
 
     sending = asyncio.create_task(asyncio.to_thread(send))
-    await eventually(lambda: asyncio.to_thread(stored, db, index), lambda n: n >= 300,
+    await eventually(lambda: asyncio.to_thread(stored_count, db, index), lambda n: n >= 300,
                      timeout=DEADLINE, interval=0.05, what="the first stored")  # fmt: skip
     link.cut()
     await eventually(lambda: refusals(http, own), lambda n: n > 0, timeout=DEADLINE,
@@ -208,7 +203,7 @@ async def test_a_bulk_through_a_broker_outage_is_retried_and_loses_nothing(
     link.restore()
     assert await sending == 4000
     await settled(http, stack.read_url, counted + 4000, timeout=DEADLINE)
-    assert stored(db, index) == 4000
+    assert stored_count(db, index) == 4000
 
 
 async def refusals(http: aiohttp.ClientSession, own: Supervisor) -> float:

@@ -20,14 +20,9 @@ import pytest
 from ingest.loki import PushRequest, parse_labels
 from pubsub.http import Refusal
 from stack.supervisor import Supervisor
-from tests.support import eventually, settled, stats
+from tests.support import eventually, settled, stats, stored_count
 
 DEADLINE = 60.0
-
-
-def stored(db: psycopg.Connection[Any], topic: str) -> int:
-    row = db.execute("SELECT count(*) FROM events WHERE topic = %s", (topic,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def log_through_handler(url: str, service: str, n: int) -> None:
@@ -53,7 +48,7 @@ async def test_a_loki_handler_pushes_and_every_line_is_stored_with_its_labels(
     url = f"{stack.ingest_url}/loki/api/v1/push"
     await asyncio.to_thread(log_through_handler, url, service, 200)  # raises unless 204
     await settled(http, stack.read_url, counted + 200, timeout=DEADLINE)
-    assert stored(db, service) == 200
+    assert stored_count(db, service) == 200
     async with http.get(f"{stack.read_url}/events", params={"topic": service, "limit": "1"}) as r:
         (event,) = await r.json()
     assert event["source"] == "web-1"
@@ -84,7 +79,7 @@ async def test_the_same_push_twice_is_stored_once(
             assert resp.status == 204, await resp.text()
     after = await settled(http, stack.read_url, counted + 20, timeout=DEADLINE)
     assert after["received"] == counted + 20
-    assert stored(db, service) == 10
+    assert stored_count(db, service) == 10
     async with http.get(f"{stack.read_url}/events", params={"topic": service, "limit": "1"}) as r:
         (event,) = await r.json()
     assert event["payload"]["line"] == '{"msg": "json stays text"}'  # text, exactly as sent
@@ -177,7 +172,7 @@ async def test_winston_loki_under_node_pushes_protobuf_and_every_line_is_stored(
     assert node.returncode == 0, err.decode()
     assert orjson.loads(out) == {"sent": 2000, "contentType": "application/x-protobuf"}
     await settled(http, stack.read_url, counted + 2000, timeout=DEADLINE)
-    assert stored(db, service) == 2000
+    assert stored_count(db, service) == 2000
     async with http.get(f"{stack.read_url}/events", params={"topic": service, "limit": "1"}) as r:
         (event,) = await r.json()
     assert event["source"] == "node-1"

@@ -34,15 +34,10 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 
 from stack.supervisor import Supervisor
-from tests.support import eventually, settled, stats
+from tests.support import eventually, settled, stats, stored_count
 from tests.tcpproxy import TCPProxy
 
 DEADLINE = 60.0
-
-
-def stored(db: psycopg.Connection[Any], topic: str) -> int:
-    row = db.execute("SELECT count(*) FROM events WHERE topic = %s", (topic,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def emit(
@@ -89,7 +84,7 @@ async def test_the_sdk_exports_10000_records_and_each_unique_one_is_stored_once(
     # Every record exported is counted (the copies as duplicates), and each stored once.
     after = await settled(http, stack.read_url, counted + 10_000, timeout=DEADLINE)
     assert after["received"] == counted + 10_000
-    assert stored(db, service) == 8000
+    assert stored_count(db, service) == 8000
     async with http.get(
         f"{stack.read_url}/events", params={"topic": service, "event_id": "u5"}
     ) as resp:
@@ -119,7 +114,7 @@ async def test_an_export_through_a_broker_outage_loses_nothing(
     sending = asyncio.create_task(
         asyncio.to_thread(emit, f"{own.ingest_url}/v1/logs", service, 5000, pace=0.001)
     )
-    await eventually(lambda: asyncio.to_thread(stored, db, service), lambda n: n >= 500,
+    await eventually(lambda: asyncio.to_thread(stored_count, db, service), lambda n: n >= 500,
                      timeout=DEADLINE, interval=0.05, what="the first records stored")  # fmt: skip
     link.cut()
     refused = await _refusals_while(http, own, seconds=3.0)
@@ -127,7 +122,7 @@ async def test_an_export_through_a_broker_outage_loses_nothing(
     assert await sending == 5000
     assert refused, "the exporter met no refusal: the outage missed the export"
     await settled(http, stack.read_url, counted + 5000, timeout=DEADLINE)
-    assert stored(db, service) == 5000
+    assert stored_count(db, service) == 5000
 
 
 async def _refusals_while(http: aiohttp.ClientSession, own: Supervisor, *, seconds: float) -> int:

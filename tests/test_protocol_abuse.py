@@ -34,11 +34,6 @@ NDJSON = {"Content-Type": "application/x-ndjson"}
 PATHS = ("/v1/logs", "/loki/api/v1/push", "/_bulk", "/logs/_bulk")
 
 
-def stored(db: psycopg.Connection[Any], topic: str) -> int:
-    row = db.execute("SELECT count(*) FROM events WHERE topic = %s", (topic,)).fetchone()
-    return int(row[0]) if row else 0
-
-
 def otlp(service: str, records: list[LogRecord]) -> bytes:
     resource = Resource(
         attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service))]
