@@ -12,6 +12,9 @@
    ``--read-seconds`` each at ``--read-connections`` connections (goals: ``/stats`` p99 under
    25 ms, ``/events`` p99 under 15 ms). The topic listing of ``/stats`` is also timed in SQL
    against the loose index scan over ``events`` it replaced, in the same database.
+3. **Search and histogram** (:mod:`bench.finding`): ``q=`` without an index and with the
+   trigram one, the histogram from the rollup, the rollup's count from the table (the upgrade
+   to schema 5) and the bytes per stored event.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 import aiohttp
 import psycopg
 
-from bench import record
+from bench import finding, record
 from bench.system import private_system
 from bench.workloads import LUA, Bench, Result, launch, run_wrk, table
 from consumer.retention import Sweeper
@@ -173,7 +176,8 @@ async def main(args: argparse.Namespace) -> int:
     out = record.Output()
     problems: list[str] = []
     async with (
-        private_system("storage", consumers=2) as stack,
+        # A search without an index over all events is measured, not cut off at 10 s.
+        private_system("storage", consumers=2, read_statement_timeout=120) as stack,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http,
     ):
         stack.start_all(["readapi", "ingest", "consumer-1", "consumer-2"])
@@ -183,6 +187,13 @@ async def main(args: argparse.Namespace) -> int:
             results, problems = await retention(args, bench, out)
         read_rows = await reads(args, stack.settings, stack.read_url) if args.rows else []
         listing = topic_listing_ms(stack.settings) if args.rows else {}
+        found = None
+        if args.rows and args.search_requests:
+            print("search and histogram ...", file=sys.stderr)
+            found = await finding.measure(
+                http, stack.settings, stack.read_url, topics=args.topics, prefix="topic-",
+                requests=args.search_requests, budget=args.search_seconds,
+            )  # fmt: skip
         bench.db.close()
     if results:
         out()
@@ -203,6 +214,11 @@ async def main(args: argparse.Namespace) -> int:
                 problems.append(f"GET {r.path}: p99 {r.p99_ms:.1f} ms")
         for name, (p50, p99) in listing.items():
             out(f"listing 1,001 topics in SQL, {name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    if found is not None:
+        out()
+        out(f"search and histogram on {args.rows:,} events over {args.topics:,} topics, one "
+            "connection, requests in a row:")  # fmt: skip
+        problems += finding.report(found, out)
     for problem in problems:
         out(f"problem: {problem}")
     out.write(
@@ -221,6 +237,12 @@ def cli() -> None:
     p.add_argument("--topics", type=int, default=10_000, help="topics of those events")
     p.add_argument("--read-seconds", type=float, default=10, help="seconds of each read load")
     p.add_argument("--read-connections", type=int, default=4, help="connections of the reads")
+    p.add_argument(
+        "--search-requests", type=int, default=50, help="requests per search (0: skip them)"
+    )
+    p.add_argument(
+        "--search-seconds", type=float, default=60, help="most seconds of one search's requests"
+    )
     launch(main, p.parse_args())
 
 

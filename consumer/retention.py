@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 
 from consumer import metrics
-from pubsub import database, service
+from pubsub import database, dbschema, service
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer.retention")
@@ -48,13 +48,47 @@ WITH removed AS (
         WHERE received_at < now() - make_interval(secs => %(horizon)s)
         ORDER BY received_at LIMIT %(batch)s
     ))
-    RETURNING topic
+    RETURNING topic, ts
 ), counted AS (
     INSERT INTO counters AS c (shard, expired)
     SELECT %(shard)s, count(*) FROM removed
     ON CONFLICT (shard) DO UPDATE SET expired = c.expired + excluded.expired
+), by_topic AS (
+    INSERT INTO volume AS v (topic, minute, shard, n)
+    SELECT topic COLLATE "C", MINUTE_OF_TS, %(shard)s, -count(*) FROM removed
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
+), in_all AS (
+    INSERT INTO volume_total AS v (minute, shard, n)
+    SELECT MINUTE_OF_TS, %(shard)s, -count(*) FROM removed GROUP BY 1 ORDER BY 1
+    ON CONFLICT (minute, shard) DO UPDATE SET n = v.n + excluded.n
 )
 SELECT topic, count(*) FROM removed GROUP BY topic
+""".replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="ts"))
+# The minutes whose events are all gone leave the volume tables. The sweep's own rows (shard
+# -1) mark the minutes it touched; their rows are locked (in key order, as consumers lock
+# theirs) before they are summed, so a consumer adding to one of them waits and is counted,
+# and a consumer's new row, which this statement does not see, is not removed.
+_COMPACT_VOLUME = """
+WITH locked AS MATERIALIZED (
+    SELECT ctid AS row, topic, minute, n FROM volume
+    WHERE (topic, minute) IN (SELECT topic, minute FROM volume WHERE shard = %(shard)s)
+    ORDER BY topic COLLATE "C", minute, shard FOR UPDATE
+), empty AS (
+    SELECT topic, minute FROM locked GROUP BY 1, 2 HAVING sum(n) = 0
+)
+DELETE FROM volume WHERE ctid = ANY (ARRAY(SELECT row FROM locked JOIN empty USING (topic, minute)))
+"""
+_COMPACT_VOLUME_TOTAL = """
+WITH locked AS MATERIALIZED (
+    SELECT ctid AS row, minute, n FROM volume_total
+    WHERE minute IN (SELECT minute FROM volume_total WHERE shard = %(shard)s)
+    ORDER BY minute, shard FOR UPDATE
+), empty AS (
+    SELECT minute FROM locked GROUP BY 1 HAVING sum(n) = 0
+)
+DELETE FROM volume_total
+WHERE ctid = ANY (ARRAY(SELECT row FROM locked JOIN empty USING (minute)))
 """
 # Whether autovacuum looks after ``events`` (server setting and table option), and the live
 # rows the last vacuum or analyze counted.
@@ -147,6 +181,8 @@ class Sweeper:
                 break
         forgotten = await self.forget_empty_topics(sorted(touched)) if touched else 0
         if removed:
+            await self.compact_volume()
+        if removed:
             await self._vacuum_if_no_autovacuum(conn, removed)
         swept = Swept(removed, forgotten, time.monotonic() - started)
         if removed:
@@ -176,6 +212,13 @@ class Sweeper:
             self._removed_since_vacuum, time.monotonic() - started,
         )  # fmt: skip
         self._removed_since_vacuum = 0
+
+    async def compact_volume(self) -> None:
+        """Remove the volume rows of the minutes left without events."""
+        conn = await self._connection()
+        for statement in (_COMPACT_VOLUME, _COMPACT_VOLUME_TOTAL):
+            async with conn.transaction():
+                await conn.execute(statement, {"shard": SHARD})
 
     async def forget_empty_topics(self, topics: list[str]) -> int:
         """Remove those of ``topics`` that have no events left; return how many."""

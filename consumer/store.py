@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from pubsub import database
+from pubsub import database, dbschema
 from pubsub.errors import Unusable
 from pubsub.message import Claim, Undecodable
 from pubsub.settings import Settings
@@ -49,9 +49,9 @@ SELECT ARRAY(SELECT key FROM added), (SELECT n FROM reused)
 """
 # Competing consumers must take row locks in one global order, or overlapping batches
 # deadlock; the rows are copied pre-sorted so this sort is cheap.
-# The counters and the topics table move in the same statement (fewer round trips per batch),
-# after the events. Naming ``topics`` here also locks it before any event is inserted, which the
-# retention sweep relies on (see consumer.retention).
+# The counters, the topics table and the volume per minute move in the same statement (fewer
+# round trips per batch), after the events. Naming ``topics`` here also locks it before any
+# event is inserted, which the retention sweep relies on (see consumer.retention).
 _INSERT_EVENTS = """
 WITH inserted AS (
     INSERT INTO events (topic, event_id, ts, source, payload, received_at)
@@ -59,13 +59,22 @@ WITH inserted AS (
     FROM incoming
     ORDER BY topic COLLATE "C", event_id COLLATE "C"
     ON CONFLICT DO NOTHING
-    RETURNING topic
+    RETURNING topic, ts
 ), n AS (
     SELECT count(*) AS n FROM inserted
 ), new_topics AS (
     INSERT INTO topics (topic)
     SELECT DISTINCT topic COLLATE "C" FROM inserted ORDER BY 1
     ON CONFLICT DO NOTHING
+), by_topic AS (
+    INSERT INTO volume AS v (topic, minute, shard, n)
+    SELECT topic COLLATE "C", MINUTE_OF_TS, %(shard)s, count(*) FROM inserted
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
+), in_all AS (
+    INSERT INTO volume_total AS v (minute, shard, n)
+    SELECT MINUTE_OF_TS, %(shard)s, count(*) FROM inserted GROUP BY 1 ORDER BY 1
+    ON CONFLICT (minute, shard) DO UPDATE SET n = v.n + excluded.n
 )
 INSERT INTO counters AS c (shard, received, unique_processed, duplicate_dropped)
 SELECT %(shard)s, %(received)s, n, %(received)s - n FROM n
@@ -74,7 +83,7 @@ ON CONFLICT (shard) DO UPDATE SET
     unique_processed = c.unique_processed + excluded.unique_processed,
     duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped
 RETURNING (SELECT n FROM n)
-"""
+""".replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="ts"))
 
 
 # An event as the consumer stores it: its key, and a line of PostgreSQL's COPY text format

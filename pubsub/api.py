@@ -9,6 +9,7 @@ handlers fill in.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -16,8 +17,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationInfo
 from typing_extensions import TypedDict
 
+from pubsub import search
 from pubsub.event import NAME_MAX, Event
 from pubsub.routes import Header, Query, Reply, Route, UpTo, ref
+
+HISTOGRAM_MAX_BUCKETS = 1000
+HISTOGRAM_MAX_INTERVAL = 3660 * 86400  # ten years and more: wider is no histogram
 
 # --- query parameters ------------------------------------------------------------------------
 
@@ -65,6 +70,35 @@ def _order(value: Any) -> Any:
     return value
 
 
+def _search(value: Any) -> Any:
+    if value in ("", None):
+        return None
+    if isinstance(value, str):
+        try:
+            if not search.words(value):
+                return None
+        except search.BadQuery as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+def _interval(value: Any) -> Any:
+    if value in ("", None):
+        return None
+    if isinstance(value, str):
+        match = re.fullmatch(r"(\d{1,9})([smhd]?)", value.strip())
+        if match is None:
+            raise ValueError("interval must be a number of seconds or a duration, e.g. 5m")
+        value = int(match[1]) * _INTERVAL_UNITS[match[2]]
+    if isinstance(value, int) and not 1 <= value <= HISTOGRAM_MAX_INTERVAL:
+        raise ValueError(
+            f"interval must be between 1 second and {HISTOGRAM_MAX_INTERVAL // 86400} days"
+        )
+    return value
+
+
+_INTERVAL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
 NameFilter = Annotated[
     Annotated[str, Field(max_length=NAME_MAX)] | None, BeforeValidator(_name_filter)
 ]
@@ -79,6 +113,12 @@ class Filters(Query):
     source: NameFilter = Field(None, description="Only this source.")
     event_id: NameFilter = Field(
         None, description="Only this event id (found in every topic when no topic is given)."
+    )
+    q: Annotated[str | None, BeforeValidator(_search)] = Field(
+        None,
+        description='Search: words (or "quoted phrases"), each of which must occur, '
+        "ignoring case, in the topic, the source or the payload's JSON text. At most "
+        f"{search.MAX_WORDS} words and {search.MAX_CHARS} characters.",
     )
 
 
@@ -95,6 +135,23 @@ class EventsQuery(Filters):
         "asc",
         description="`asc`: oldest first (by timestamp, then topic and event id); `desc`: "
         "newest first. A cursor pages on in the order of the page it came from.",
+    )
+
+
+class HistogramQuery(Filters):
+    since: Time = Field(
+        None, description="Start of the range; the earliest stored event's minute if not given."
+    )
+    until: Time = Field(
+        None, description="End of the range; just after the latest stored event if not given."
+    )
+    interval: Annotated[
+        int | None, BeforeValidator(_interval), Field(ge=1, le=HISTOGRAM_MAX_INTERVAL)
+    ] = Field(
+        None,
+        description="Width of a bucket: seconds, or a number with a unit (`s`, `m`, `h`, `d`), "
+        "e.g. `5m`. If not given, a round width that cuts the range into 60 to 120 buckets "
+        f"or fewer. At most {HISTOGRAM_MAX_BUCKETS} buckets.",
     )
 
 
@@ -130,6 +187,22 @@ class Stats(TypedDict):
     uptime: float
     queued_messages: int | None
     dead_letter_messages: int | None
+
+
+class Bucket(TypedDict):
+    start: str
+    count: int
+
+
+class Histogram(TypedDict):
+    """Events per bucket of ``interval`` seconds, every bucket from ``since`` to ``until``
+    (aligned to multiples of the interval since the Unix epoch) with zero where none."""
+
+    since: str
+    until: str
+    interval: int
+    total: int
+    buckets: list[Bucket]
 
 
 # --- the routes ------------------------------------------------------------------------------
@@ -268,6 +341,21 @@ EVENTS = Route(
     errors=(400, 401, 503),
 )
 
+HISTOGRAM = Route(
+    method="GET",
+    path="/events/histogram",
+    auth="read",
+    summary="How many events per time bucket, for the filters of `/events`.",
+    description=(
+        "Counted by event timestamp. Without `q`, `source` and `event_id`, and with an "
+        "interval of whole minutes, the counts come from a per-minute rollup the consumers "
+        "keep exact (fast over any range); otherwise from the events themselves."
+    ),
+    query=HistogramQuery,
+    replies={200: Reply("The buckets.", Histogram)},
+    errors=(400, 401, 503),
+)
+
 STREAM = Route(
     method="GET",
     path="/events/stream",
@@ -316,7 +404,7 @@ METRICS = Route(
 )
 
 INGEST = (PUBLISH, OTLP_LOGS, LOKI_PUSH, BULK, INDEX_BULK)
-READ = (EVENTS, STREAM, STATS)
+READ = (EVENTS, HISTOGRAM, STREAM, STATS)
 HEALTH = (HEALTHZ, READYZ, METRICS)
 # One port for everything (deploy/nginx/nginx.conf): the ingest routes go to ingest, the
 # rest to the read API.

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from pubsub import database, service
+from pubsub import database, search, service
 from pubsub.backoff import Backoff
 from pubsub.errors import Unusable
 from pubsub.settings import Settings
@@ -31,7 +32,8 @@ _LOCK_KEY = 0x70756273  # any constant shared by every process of the project
 # 2: counters.expired, events_received_at (retention) and the topics table (/stats).
 # 3: payload as json (kept as sent), events.txid and its index (the live stream's order).
 # 4: ledger.fingerprint (an Idempotency-Key names one body).
-SCHEMA_VERSION = 4
+# 5: volume and volume_total, events per minute (GET /events/histogram).
+SCHEMA_VERSION = 5
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -78,6 +80,25 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 CREATE INDEX IF NOT EXISTS ledger_seen_at ON ledger (seen_at);
 
+-- Stored events per minute of their timestamp, by topic (volume) and in all (volume_total):
+-- consumers add what each batch inserted, in the storing transaction, so the counts are exact
+-- through redeliveries; the retention sweep subtracts what it removes. One row per writer
+-- (a consumer's counters shard, the sweep's -1), so that consumers storing the same topic in
+-- the same minute never wait for each other's row; a count is the sum over the writers.
+CREATE TABLE IF NOT EXISTS volume (
+    topic  text        NOT NULL,
+    minute timestamptz NOT NULL,
+    shard  integer     NOT NULL,
+    n      bigint      NOT NULL,
+    PRIMARY KEY (topic, minute, shard)
+);
+CREATE TABLE IF NOT EXISTS volume_total (
+    minute timestamptz NOT NULL,
+    shard  integer     NOT NULL,
+    n      bigint      NOT NULL,
+    PRIMARY KEY (minute, shard)
+);
+
 -- Sharded so that concurrent consumers rarely wait on each other's counter row.
 CREATE TABLE IF NOT EXISTS counters (
     shard             integer PRIMARY KEY,
@@ -87,6 +108,9 @@ CREATE TABLE IF NOT EXISTS counters (
     expired           bigint  NOT NULL DEFAULT 0
 );
 """
+
+# The minute of a timestamp, aligned to UTC whatever the session's time zone.
+MINUTE = "date_bin('1 minute', {column}, '2000-01-01 00:00:00+00')"
 
 # Every topic that has events, by a loose index scan over the primary key: one probe per topic.
 # What /stats ran before the topics table; now it fills that table on upgrade.
@@ -98,6 +122,14 @@ WITH RECURSIVE t(topic) AS (
     FROM t WHERE t.topic IS NOT NULL
 )
 SELECT topic FROM t WHERE topic IS NOT NULL
+"""
+
+# The volume of every stored event, counted from the table (the upgrade to version 5).
+FILL_VOLUME = f"""
+INSERT INTO volume (topic, minute, shard, n)
+SELECT topic, {MINUTE.format(column="ts")}, 0, count(*) FROM events GROUP BY 1, 2;
+INSERT INTO volume_total (minute, shard, n)
+SELECT minute, 0, sum(n) FROM volume GROUP BY 1;
 """
 
 # From versions 1 to 3, before the statements above: what they cannot add by themselves.
@@ -115,10 +147,17 @@ BEGIN
     END IF;
 END $$;
 """
-# After them: fill in what is new.
+# After them: fill in what is new. The volume of the events stored before version 5 is counted
+# once, from the table (a scan of it: see docs/operations.md for its duration).
 _UPGRADE = f"""
 ALTER TABLE counters ADD COLUMN IF NOT EXISTS expired bigint NOT NULL DEFAULT 0;
 INSERT INTO topics (topic) {TOPICS_BY_INDEX_SCAN} ON CONFLICT DO NOTHING;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM volume_total) THEN
+        {FILL_VOLUME}
+    END IF;
+END $$;
 """
 
 
@@ -136,9 +175,17 @@ async def ensure(settings: Settings) -> None:
     index exists: a process starting next to busy consumers must not take that lock.
     """
     async with await database.connect(settings) as conn, conn.transaction():
-        if await _current(conn, settings):
+        if await _current(conn, settings) and await _searchable(conn, settings):
             return
         if not await _may_create(conn, settings):
+            if await _current(conn, settings):
+                log.warning(
+                    "PUBSUB_SEARCH=%s, but the search index of schema %s does not match it and "
+                    "this role may not change it: run `python -m pubsub.dbschema` as the "
+                    "schema's owner (searches work either way, only their speed differs)",
+                    settings.search, settings.db_schema,
+                )  # fmt: skip
+                return
             raise NotCurrent(
                 f"schema {settings.db_schema} is not at version {SCHEMA_VERSION}, and this "
                 "role may not create or upgrade it: run `python -m pubsub.dbschema` as the "
@@ -146,7 +193,10 @@ async def ensure(settings: Settings) -> None:
             )
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         if await _current(conn, settings):
-            return  # another process created it while this one waited for the lock
+            # Created by another process while this one waited for the lock, or current
+            # but for the search index.
+            await _reconcile_search(conn, settings)
+            return
         cur = await conn.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = %s", (settings.db_schema,)
         )
@@ -163,6 +213,24 @@ async def ensure(settings: Settings) -> None:
         await conn.execute(_DDL)
         await conn.execute(_UPGRADE)
         await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+        await _reconcile_search(conn, settings)
+
+
+async def _searchable(conn: psycopg.AsyncConnection[Any], settings: Settings) -> bool:
+    """Whether the search index exists exactly when ``PUBSUB_SEARCH`` asks for one."""
+    return await search.indexed(conn, settings.db_schema) == (settings.search == "trigram")
+
+
+async def _reconcile_search(conn: psycopg.AsyncConnection[Any], settings: Settings) -> None:
+    if await _searchable(conn, settings):
+        return
+    started = time.monotonic()
+    if settings.search == "trigram":
+        await search.build(conn, settings.db_schema)
+        log.info("built the search index in %.1fs", time.monotonic() - started)
+    else:
+        await search.drop(conn, settings.db_schema)
+        log.info("dropped the search index (PUBSUB_SEARCH=%s)", settings.search)
 
 
 class NotCurrent(RuntimeError):

@@ -290,6 +290,15 @@ class Settings(BaseSettings):
         description="Seconds one query of the read API may run (PostgreSQL's "
         "`statement_timeout`); a longer one is cancelled and answered 503.",
     )
+    search: Literal["scan", "trigram"] = Field(
+        "scan",
+        description="How `q=` finds events: `scan` reads the events the other filters narrow a "
+        "search to (no index: the fastest ingest); `trigram` keeps a `pg_trgm` GIN index, which "
+        "finds a rare word among millions of events in milliseconds but slows every insert "
+        "(docs/design.md has the measurements). Applied by the process that creates or upgrades "
+        "the schema (consumers, `python -m pubsub.dbschema`): it builds or drops the index, "
+        "locking the events table while it builds.",
+    )
     stats_max_topics: Count = Field(1000, description="Most topic names listed by `GET /stats`.")
     stream_max_clients: Count = Field(
         64,

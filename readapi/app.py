@@ -13,10 +13,10 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from pubsub import api, database, health, http, openapi, routes
+from pubsub import api, database, health, http, openapi, routes, search
 from pubsub.http import Refusal
 from pubsub.settings import Settings
-from readapi import page, queries, stream
+from readapi import histogram, page, queries, stream
 from readapi.queues import QueueMonitor
 
 log = logging.getLogger("pubsub.readapi.app")
@@ -121,7 +121,8 @@ async def get_events(request: web.Request) -> web.Response:
 
 
 def _filters(q: api.Filters) -> queries.Filters:
-    return queries.Filters(topic=q.topic, source=q.source, event_id=q.event_id)
+    words = tuple(search.words(q.q)) if q.q else ()
+    return queries.Filters(topic=q.topic, source=q.source, event_id=q.event_id, words=words)
 
 
 async def get_stream(request: web.Request) -> web.StreamResponse:
@@ -135,6 +136,25 @@ async def get_stream(request: web.Request) -> web.StreamResponse:
         since=q.since,
         last_event_id=request.headers.get("Last-Event-ID") or q.last_event_id,
     )
+
+
+async def get_histogram(request: web.Request) -> web.Response:
+    q = routes.params(request, api.HistogramQuery)
+    sources = request.app[SOURCES]
+    if q.since is not None and q.until is not None and q.until <= q.since:
+        raise Refusal(400, "until must be after since")
+    try:
+        async with sources.pool.connection() as conn:
+            buckets = await histogram.histogram(
+                conn, _filters(q), since=q.since, until=q.until, width=q.interval
+            )
+    except histogram.BadRange as exc:
+        raise Refusal(400, str(exc)) from None
+    except OverflowError:
+        raise Refusal(400, "the range reaches beyond the years 1 to 9999") from None
+    except queries.UNAVAILABLE as exc:
+        raise sources.unavailable(exc) from None
+    return http.json_response(buckets.reply())
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -179,7 +199,12 @@ def make_app(sources: Sources, stop: asyncio.Event | None = None) -> web.Applica
         return {"broker": sources.queues.connected, "database": await sources.database_ok()}
 
     page.add_page(app, TITLE, health.endpoints(api.READ))
-    handlers = {api.EVENTS: get_events, api.STREAM: get_stream, api.STATS: get_stats}
+    handlers = {
+        api.EVENTS: get_events,
+        api.HISTOGRAM: get_histogram,
+        api.STREAM: get_stream,
+        api.STATS: get_stats,
+    }
     routes.mount(app, api.READ, handlers, settings)
     health.add_health(app, ready, settings)
     openapi.add_docs(app, openapi.document(TITLE, [*api.READ, *api.HEALTH], settings))

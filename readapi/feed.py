@@ -25,7 +25,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pubsub import service
+from pubsub import search, service
 from pubsub.backoff import Backoff
 from pubsub.settings import Settings
 from readapi import metrics, queries
@@ -76,6 +76,9 @@ class Follower:
             event.at > self.position
             and (f.source is None or f.source == event.source)
             and (f.event_id is None or f.event_id == event.at.event_id)
+            and (
+                not f.words or search.matches(f.words, event.at.topic, event.source, event.payload)
+            )
         )
 
 

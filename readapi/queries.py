@@ -13,7 +13,7 @@ import orjson
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from pubsub import database
+from pubsub import database, search
 
 # The pool waited in vain for a connection, or PostgreSQL is down: answer 503, retry later.
 UNAVAILABLE: tuple[type[Exception], ...] = (PoolTimeout, *database.UNAVAILABLE)
@@ -107,6 +107,12 @@ class Filters:
     topic: str | None = None
     source: str | None = None
     event_id: str | None = None
+    words: tuple[str, ...] = ()  # of a search (see pubsub.search)
+
+    @property
+    def exact(self) -> bool:
+        """Whether these filters name at most a topic (what the volume rollup counts by)."""
+        return self.source is None and self.event_id is None and not self.words
 
     def sql(self, where: list[str], params: list[Any]) -> None:
         """Add this filter's conditions and their parameters."""
@@ -120,6 +126,7 @@ class Filters:
             if value is not None:
                 where.append(f"{column} = %s")
                 params.append(value)
+        search.condition(list(self.words), where, params)
 
 
 @dataclass(frozen=True)
@@ -272,6 +279,11 @@ class StreamEvent:
     at: StreamCursor
     source: str
     data: str
+    payload_at: int  # where the payload's text starts in data (it ends before the last "}")
+
+    @property
+    def payload(self) -> str:
+        return self.data[self.payload_at : -1]
 
     @property
     def size(self) -> int:
@@ -310,7 +322,7 @@ async def stream_read(
         if kind == "e":
             at = StreamCursor(int(txid), topic, event_id)
             data = orjson.dumps(_event(topic, event_id, ts, source, body)).decode()
-            found.append(StreamEvent(at, source, data))
+            found.append(StreamEvent(at, source, data, len(data) - len(body) - 1))
         elif kind == "l":
             last = StreamCursor(int(txid), topic, event_id)
         else:

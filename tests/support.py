@@ -15,7 +15,7 @@ import psycopg
 
 from publisher.load import EventSource, LoadConfig, Report, send_load
 from publisher.watch import stats_if_up, wait_stored
-from pubsub import failover, message, topology
+from pubsub import dbschema, failover, message, topology
 from pubsub.settings import Settings
 
 T = TypeVar("T")
@@ -210,3 +210,20 @@ def stored_count(db: psycopg.Connection[Any], topic: str) -> int:
     """Rows stored under ``topic``."""
     row = db.execute("SELECT count(*) FROM events WHERE topic = %s", (topic,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def assert_volume_counts_the_events(c: psycopg.Connection[tuple[object, ...]]) -> None:
+    """The per-minute rollup holds exactly what the events table holds."""
+    minute = dbschema.MINUTE.format(column="ts")
+    by_topic = f"SELECT topic, {minute}, count(*) FROM events GROUP BY 1, 2 ORDER BY 1, 2"
+    rolled = (
+        "SELECT topic, minute, sum(n)::bigint FROM volume GROUP BY 1, 2 HAVING sum(n) <> 0"
+        " ORDER BY 1, 2"
+    )
+    assert c.execute(rolled).fetchall() == c.execute(by_topic).fetchall()
+    in_all = f"SELECT {minute}, count(*) FROM events GROUP BY 1 ORDER BY 1"
+    total = (
+        "SELECT minute, sum(n)::bigint FROM volume_total GROUP BY 1 HAVING sum(n) <> 0 ORDER BY 1"
+    )
+    assert c.execute(total).fetchall() == c.execute(in_all).fetchall()
+    assert c.execute("SELECT count(*) FROM volume_total").fetchone() != (0,)

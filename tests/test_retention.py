@@ -27,7 +27,7 @@ from pubsub.settings import Settings
 from readapi import queries
 from stack.supervisor import Supervisor
 from tests.fix_services import private_settings
-from tests.support import eventually
+from tests.support import assert_volume_counts_the_events, eventually
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -109,6 +109,12 @@ async def test_a_sweep_removes_what_is_past_the_horizon_and_keeps_the_rest(
     # Lifetime counters do not move; what is stored now does.
     assert (c.received, c.unique_processed, c.duplicate_dropped) == (330, 330, 0)
     assert (c.expired, c.stored, c.topics, c.topic_count) == (280, 50, ["a"], 1)
+    # The volume follows, and the minutes left without events are gone from it.
+    assert_volume_counts_the_events(conn)
+    assert conn.execute("SELECT DISTINCT topic FROM volume").fetchall() == [("a",)]
+    for table in ("volume", "volume_total"):
+        empty = f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY minute HAVING sum(n) = 0) e"
+        assert conn.execute(empty).fetchone() == (0,)
 
 
 async def test_an_event_is_deduplicated_until_it_expires_and_stored_anew_after(

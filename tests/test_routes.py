@@ -76,6 +76,7 @@ def test_tokens_guard_the_declared_paths_with_their_own_token() -> None:
         "/_bulk": "p",
         "/{index}/_bulk": "p",
         "/events": "r",
+        "/events/histogram": "r",
         "/events/stream": "r",
         "/stats": "r",
     }
@@ -113,7 +114,9 @@ class FakeRequest:
     ("query", "message"),
     [
         ({"x": "1"}, "unknown query parameter(s): x; known: cursor, event_id, limit, order, "
-                     "since, source, topic, until"),
+                     "q, since, source, topic, until"),
+        ({"q": "x" * 257}, "q must be at most 256 characters"),
+        ({"q": "a b c d e f g h i"}, "q must have at most 8 words"),
         ({"topic": "t" * 256}, "topic must be at most 255 characters without NUL"),
         ({"limit": "ten"}, "limit must be an integer"),
         ({"limit": "0"}, "limit must be between 1 and 1000"),

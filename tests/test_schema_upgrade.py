@@ -18,7 +18,7 @@ from pubsub import dbschema
 from pubsub.database import connect_kwargs
 from pubsub.settings import Settings
 from tests.fix_services import private_settings
-from tests.support import run_async
+from tests.support import assert_volume_counts_the_events, run_async
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def old(amqp_url: str, database_url: str) -> Iterator[Settings]:
     with private_settings(amqp_url, database_url, prefix="upg") as s:
         with psycopg.connect(s.database_url, autocommit=True, **connect_kwargs(s)) as c:
             c.execute("DROP TABLE topics")
+            c.execute("DROP TABLE volume, volume_total")
             c.execute("DROP INDEX events_received_at")
             c.execute("ALTER TABLE counters DROP COLUMN expired")
             c.execute("ALTER TABLE events DROP COLUMN txid")
@@ -36,7 +37,8 @@ def old(amqp_url: str, database_url: str) -> Iterator[Settings]:
             c.execute("INSERT INTO schema_version (version) VALUES (1)")
             c.execute(
                 "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
-                " SELECT 't' || (g % 2), g::text, now(), 's', '{\"n\": 1.5}', now()"
+                " SELECT 't' || (g % 2), g::text, '2026-01-01T10:00:00Z'::timestamptz"
+                " + (g % 3) * interval '1 minute', 's', '{\"n\": 1.5}', now()"
                 " FROM generate_series(1, 10) g"
             )
             c.execute("INSERT INTO counters (shard, received, unique_processed) VALUES (1, 10, 10)")
@@ -48,12 +50,15 @@ def test_a_version_1_schema_is_upgraded_with_its_topics_and_counters(old: Settin
     with psycopg.connect(old.database_url, **connect_kwargs(old)) as c:
         assert c.execute("SELECT topic FROM topics ORDER BY topic").fetchall() == [("t0",), ("t1",)]
         assert c.execute("SELECT unique_processed, expired FROM counters").fetchall() == [(10, 0)]
-        assert c.execute("SELECT max(version) FROM schema_version").fetchone() == (4,)
+        assert c.execute("SELECT max(version) FROM schema_version").fetchone() == (
+            dbschema.SCHEMA_VERSION,
+        )
         assert c.execute("SELECT fingerprint FROM ledger LIMIT 1").fetchall() == []
         for index in ("events_received_at", "events_txid"):
             assert c.execute("SELECT to_regclass(%s) IS NOT NULL", (index,)).fetchone() == (True,)
         kind = "SELECT pg_typeof(payload)::text, payload::text, txid IS NULL FROM events LIMIT 1"
         assert c.execute(kind).fetchone() == ("json", '{"n": 1.5}', True)
+        assert_volume_counts_the_events(c)
         # Events stored from now on carry their transaction for the stream.
         c.execute(
             "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
@@ -61,6 +66,54 @@ def test_a_version_1_schema_is_upgraded_with_its_topics_and_counters(old: Settin
         )
         new = "SELECT txid IS NOT NULL, payload::text FROM events WHERE event_id = 'new'"
         assert c.execute(new).fetchone() == (True, '{"x": -0.0}')
+
+
+@pytest.fixture
+def version_4(amqp_url: str, database_url: str) -> Iterator[Settings]:
+    """A schema as version 4 left it (before the volume rollup), with 5,000 events."""
+    with private_settings(amqp_url, database_url, prefix="upg4") as s:
+        with psycopg.connect(s.database_url, autocommit=True, **connect_kwargs(s)) as c:
+            c.execute("DROP TABLE volume, volume_total")
+            c.execute("DELETE FROM schema_version")
+            c.execute("INSERT INTO schema_version (version) VALUES (4)")
+            c.execute(
+                "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
+                " SELECT 't' || (g % 7), g::text, '2026-01-01T10:00:00Z'::timestamptz"
+                " + (g % 300) * interval '7 seconds', 's', '{}', now()"
+                " FROM generate_series(1, 5000) g"
+            )
+        yield s
+
+
+def test_a_version_4_schema_gets_the_volume_of_its_events(version_4: Settings) -> None:
+    run_async(dbschema.ensure(version_4))
+    with psycopg.connect(version_4.database_url, **connect_kwargs(version_4)) as c:
+        assert c.execute("SELECT max(version) FROM schema_version").fetchone() == (
+            dbschema.SCHEMA_VERSION,
+        )
+        assert c.execute("SELECT sum(n)::bigint FROM volume_total").fetchone() == (5000,)
+        assert_volume_counts_the_events(c)
+
+
+def test_the_search_index_follows_the_setting(version_4: Settings) -> None:
+    def indexed() -> bool:
+        with psycopg.connect(version_4.database_url, **connect_kwargs(version_4)) as c:
+            row = c.execute("SELECT to_regclass('events_search') IS NOT NULL").fetchone()
+            return bool(row and row[0])
+
+    run_async(dbschema.ensure(version_4))
+    assert not indexed()  # scan, the default, keeps none
+    run_async(dbschema.ensure(version_4.replace(search="trigram")))
+    assert indexed()
+    with psycopg.connect(version_4.database_url, **connect_kwargs(version_4)) as c:
+        c.execute("SET enable_seqscan = off")
+        plan = c.execute(
+            "EXPLAIN SELECT * FROM events WHERE (topic || ' ' || source || ' ' || payload::text)"
+            " ILIKE '%needle%'"
+        ).fetchall()
+        assert "events_search" in str(plan)
+    run_async(dbschema.ensure(version_4))
+    assert not indexed()
 
 
 @pytest.fixture

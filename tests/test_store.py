@@ -59,6 +59,7 @@ async def test_overlapping_batches_in_opposite_orders_never_deadlock(
             await s.close()
     count = db.execute("SELECT count(*) FROM events WHERE topic = %s", (topic,)).fetchone()
     assert count == (2000,)
+    assert volume(db, topic) == 2000
     received, unique, dropped = (a - b for a, b in zip(counters(db), before, strict=True))
     assert (received, unique, dropped) == (40_000, 2000, 38_000)
 
@@ -84,6 +85,14 @@ async def test_a_redelivered_message_is_not_counted_twice(
     assert (again.received, again.inserted, again.redelivered) == (2, 1, 2)
     delta = tuple(a - b for a, b in zip(counters(db), before, strict=True))
     assert delta == (5, 3, 2)
+    assert volume(db, topic) == 3  # the rollup counts what was inserted, once
+
+
+def volume(db: psycopg.Connection[Any], topic: str) -> int:
+    """The topic's events by the per-minute rollup."""
+    row = db.execute("SELECT coalesce(sum(n), 0) FROM volume WHERE topic = %s", (topic,)).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 async def test_awkward_text_survives_the_copy_exactly(
