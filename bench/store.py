@@ -15,7 +15,9 @@ The variants, each a fresh schema altered before the clock starts:
   ``search: full text GIN`` (a ``tsvector`` of words, the ``simple`` configuration; also of
   the payload's string values only, without its keys and numbers) and ``search: RUM`` (the
   words in the ``rum`` extension's index, which Debian packages as ``postgresql-15-rum``; left
-  out when it is not installed).
+  out when it is not installed);
+- candidate cuts of the bytes per event (``cut: ...``): the two time indexes without the event
+  id, the retention's ``received_at`` index left out or as a BRIN index.
 
 The payloads read like logs (a request line, a user, an address, a status, a duration), as
 search would see them. Each variant's bytes on disk per stored event (every table and index of
@@ -78,6 +80,17 @@ VARIANTS = {
         " CREATE INDEX events_search ON events"
         " USING rum (to_tsvector('simple'::regconfig, payload::text) public.rum_tsvector_ops)"
     ),
+    # Candidate cuts of the bytes per event: which index earns its place (docs/design.md).
+    "cut: time indexes without event_id": (
+        "DROP INDEX events_topic_ts; DROP INDEX events_ts;"
+        " CREATE INDEX events_topic_ts ON events (topic, ts);"
+        " CREATE INDEX events_ts ON events (ts)"
+    ),
+    "cut: no received_at index": "DROP INDEX events_received_at",
+    "cut: received_at as BRIN": (
+        "DROP INDEX events_received_at;"
+        " CREATE INDEX events_received_at ON events USING brin (received_at)"
+    ),
 }
 _METHODS = ["GET", "POST", "PUT", "DELETE"]
 _PATHS = ["/api/orders", "/api/carts", "/api/users", "/login", "/api/payments/refund"]
@@ -99,6 +112,8 @@ def log_payload(n: int) -> dict[str, object]:
 async def main(args: argparse.Namespace) -> None:
     settings = Settings.from_env(db_schema=f"store_{uuid.uuid4().hex[:8]}", log_level="WARNING")
     names = [n for n in VARIANTS if n != "search: RUM" or await _available(settings, "rum")]
+    if args.only:
+        names = ["as shipped", *(n for n in names if n != "as shipped" and args.only in n)]
     rates: dict[str, list[float]] = {name: [] for name in names}
     sizes: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
@@ -132,7 +147,7 @@ async def main(args: argparse.Namespace) -> None:
             f"| {name} | {median:,.0f} | {each} | {median / base:.2f} | {size:,.0f}"
             f" | {size / base_size:.2f} |"
         )
-    if "search: RUM" not in names:
+    if "search: RUM" not in names and not args.only:
         out()
         out("search: RUM left out: the rum extension is not installed (postgresql-15-rum).")
     out.write("store", title="The consumer's batch store, schema variants")
@@ -158,6 +173,9 @@ def cli() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.store", description=__doc__)
     p.add_argument("--events", type=int, default=200_000, help="events stored per run")
     p.add_argument("--rounds", type=int, default=5, help="runs of every variant")
+    p.add_argument(
+        "--only", default="", help="only the variants whose name holds this (and as shipped)"
+    )
     asyncio.run(main(p.parse_args()))
 
 

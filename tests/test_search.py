@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
+from readapi import histogram as histogram_module
 from stack.supervisor import Supervisor
 from tests.support import event, post_json, settled, stats
 from tests.test_stream import opened, take
@@ -220,3 +221,18 @@ async def test_a_histogram_that_cannot_be_cut_is_400_with_the_reason(
 ) -> None:
     status, body, _ = await get(http, f"{stack.read_url}/events/histogram?{query}")
     assert status == 400 and words in body["error"], body
+
+
+@pytest.mark.parametrize(
+    ("span", "width"),
+    [(50, 1), (121, 2), (3600, 30), (3660, 60), (86400, 900), (30 * 86400, 21600)],
+)
+def test_the_automatic_width_is_round_and_gives_at_most_120_buckets(span: int, width: int) -> None:
+    assert histogram_module.width_for(span) == width
+    assert span / width <= histogram_module.TARGET
+
+
+def test_a_range_is_widened_to_whole_buckets() -> None:
+    since = datetime(2025, 10, 21, 10, 7, 30, tzinfo=UTC)
+    start, width, count = histogram_module.align(since, since + timedelta(hours=2), None)
+    assert (start, width, count) == (datetime(2025, 10, 21, 10, 7, tzinfo=UTC), 60, 121)

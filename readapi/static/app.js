@@ -1,4 +1,5 @@
-// The events page: filters, pages of /events, and "follow" over /events/stream.
+// The events page: search and filters, a chart of /events/histogram, pages of /events (one
+// line per event, expandable), and "follow" over /events/stream.
 "use strict";
 
 (() => {
@@ -17,6 +18,9 @@
     stream: null,           // AbortController of the running stream
     lastEventId: "",
     loads: 0,               // numbers page requests; only the newest renders
+    charts: 0,              // the same for the chart
+    order: "desc",          // newest first
+    chart: null,            // the histogram shown: {start, width, counts}
   };
 
   function status(text, isError) {
@@ -52,7 +56,7 @@
 
   function filters() {
     const f = {};
-    for (const name of ["topic", "event_id", "source"]) {
+    for (const name of ["q", "topic", "event_id", "source"]) {
       const v = $(name).value.trim();
       if (v) f[name] = v;
     }
@@ -72,32 +76,194 @@
       String(d.getMilliseconds()).padStart(3, "0");
   }
 
-  // One table row for an event given as its raw JSON text.
+  // One line for an event given as its raw JSON text: time, topic, source and the payload on
+  // one line; Enter or a click shows it pretty-printed below, with a copy button.
   function row(raw, live) {
     const e = JSON.parse(raw);
     const payload = RawJSON.members(raw).payload || "{}";
-    const tr = document.createElement("tr");
-    if (live) tr.className = "live";
-    const cells = [formatTime(e.timestamp), e.topic, e.event_id, e.source];
-    cells.forEach((text, i) => {
-      const td = document.createElement("td");
-      td.textContent = text;
-      if (i === 0) td.title = e.timestamp;
-      tr.appendChild(td);
-    });
-    const td = document.createElement("td");
+    const ev = document.createElement("div");
+    ev.className = live ? "ev live" : "ev";
+    ev.setAttribute("role", "listitem");
+    ev.tabIndex = 0;
+    ev.setAttribute("aria-expanded", "false");
+    ev.dataset.eventId = e.event_id;
+    ev.dataset.ts = e.timestamp;
+    ev._payload = payload;
+    ev._event = e;
+    const line = document.createElement("div");
+    line.className = "line";
+    const cells = [["ts", formatTime(e.timestamp)], ["topic", e.topic], ["source", e.source],
+      ["payload", payload.length > 400 ? payload.slice(0, 400) + "…" : payload]];
+    for (const [cls, text] of cells) {
+      const span = document.createElement("span");
+      span.className = cls;
+      span.textContent = text;
+      line.appendChild(span);
+    }
+    line.title = e.timestamp + "  " + e.topic + "  " + e.event_id;
+    line.addEventListener("click", () => toggle(ev));
+    ev.appendChild(line);
+    return ev;
+  }
+
+  function toggle(ev) {
+    const open = ev.getAttribute("aria-expanded") !== "true";
+    ev.setAttribute("aria-expanded", String(open));
+    let detail = ev.querySelector(".detail");
+    if (!open) { if (detail) detail.remove(); return; }
+    const e = ev._event;
+    const pretty = RawJSON.pretty(ev._payload);
+    detail = document.createElement("div");
+    detail.className = "detail";
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.textContent = "event id " + e.event_id + " · " + e.timestamp + " · topic " + e.topic +
+      " · source " + e.source;
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy";
+    copy.textContent = "Copy payload";
+    copy.addEventListener("click", (click) => { click.stopPropagation(); copyText(pretty, copy); });
+    meta.appendChild(copy);
     const pre = document.createElement("pre");
-    pre.textContent = RawJSON.pretty(payload);
-    td.appendChild(pre);
-    tr.appendChild(td);
-    tr.dataset.eventId = e.event_id;
-    return tr;
+    pre.textContent = pretty;
+    detail.append(meta, pre);
+    ev.appendChild(detail);
+  }
+
+  async function copyText(text, button) {
+    let done = false;
+    try {
+      await navigator.clipboard.writeText(text);
+      done = true;
+    } catch (e) {
+      // No clipboard API here (plain http on another host, or no permission): the old way.
+      const area = document.createElement("textarea");
+      area.value = text;
+      document.body.appendChild(area);
+      area.select();
+      try { done = document.execCommand("copy"); } catch (e2) { done = false; }
+      area.remove();
+    }
+    button.textContent = done ? "Copied" : "Copy failed: select the text instead";
+    setTimeout(() => { button.textContent = "Copy payload"; }, 2000);
   }
 
   function render(raws) {
     const body = $("rows");
     body.textContent = "";
     for (const raw of raws) body.appendChild(row(raw, false));
+  }
+
+  // ----- the chart: /events/histogram --------------------------------------------------------
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function rangeQuery() {
+    const extra = {};
+    const since = isoFromInput($("since")), until = isoFromInput($("until"));
+    if (since) extra.since = since;
+    if (until) extra.until = until;
+    return extra;
+  }
+
+  async function loadChart() {
+    const ticket = ++state.charts;
+    let resp;
+    try {
+      resp = await fetch("events/histogram?" + query(rangeQuery()), { headers: headers() });
+    } catch (e) { return; }
+    if (ticket !== state.charts) return;
+    if (!resp.ok) { $("chart-caption").textContent = await refusal(resp); return; }
+    const h = await resp.json();
+    if (ticket !== state.charts) return;
+    state.chart = {
+      start: Date.parse(h.since), width: h.interval * 1000,
+      counts: h.buckets.map((b) => b.count),
+    };
+    drawChart();
+  }
+
+  function widthText(ms) {
+    const s = ms / 1000;
+    if (s % 86400 === 0) return s / 86400 + " d";
+    if (s % 3600 === 0) return s / 3600 + " h";
+    if (s % 60 === 0) return s / 60 + " min";
+    return s + " s";
+  }
+
+  function drawChart() {
+    const c = state.chart, box = $("chart");
+    box.textContent = "";
+    if (!c) return;
+    const n = c.counts.length, max = Math.max(1, ...c.counts);
+    const total = c.counts.reduce((a, b) => a + b, 0);
+    $("chart-caption").textContent = total.toLocaleString() + " event(s) from " +
+      formatTime(new Date(c.start).toISOString()) + " to " +
+      formatTime(new Date(c.start + n * c.width).toISOString()) + ", one bar per " +
+      widthText(c.width) + ": click a bar to zoom in";
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 " + n + " 100");
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", "events per " + widthText(c.width));
+    c.counts.forEach((count, i) => {
+      const from = new Date(c.start + i * c.width).toISOString();
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = count + " event(s) from " + formatTime(from);
+      // A transparent full-height target, so that short bars are as easy to click as tall ones.
+      const hit = document.createElementNS(SVG, "rect");
+      hit.setAttribute("class", "hit");
+      hit.setAttribute("x", i); hit.setAttribute("y", 0);
+      hit.setAttribute("width", 1); hit.setAttribute("height", 100);
+      hit.dataset.start = from;
+      hit.appendChild(title);
+      const h = count ? Math.max(2, (count / max) * 100) : 0;
+      const bar = document.createElementNS(SVG, "rect");
+      bar.setAttribute("class", "b");
+      bar.setAttribute("x", i + 0.1); bar.setAttribute("y", 100 - h);
+      bar.setAttribute("width", 0.8); bar.setAttribute("height", h);
+      bar.dataset.start = from;
+      bar.dataset.count = count;
+      bar.appendChild(title.cloneNode(true));
+      for (const el of [hit, bar]) el.addEventListener("click", () => zoomTo(i));
+      svg.append(hit, bar);
+    });
+    box.appendChild(svg);
+  }
+
+  function inputValue(ms) {
+    // datetime-local wants local wall time (or UTC with the box ticked), to the second.
+    const d = new Date(ms);
+    if ($("utc").checked) return d.toISOString().slice(0, 19);
+    const local = new Date(ms - d.getTimezoneOffset() * 60000);
+    return local.toISOString().slice(0, 19);
+  }
+
+  function zoomTo(i) {
+    const c = state.chart;
+    if (!c || state.following) return;
+    $("since").value = inputValue(c.start + i * c.width);
+    $("until").value = inputValue(c.start + (i + 1) * c.width);
+    restart();
+  }
+
+  // A live event counts in its bar; past the last one, the chart moves on (an open range).
+  function chartAdd(ts) {
+    const c = state.chart;
+    const t = Date.parse(ts);
+    if (!c || isNaN(t) || t < c.start) return;
+    let i = Math.floor((t - c.start) / c.width);
+    if (i >= c.counts.length) {
+      if (isoFromInput($("until"))) return;
+      const shift = i - c.counts.length + 1;
+      if (shift >= c.counts.length) { c.counts = c.counts.map(() => 0); }
+      else { c.counts = c.counts.slice(shift).concat(new Array(shift).fill(0)); }
+      c.start += shift * c.width;
+      i = c.counts.length - 1;
+    }
+    c.counts[i]++;
+    drawChart();
   }
 
   // ----- pages of /events -------------------------------------------------------------------
@@ -131,12 +297,11 @@
   }
 
   function firstPage() {
-    const extra = {};
-    const since = isoFromInput($("since")), until = isoFromInput($("until"));
-    if (since) extra.since = since;
-    if (until) extra.until = until;
+    const extra = rangeQuery();
+    if (state.order === "desc") extra.order = "desc";
     const url = "events?" + query(extra);
     state.pages = [url];
+    loadChart();
     return loadPage(url);
   }
 
@@ -186,8 +351,10 @@
       return;
     }
     const body = $("rows");
-    body.insertBefore(row(raw, true), body.firstChild);
-    while (body.rows.length > MAX_ROWS) body.deleteRow(-1);
+    const ev = row(raw, true);
+    body.insertBefore(ev, body.firstChild);
+    while (body.children.length > MAX_ROWS) body.lastChild.remove();
+    chartAdd(ev.dataset.ts);
   }
 
   // Reads one SSE response; returns when it ends. Calls onEvent(type, data, id).
@@ -271,6 +438,7 @@
     $("until").disabled = true;
     state.loads++;          // a page still on its way must not replace the live rows
     $("rows").textContent = "";
+    loadChart();
     follow();
   }
 
@@ -309,6 +477,24 @@
     status("Cleared.");
   }
 
+  function setOrder(order) {
+    state.order = order;
+    const b = $("order");
+    b.dataset.order = order;
+    b.textContent = order === "desc" ? "Newest first" : "Oldest first";
+    if (!state.following) firstPage();
+  }
+
+  // j / k: the next or previous event line.
+  function move(step) {
+    const lines = Array.from($("rows").children);
+    if (!lines.length) return;
+    const at = lines.indexOf(document.activeElement);
+    const to = at < 0 ? 0 : Math.min(lines.length - 1, Math.max(0, at + step));
+    lines[to].focus();
+    lines[to].scrollIntoView({ block: "nearest" });
+  }
+
   function restart() {
     if (state.following) { state.stream && state.stream.abort(); startFollowing(); }
     else firstPage();
@@ -322,6 +508,18 @@
   $("follow").addEventListener("click", () => (state.following ? stopFollowing() : startFollowing()));
   $("pause").addEventListener("click", () => setPaused(!state.paused));
   $("clear").addEventListener("click", clearRows);
+  $("order").addEventListener("click", () => setOrder(state.order === "desc" ? "asc" : "desc"));
+  $("whole-range").addEventListener("click", () => {
+    $("since").value = $("until").value = "";
+    restart();
+  });
+  $("rows").addEventListener("keydown", (ev) => {
+    const line = ev.target.closest && ev.target.closest(".ev");
+    if (line && ev.target === line && (ev.key === "Enter" || ev.key === " ")) {
+      ev.preventDefault();
+      toggle(line);
+    }
+  });
   $("next").addEventListener("click", nextPage);
   $("prev").addEventListener("click", prevPage);
   $("token-form").addEventListener("submit", (ev) => {
@@ -342,7 +540,10 @@
       return;
     }
     const keys = {
-      "/": () => $("event_id").focus(),
+      "/": () => $("q").focus(),
+      j: () => move(1),
+      k: () => move(-1),
+      o: () => $("order").click(),
       f: () => $("follow").click(),
       p: () => { if (state.following) $("pause").click(); },
       n: nextPage,
