@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import statistics
 import uuid
 
@@ -150,7 +151,13 @@ async def main(args: argparse.Namespace) -> None:
     if "search: RUM" not in names and not args.only:
         out()
         out("search: RUM left out: the rum extension is not installed (postgresql-15-rum).")
-    out.write("store", title="The consumer's batch store, schema variants")
+    # A subset is a measurement of its own, beside the full one.
+    name = (
+        "store-" + re.sub(r"[^a-z0-9]+", "-", args.only.lower()).strip("-")
+        if args.only
+        else "store"
+    )
+    out.write(name, title="The consumer's batch store, schema variants")
 
 
 async def _available(settings: Settings, extension: str) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationInfo
+from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema
 from typing_extensions import TypedDict
 
 from pubsub import search
@@ -146,12 +146,21 @@ class HistogramQuery(Filters):
         None, description="End of the range; just after the latest stored event if not given."
     )
     interval: Annotated[
-        int | None, BeforeValidator(_interval), Field(ge=1, le=HISTOGRAM_MAX_INTERVAL)
+        int | None,
+        BeforeValidator(_interval),
+        WithJsonSchema(
+            {
+                "oneOf": [
+                    {"type": "integer", "minimum": 1, "maximum": HISTOGRAM_MAX_INTERVAL},
+                    {"type": "string", "pattern": r"^\d{1,9}[smhd]?$"},
+                ]
+            }
+        ),
     ] = Field(
         None,
         description="Width of a bucket: seconds, or a number with a unit (`s`, `m`, `h`, `d`), "
-        "e.g. `5m`. If not given, a round width that cuts the range into 60 to 120 buckets "
-        f"or fewer. At most {HISTOGRAM_MAX_BUCKETS} buckets.",
+        "e.g. `5m`. If not given, the first round width that cuts the range into at most 120 "
+        f"buckets. At most {HISTOGRAM_MAX_BUCKETS} buckets.",
     )
 
 
