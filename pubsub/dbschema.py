@@ -175,10 +175,11 @@ async def ensure(settings: Settings) -> None:
     index exists: a process starting next to busy consumers must not take that lock.
     """
     async with await database.connect(settings) as conn, conn.transaction():
-        if await _current(conn, settings) and await _searchable(conn, settings):
+        current = await _current(conn, settings)
+        if current and await _searchable(conn, settings):
             return
         if not await _may_create(conn, settings):
-            if await _current(conn, settings):
+            if current:
                 log.warning(
                     "PUBSUB_SEARCH=%s, but the search index of schema %s does not match it and "
                     "this role may not change it: run `python -m pubsub.dbschema` as the "

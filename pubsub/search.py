@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import psycopg
 from psycopg import sql
-
-Mechanism = Literal["scan", "trigram"]
 
 # Bounds of a query: every word is a condition on every row it reads.
 MAX_CHARS = 256

@@ -3,6 +3,7 @@ to the current version (json payloads, the stream's txid)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,27 +22,47 @@ from tests.fix_services import private_settings
 from tests.support import assert_volume_counts_the_events, run_async
 
 
+@contextlib.contextmanager
+def schema_as(
+    amqp_url: str, database_url: str, *, version: int, undo: list[str], rows: list[str]
+) -> Iterator[Settings]:
+    """A current schema taken back to ``version`` by the ``undo`` statements, then given
+    ``rows`` (statements that insert them)."""
+    with private_settings(amqp_url, database_url, prefix=f"upg{version}") as s:
+        with psycopg.connect(s.database_url, autocommit=True, **connect_kwargs(s)) as c:
+            for statement in undo:
+                c.execute(statement)
+            c.execute("DELETE FROM schema_version")
+            c.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            for statement in rows:
+                c.execute(statement)
+        yield s
+
+
 @pytest.fixture
 def old(amqp_url: str, database_url: str) -> Iterator[Settings]:
     """A schema as version 1 left it, with events in two topics."""
-    with private_settings(amqp_url, database_url, prefix="upg") as s:
-        with psycopg.connect(s.database_url, autocommit=True, **connect_kwargs(s)) as c:
-            c.execute("DROP TABLE topics")
-            c.execute("DROP TABLE volume, volume_total")
-            c.execute("DROP INDEX events_received_at")
-            c.execute("ALTER TABLE counters DROP COLUMN expired")
-            c.execute("ALTER TABLE events DROP COLUMN txid")
-            c.execute("ALTER TABLE ledger DROP COLUMN fingerprint")
-            c.execute("ALTER TABLE events ALTER COLUMN payload TYPE jsonb USING payload::jsonb")
-            c.execute("DELETE FROM schema_version")
-            c.execute("INSERT INTO schema_version (version) VALUES (1)")
-            c.execute(
-                "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
-                " SELECT 't' || (g % 2), g::text, '2026-01-01T10:00:00Z'::timestamptz"
-                " + (g % 3) * interval '1 minute', 's', '{\"n\": 1.5}', now()"
-                " FROM generate_series(1, 10) g"
-            )
-            c.execute("INSERT INTO counters (shard, received, unique_processed) VALUES (1, 10, 10)")
+    with schema_as(
+        amqp_url,
+        database_url,
+        version=1,
+        undo=[
+            "DROP TABLE topics",
+            "DROP TABLE volume, volume_total",
+            "DROP INDEX events_received_at",
+            "ALTER TABLE counters DROP COLUMN expired",
+            "ALTER TABLE events DROP COLUMN txid",
+            "ALTER TABLE ledger DROP COLUMN fingerprint",
+            "ALTER TABLE events ALTER COLUMN payload TYPE jsonb USING payload::jsonb",
+        ],
+        rows=[
+            "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
+            " SELECT 't' || (g % 2), g::text, '2026-01-01T10:00:00Z'::timestamptz"
+            " + (g % 3) * interval '1 minute', 's', '{\"n\": 1.5}', now()"
+            " FROM generate_series(1, 10) g",
+            "INSERT INTO counters (shard, received, unique_processed) VALUES (1, 10, 10)",
+        ],
+    ) as s:
         yield s
 
 
@@ -71,17 +92,18 @@ def test_a_version_1_schema_is_upgraded_with_its_topics_and_counters(old: Settin
 @pytest.fixture
 def version_4(amqp_url: str, database_url: str) -> Iterator[Settings]:
     """A schema as version 4 left it (before the volume rollup), with 5,000 events."""
-    with private_settings(amqp_url, database_url, prefix="upg4") as s:
-        with psycopg.connect(s.database_url, autocommit=True, **connect_kwargs(s)) as c:
-            c.execute("DROP TABLE volume, volume_total")
-            c.execute("DELETE FROM schema_version")
-            c.execute("INSERT INTO schema_version (version) VALUES (4)")
-            c.execute(
-                "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
-                " SELECT 't' || (g % 7), g::text, '2026-01-01T10:00:00Z'::timestamptz"
-                " + (g % 300) * interval '7 seconds', 's', '{}', now()"
-                " FROM generate_series(1, 5000) g"
-            )
+    with schema_as(
+        amqp_url,
+        database_url,
+        version=4,
+        undo=["DROP TABLE volume, volume_total"],
+        rows=[
+            "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
+            " SELECT 't' || (g % 7), g::text, '2026-01-01T10:00:00Z'::timestamptz"
+            " + (g % 300) * interval '7 seconds', 's', '{}', now()"
+            " FROM generate_series(1, 5000) g"
+        ],
+    ) as s:
         yield s
 
 
