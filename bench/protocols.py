@@ -6,7 +6,9 @@ load, batches of 100 events with 20% repeated, for ``--duration`` seconds in eac
 and in OTLP JSON), the Loki push API (JSON) and Elasticsearch bulk (NDJSON). Each workload is
 timed until everything ingest accepted is stored, with the counts checked exactly. The rounds
 alternate the order of the protocols; each protocol's rate is compared with native's of the
-same round, and the table gives the median of those ratios.
+same round, and the table gives the median of those ratios. A last table gives the CPU time
+each kind of process spent per stored event (the median of the rounds): where a protocol's
+events cost more than native ones.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import uuid
 import aiohttp
 
 from bench import record
+from bench.cpu import CpuMeter
 from bench.system import private_system
 from bench.workloads import Bench, Result, launch, table
 
@@ -29,10 +32,12 @@ PROTOCOLS = {
     "loki": "POST /loki/api/v1/push (JSON)",
     "bulk": "POST /_bulk (NDJSON)",
 }
+_KINDS = ("ingest", "consumer", "postgresql", "rabbitmq")
 
 
 async def main(args: argparse.Namespace) -> int:
     rounds: list[dict[str, Result]] = []
+    cpu: dict[str, list[dict[str, float]]] = {protocol: [] for protocol in PROTOCOLS}
     async with (
         private_system("bench_protocols", consumers=2) as stack,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http,
@@ -48,7 +53,11 @@ async def main(args: argparse.Namespace) -> int:
                 drive = bench.wrk(
                     topic, batch=100, connections=16, seconds=args.duration, protocol=protocol
                 )
+                meter = CpuMeter(stack)
+                meter.start()
                 result = await bench.run(f"{PROTOCOLS[protocol]}, round {n + 1}", topic, drive)
+                spent = meter.stop()
+                cpu[protocol].append({k: v / max(result.events, 1) * 1e6 for k, v in spent.items()})
                 results[protocol] = result
             rounds.append(results)
         bench.db.close()
@@ -66,6 +75,15 @@ async def main(args: argparse.Namespace) -> int:
             f"| {name} | {statistics.median(rates):,.0f} | {statistics.median(ratios):.2f} "
             f"| {', '.join(f'{r:.2f}' for r in ratios)} |"
         )
+    out()
+    out("CPU per stored event, µs (median of rounds), while the workload ran and was stored:")
+    out()
+    out("| protocol | " + " | ".join(_KINDS) + " | all |")
+    out("| --- | " + " | ".join("---" for _ in _KINDS) + " | --- |")
+    for protocol, name in PROTOCOLS.items():
+        each = [statistics.median(r.get(k, 0.0) for r in cpu[protocol]) for k in _KINDS]
+        total = statistics.median(sum(r.get(k, 0.0) for k in _KINDS) for r in cpu[protocol])
+        out(f"| {name} | " + " | ".join(f"{v:.1f}" for v in each) + f" | {total:.1f} |")
     out.write("bench-protocols", title="Benchmark: the log protocols next to POST /publish")
     failed = [r for results in rounds for r in results.values() if r.problems]
     return 1 if failed else 0
