@@ -15,6 +15,9 @@
 3. **Search and histogram** (:mod:`bench.finding`): ``q=`` without an index and with the
    trigram one, the histogram from the rollup, the rollup's count from the table (the upgrade
    to schema 5) and the bytes per stored event.
+4. **Base and head** (with ``--base``, :mod:`bench.footprint`): the bytes and the PostgreSQL
+   CPU time per stored event of this commit's schema and store next to those of ``--base``,
+   alternated in one run.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 import aiohttp
 import psycopg
 
-from bench import finding, record
+from bench import finding, footprint, record
 from bench.system import private_system
 from bench.workloads import LUA, Bench, Result, launch, run_wrk, table
 from consumer.retention import Sweeper
@@ -219,6 +222,12 @@ async def main(args: argparse.Namespace) -> int:
         out(f"search and histogram on {args.rows:,} events over {args.topics:,} topics, one "
             "connection, requests in a row:")  # fmt: skip
         problems += finding.report(found, out)
+    if args.base:
+        out()
+        for line in footprint.compare(
+            args.base, "HEAD", rounds=args.footprint_rounds, events=200_000, topics=100
+        ):
+            out(line)
     for problem in problems:
         out(f"problem: {problem}")
     out.write(
@@ -242,6 +251,10 @@ def cli() -> None:
     )
     p.add_argument(
         "--search-seconds", type=float, default=60, help="most seconds of one search's requests"
+    )
+    p.add_argument("--base", help="also compare bytes and CPU per stored event with this commit")
+    p.add_argument(
+        "--footprint-rounds", type=int, default=3, help="runs of base and head each (--base)"
     )
     launch(main, p.parse_args())
 

@@ -117,6 +117,7 @@ class FakeRequest:
                      "q, since, source, topic, until"),
         ({"q": "x" * 257}, "q must be at most 256 characters"),
         ({"q": "a b c d e f g h i"}, "q must have at most 8 words"),
+        ({"q": "time\x00out"}, "q must not contain NUL"),
         ({"topic": "t" * 256}, "topic must be at most 255 characters without NUL"),
         ({"limit": "ten"}, "limit must be an integer"),
         ({"limit": "0"}, "limit must be between 1 and 1000"),

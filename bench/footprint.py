@@ -1,0 +1,250 @@
+"""``python -m bench.footprint --base REV``: the bytes and the PostgreSQL CPU time per stored
+event, of the schema and the batch store of two commits, in one run.
+
+Each run stores the same events through one commit's consumer store (``consumer.store.Store``)
+into a fresh schema that commit's ``pubsub.dbschema`` created, as competing consumers would:
+transactions of 5,000 events in units of 500 (one ledger key each), over 100 topics, random
+event ids, 20% of the events repeated, payloads that read like logs. It reports:
+
+- the bytes on disk per stored event of each table and index (heap with TOAST; after a VACUUM),
+  and their sum: what issue-sized comparisons of "bytes per event" mean;
+- how much of the indexes of ``events`` a ``REINDEX`` gives back: what page splits left empty;
+- the CPU seconds PostgreSQL's processes spent while the events were stored, per stored event;
+- the events stored per second.
+
+Base and head alternate, ``--rounds`` times, and the table gives the medians and the ratio of
+head to base. The measuring code runs in a child process with the commit's packages first on
+the path (a git worktree of it), so the base needs no part of this tool; it uses only what
+every commit of the schema has had (``dbschema.ensure`` and ``drop``, ``Store``,
+``copy_rows``).
+
+:mod:`bench.storage` prints this comparison too when given ``--base``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+# Relations of the schema that the table names on their own; the rest is summed as "other".
+_NAMED = ("events", "events_pkey", "events_topic_ts", "events_ts", "events_received_at",
+          "events_txid", "ledger", "ledger_pkey", "ledger_seen_at")  # fmt: skip
+_UNIT = 500
+_PER_STORE = 10
+
+
+def _payload(n: int, rng: random.Random) -> dict[str, Any]:
+    status = rng.choice((200, 200, 200, 201, 204, 301, 400, 404, 500, 503))
+    return {
+        "level": "error" if status >= 500 else "info",
+        "msg": f"{rng.choice(('GET', 'POST', 'PUT'))} /api/orders/{n * 7919 % 100_000} {status}",
+        "user": f"u{rng.randrange(50_000)}",
+        "ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}",
+        "duration_ms": rng.randrange(2_000),
+    }
+
+
+def _events(count: int, topics: int) -> list[dict[str, Any]]:
+    """The same events in every run: seeded, 20% of them an earlier one again."""
+    rng = random.Random(20261203)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    out: list[dict[str, Any]] = []
+    for n in range(count):
+        if n % 5 == 4:
+            out.append(out[rng.randrange(len(out))])
+            continue
+        out.append({
+            "topic": f"topic-{rng.randrange(topics)}",
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+            "timestamp": (start + timedelta(milliseconds=n)).isoformat(),
+            "source": f"host-{rng.randrange(20)}",
+            "payload": _payload(n, rng),
+        })  # fmt: skip
+    return out
+
+
+def _postgres_cpu() -> float:
+    total = 0.0
+    for p in psutil.process_iter(["name", "username"]):
+        if p.info["name"] == "postgres" and p.info["username"] == "postgres":
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+    return total
+
+
+async def _measure(count: int, topics: int) -> dict[str, Any]:
+    """One run, in the child: the commit on the path is the one measured."""
+    from psycopg import AsyncConnection, sql
+
+    from consumer.store import Store, copy_rows
+    from pubsub import dbschema
+    from pubsub.settings import Settings
+
+    settings = Settings.from_env(db_schema=f"footprint_{uuid.uuid4().hex[:8]}", log_level="WARNING")
+    events = _events(count, topics)
+    received = datetime.now(UTC).isoformat()
+    units = [
+        (f"footprint-{n}", copy_rows(events[n : n + _UNIT], received))
+        for n in range(0, count, _UNIT)
+    ]
+    await dbschema.ensure(settings)
+    store = Store(settings, shard=0)
+    await store.connect()
+    try:
+        cpu, started = _postgres_cpu(), time.perf_counter()
+        for n in range(0, len(units), _PER_STORE):
+            await store.store(units[n : n + _PER_STORE])
+        elapsed, cpu = time.perf_counter() - started, _postgres_cpu() - cpu
+        async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+            await conn.execute(
+                sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.db_schema))
+            )
+            cur = await conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+            )
+            for (table,) in await cur.fetchall():
+                await conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(str(table))))
+            cur = await conn.execute("SELECT count(*) FROM events")
+            row = await cur.fetchone()
+            stored = int(row[0]) if row else 0
+            # A table's own size with its TOAST; each index on its own.
+            cur = await conn.execute(
+                "SELECT c.relname, CASE WHEN c.relkind = 'r' THEN pg_table_size(c.oid)"
+                " ELSE pg_relation_size(c.oid) END"
+                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i', 'm')"
+            )
+            sizes = {str(name): int(size) for name, size in await cur.fetchall()}
+            # What rebuilding the indexes would give back: pages that split while the events
+            # came in are packed again (see docs/design.md).
+            await conn.execute("REINDEX TABLE events")
+            cur = await conn.execute(
+                "SELECT sum(pg_relation_size(indexrelid)) FROM pg_index"
+                " WHERE indrelid = 'events'::regclass"
+            )
+            row = await cur.fetchone()
+            reindexed = int(row[0]) if row and row[0] is not None else 0
+    finally:
+        await store.close()
+        await dbschema.drop(settings)
+    return {
+        "stored": stored,
+        "rate": stored / elapsed,
+        "cpu_us": cpu / max(stored, 1) * 1e6,
+        "bytes": {name: size / max(stored, 1) for name, size in sizes.items()},
+        "events_indexes_reindexed": reindexed / max(stored, 1),
+    }
+
+
+def run_one(tree: Path, *, events: int, topics: int) -> dict[str, Any]:
+    """One run of the commit checked out in ``tree``."""
+    # By path, not ``-m``: the base's tree has no bench.footprint. Through runpy, so that the
+    # tree (the working directory) and not this file's directory leads the path.
+    argv = [__file__, "--child", "--events", str(events), "--topics", str(topics)]
+    script = (
+        f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        cwd=tree,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def compare(base: str, head: str, *, rounds: int, events: int, topics: int) -> list[str]:
+    """The comparison's lines (markdown), base and head alternated ``rounds`` times."""
+    from bench.ab import _short, worktree
+
+    runs: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
+    with worktree(base) as base_tree, worktree(head) as head_tree:
+        for r in range(rounds):
+            for which, tree in (("base", base_tree), ("head", head_tree)):
+                print(f"footprint round {r + 1}: {which} ...", file=sys.stderr)
+                runs[which].append(run_one(tree, events=events, topics=topics))
+
+    def median(which: str, pick: Any) -> float:
+        return float(statistics.median(pick(run) for run in runs[which]))
+
+    def size(name: str) -> Any:
+        return lambda run: run["bytes"].get(name, 0.0)
+
+    def other(run: dict[str, Any]) -> float:
+        return float(sum(v for k, v in run["bytes"].items() if k not in _NAMED))
+
+    def events_indexes(run: dict[str, Any]) -> float:
+        return float(sum(v for k, v in run["bytes"].items() if k.startswith("events_")))
+
+    def total(run: dict[str, Any]) -> float:
+        return float(sum(run["bytes"].values()))
+
+    rows: list[tuple[str, Any]] = [(f"`{name}` bytes", size(name)) for name in _NAMED]
+    rows += [
+        ("other tables and indexes, bytes", other),
+        ("**bytes per stored event**", total),
+        ("indexes of `events`, bytes", events_indexes),
+        ("indexes of `events` after `REINDEX`, bytes", lambda run: run["events_indexes_reindexed"]),
+        ("**PostgreSQL CPU µs per stored event**", lambda run: run["cpu_us"]),
+        ("events stored per second", lambda run: run["rate"]),
+    ]
+    lines = [
+        f"{events:,} events a run ({topics} topics, 20% repeated, random event ids), "
+        f"{rounds} rounds; base {_short(base)}, head {_short(head)}:",
+        "",
+        "| per stored event | base | head | head / base |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, pick in rows:
+        b, h = median("base", pick), median("head", pick)
+        ratio = f"{h / b:.2f}" if b else "new"
+        lines.append(f"| {label} | {b:,.1f} | {h:,.1f} | {ratio} |")
+    return lines
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.footprint", description=__doc__)
+    p.add_argument("--base", help="the commit to compare against")
+    p.add_argument("--head", default="HEAD", help="the commit to measure (default HEAD)")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each, alternated")
+    p.add_argument("--events", type=int, default=200_000, help="events stored per run")
+    p.add_argument("--topics", type=int, default=100, help="topics of those events")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(asyncio.run(_measure(args.events, args.topics))))
+        return
+    if not args.base:
+        p.error("--base is required")
+    from bench import record
+
+    out = record.Output()
+    for line in compare(
+        args.base, args.head, rounds=args.rounds, events=args.events, topics=args.topics
+    ):
+        out(line)
+    out.write("footprint", title="Bytes and PostgreSQL CPU per stored event, base and head")
+
+
+if __name__ == "__main__":
+    cli()
