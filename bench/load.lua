@@ -6,7 +6,9 @@
 -- BENCH_PROTOCOL sends the same events in another protocol instead of /publish: "otlp"
 -- (POST /v1/logs, OTLP JSON, the id as log.record.uid), "otlp-protobuf" (the same in protobuf), "loki" (POST /loki/api/v1/push, JSON;
 -- a repeated event repeats its time and line, Loki's identity) or "bulk" (POST /_bulk, create
--- actions with _id).
+-- actions with _id). "publish-otlp-shape" is POST /publish again, each event with the payload
+-- the OTLP rows' records are stored with (body, severity, attributes, time, resource): the
+-- control that tells the cost of a protocol from the cost of what its records hold.
 -- Prints one JSON line at the end: requests, non-2xx answers, latency percentiles in us.
 local read = os.getenv("BENCH_READ")
 local topics = tonumber(os.getenv("BENCH_TOPICS") or "1")
@@ -50,6 +52,16 @@ local function event()
   return string.format(
     '{"topic":"%s","event_id":"%s-%d-%d","timestamp":"2025-10-21T10:00:00Z",' ..
     '"source":"wrk","payload":{"msg":"event %d","n":%d}}', topic, run, tid, n, n, n)
+end
+
+local function otlp_shaped_event()
+  local n = next_n()
+  return string.format(
+    '{"topic":"%s","event_id":"%s-%d-%d","timestamp":"2025-10-21T10:00:00Z","source":"otlp",' ..
+    '"payload":{"body":"event %d","severity_number":9,"severity_text":"INFO",' ..
+    '"attributes":{"log.record.uid":"%s-%d-%d","n":%d},' ..
+    '"time_unix_nano":"1761040800000000000","resource":{"service.name":"%s"}}}',
+    topic, run, tid, n, n, run, tid, n, n, topic)
 end
 
 local function otlp_record()
@@ -144,13 +156,18 @@ end
 
 request = function()
   if read then return read_request() end
-  if protocol ~= "publish" then return protocol_request() end
+  local make = event
+  if protocol == "publish-otlp-shape" then
+    make = otlp_shaped_event
+  elseif protocol ~= "publish" then
+    return protocol_request()
+  end
   local body
   if batch == 1 then
-    body = event()
+    body = make()
   else
     local parts = {}
-    for i = 1, batch do parts[i] = event() end
+    for i = 1, batch do parts[i] = make() end
     body = "[" .. table.concat(parts, ",") .. "]"
   end
   return wrk.format(nil, "/publish", nil, body)
