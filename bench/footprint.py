@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -183,38 +184,39 @@ def compare(base: str, head: str, *, rounds: int, events: int, topics: int) -> l
                 print(f"footprint round {r + 1}: {which} ...", file=sys.stderr)
                 runs[which].append(run_one(tree, events=events, topics=topics))
 
-    def median(which: str, pick: Any) -> float:
+    def median(which: str, pick: Callable[[dict[str, Any]], float]) -> float:
         return float(statistics.median(pick(run) for run in runs[which]))
 
-    def size(name: str) -> Any:
-        return lambda run: run["bytes"].get(name, 0.0)
+    def size(name: str) -> Callable[[dict[str, Any]], float]:
+        return lambda run: float(run["bytes"].get(name, 0.0))
+
+    def rebuilt(name: str) -> Callable[[dict[str, Any]], float]:
+        return lambda run: float(run["reindexed"].get(name, 0.0))
 
     def other(run: dict[str, Any]) -> float:
         return float(sum(v for k, v in run["bytes"].items() if k not in _NAMED))
 
-    def events_indexes(run: dict[str, Any]) -> float:
-        return float(sum(v for k, v in run["bytes"].items() if k.startswith("events_")))
-
-    def rebuilt(label: str) -> str:
-        """The head's figure after REINDEX, for the indexes of events."""
-        if label == "indexes of `events`, bytes":
-            pick: Any = lambda run: sum(run["reindexed"].values())  # noqa: E731
-        elif (name := label.strip("`").split("`")[0]) in _NAMED and name.startswith("events_"):
-            pick = lambda run: run["reindexed"].get(name, 0.0)  # noqa: E731
-        else:
-            return ""
-        return f"{median('head', pick):,.1f}"
-
     def total(run: dict[str, Any]) -> float:
         return float(sum(run["bytes"].values()))
 
-    rows: list[tuple[str, Any]] = [(f"`{name}` bytes", size(name)) for name in _NAMED]
+    def indexes(run: dict[str, Any]) -> float:
+        return float(sum(v for k, v in run["bytes"].items() if k.startswith("events_")))
+
+    def indexes_rebuilt(run: dict[str, Any]) -> float:
+        return float(sum(run["reindexed"].values()))
+
+    # (label, the figure of a run, the same after REINDEX where it applies)
+    Pick = Callable[[dict[str, Any]], float]
+    rows: list[tuple[str, Pick, Pick | None]] = [
+        (f"`{name}` bytes", size(name), rebuilt(name) if name.startswith("events_") else None)
+        for name in _NAMED
+    ]
     rows += [
-        ("other tables and indexes, bytes", other),
-        ("**bytes per stored event**", total),
-        ("indexes of `events`, bytes", events_indexes),
-        ("**PostgreSQL CPU µs per stored event**", lambda run: run["cpu_us"]),
-        ("events stored per second", lambda run: run["rate"]),
+        ("other tables and indexes, bytes", other, None),
+        ("**bytes per stored event**", total, None),
+        ("indexes of `events`, bytes", indexes, indexes_rebuilt),
+        ("**PostgreSQL CPU µs per stored event**", lambda run: float(run["cpu_us"]), None),
+        ("events stored per second", lambda run: float(run["rate"]), None),
     ]
     lines = [
         f"{events:,} events a run ({topics} topics, 20% repeated, random event ids), "
@@ -223,10 +225,11 @@ def compare(base: str, head: str, *, rounds: int, events: int, topics: int) -> l
         "| per stored event | base | head | head / base | head after `REINDEX TABLE events` |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for label, pick in rows:
+    for label, pick, after in rows:
         b, h = median("base", pick), median("head", pick)
         ratio = f"{h / b:.2f}" if b else "new"
-        lines.append(f"| {label} | {b:,.1f} | {h:,.1f} | {ratio} | {rebuilt(label)} |")
+        again = f"{median('head', after):,.1f}" if after else ""
+        lines.append(f"| {label} | {b:,.1f} | {h:,.1f} | {ratio} | {again} |")
     return lines
 
 
