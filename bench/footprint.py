@@ -45,8 +45,11 @@ _NAMED = ("events", "events_pkey", "events_topic_ts", "events_ts", "events_recei
           "events_txid", "ledger", "ledger_pkey", "ledger_seen_at")  # fmt: skip
 _UNIT = 500
 _PER_STORE = 10
+EVENTS = 200_000
+TOPICS = 100
 
 
+# Like bench.store's log_payload, but seeded and defined here, for the same reason as above.
 def _payload(n: int, rng: random.Random) -> dict[str, Any]:
     status = rng.choice((200, 200, 200, 201, 204, 301, 400, 404, 500, 503))
     return {
@@ -77,6 +80,8 @@ def _events(count: int, topics: int) -> list[dict[str, Any]]:
     return out
 
 
+# What bench.cpu measures for PostgreSQL, read here again: this runs in the child, where the
+# package ``bench`` is the measured commit's (the base's may lack it or differ).
 def _postgres_cpu() -> float:
     total = 0.0
     for p in psutil.process_iter(["name", "username"]):
@@ -173,7 +178,9 @@ def run_one(tree: Path, *, events: int, topics: int) -> dict[str, Any]:
     return result
 
 
-def compare(base: str, head: str, *, rounds: int, events: int, topics: int) -> list[str]:
+def compare(
+    base: str, head: str, *, rounds: int, events: int = EVENTS, topics: int = TOPICS
+) -> list[str]:
     """The comparison's lines (markdown), base and head alternated ``rounds`` times."""
     from bench.ab import _short, worktree
 
@@ -238,8 +245,8 @@ def cli() -> None:
     p.add_argument("--base", help="the commit to compare against")
     p.add_argument("--head", default="HEAD", help="the commit to measure (default HEAD)")
     p.add_argument("--rounds", type=int, default=3, help="runs of each, alternated")
-    p.add_argument("--events", type=int, default=200_000, help="events stored per run")
-    p.add_argument("--topics", type=int, default=100, help="topics of those events")
+    p.add_argument("--events", type=int, default=EVENTS, help="events stored per run")
+    p.add_argument("--topics", type=int, default=TOPICS, help="topics of those events")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

@@ -47,21 +47,25 @@ local function next_n()
   return n
 end
 
-local function event()
-  local n = next_n()
+-- A native event: the same envelope around either payload.
+local function envelope(n, source, payload)
   return string.format(
     '{"topic":"%s","event_id":"%s-%d-%d","timestamp":"2025-10-21T10:00:00Z",' ..
-    '"source":"wrk","payload":{"msg":"event %d","n":%d}}', topic, run, tid, n, n, n)
+    '"source":"%s","payload":%s}', topic, run, tid, n, source, payload)
+end
+
+local function event()
+  local n = next_n()
+  return envelope(n, "wrk", string.format('{"msg":"event %d","n":%d}', n, n))
 end
 
 local function otlp_shaped_event()
   local n = next_n()
-  return string.format(
-    '{"topic":"%s","event_id":"%s-%d-%d","timestamp":"2025-10-21T10:00:00Z","source":"otlp",' ..
-    '"payload":{"body":"event %d","severity_number":9,"severity_text":"INFO",' ..
+  return envelope(n, "otlp", string.format(
+    '{"body":"event %d","severity_number":9,"severity_text":"INFO",' ..
     '"attributes":{"log.record.uid":"%s-%d-%d","n":%d},' ..
-    '"time_unix_nano":"1761040800000000000","resource":{"service.name":"%s"}}}',
-    topic, run, tid, n, n, run, tid, n, n, topic)
+    '"time_unix_nano":"1761040800000000000","resource":{"service.name":"%s"}}',
+    n, run, tid, n, n, topic))
 end
 
 local function otlp_record()

@@ -224,9 +224,7 @@ async def main(args: argparse.Namespace) -> int:
         problems += finding.report(found, out)
     if args.base:
         out()
-        for line in footprint.compare(
-            args.base, "HEAD", rounds=args.footprint_rounds, events=200_000, topics=100
-        ):
+        for line in footprint.compare(args.base, "HEAD", rounds=args.footprint_rounds):
             out(line)
     for problem in problems:
         out(f"problem: {problem}")

@@ -187,7 +187,7 @@ class Bench:
         protocol: str = "publish",
     ) -> Callable[[], Awaitable[tuple[float, float]]]:
         """``wrk`` sending ``batch`` events per request for ``seconds``, 20% of them again, to
-        ``POST /publish`` or in another ``protocol`` (``otlp``, ``loki``, ``bulk``)."""
+        ``POST /publish`` or as ``protocol`` says (the kinds ``bench/load.lua`` lists)."""
 
         async def drive() -> tuple[float, float]:
             env = {
