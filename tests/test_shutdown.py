@@ -13,6 +13,7 @@ import orjson
 import psycopg
 import pytest
 
+from publisher import watch
 from pubsub.settings import Settings
 from stack.supervisor import Supervisor
 from tests.fix_services import private_settings
@@ -32,6 +33,19 @@ async def _post(http: aiohttp.ClientSession, url: str, body: bytes) -> int:
         return 0  # refused or cut: the client knows it was not accepted
 
 
+async def _taking_requests(
+    http: aiohttp.ClientSession, stack: Supervisor, posts: list[asyncio.Task[int]]
+) -> None:
+    """Until ingest holds a request's body or has answered one: a SIGTERM sent before that
+    would find nothing taken, and the test would prove nothing."""
+    deadline = time.monotonic() + 10
+    while not any(p.done() for p in posts):
+        if await watch.metric(http, [stack.url("ingest")], "pubsub_ingest_bytes_in_flight") > 0:
+            return
+        assert time.monotonic() < deadline, "ingest took no request within 10 s"
+        await asyncio.sleep(0.002)
+
+
 async def test_sigterm_on_ingest_answers_every_request_it_took(
     stack: Supervisor, http: aiohttp.ClientSession
 ) -> None:
@@ -39,7 +53,7 @@ async def test_sigterm_on_ingest_answers_every_request_it_took(
     before = await stats(http, stack.read_url)
     bodies = [orjson.dumps([event(topic, f"{i}-{j}") for j in range(200)]) for i in range(40)]
     posts = [asyncio.create_task(_post(http, stack.ingest_url, b)) for b in bodies]
-    await asyncio.sleep(0.05)
+    await _taking_requests(http, stack, posts)
     stack.send("ingest", signal.SIGTERM)
     statuses = await asyncio.wait_for(asyncio.gather(*posts), 30)
     assert await asyncio.to_thread(stack.procs["ingest"].wait, 20) == 0
