@@ -54,7 +54,6 @@ TYPES = frozenset({
     "application/vnd.elasticsearch+json",
 })  # fmt: skip
 ACTIONS = ("index", "create", "update", "delete")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # What clients read from ``GET /`` before they send: the version decides the bulk format
 # (8: no ``_type``). No ``X-Elastic-Product`` header: this is not Elasticsearch, and the
@@ -257,7 +256,7 @@ def timestamp_of(value: Any) -> datetime:
     if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if isinstance(value, int | float):
-        return _EPOCH + timedelta(milliseconds=value)
+        return intake.EPOCH + timedelta(milliseconds=value)
     if not isinstance(value, str):
         raise ValueError(value)
     parsed = datetime.fromisoformat(value)

@@ -9,6 +9,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
@@ -22,6 +23,9 @@ BROKER = web.AppKey("broker", BrokerClient)
 BUDGET = web.AppKey("budget", Budget)
 SETTINGS = web.AppKey("settings", Settings)
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
 _ID_PREFIX = uuid.uuid4().hex[:12]
 _ids = itertools.count()
 
@@ -33,6 +37,12 @@ def request_id(request: web.Request) -> str:
         return given
     # Unique across processes thanks to the random prefix; cheaper than uuid4 per request.
     return f"{_ID_PREFIX}-{next(_ids):x}"
+
+
+def time_of_nanos(nanos: int) -> datetime:
+    """The time of Unix nanoseconds, to the microsecond PostgreSQL keeps."""
+    # A timedelta multiplied: half what building one from keyword arguments costs, per record.
+    return EPOCH + _MICROSECOND * (nanos // 1000)
 
 
 def note_refusal(log: logging.Logger, exc: Refusal, request_id: str) -> None:

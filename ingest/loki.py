@@ -25,7 +25,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import cramjam
@@ -43,7 +43,6 @@ log = logging.getLogger("pubsub.ingest.loki")
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _push_request_class() -> Any:
@@ -238,7 +237,7 @@ def to_events(streams: list[Stream], *, settings: Settings) -> list[dict[str, An
             events.append({
                 "topic": topic,
                 "event_id": f"loki-{digest.hexdigest()}",
-                "timestamp": _EPOCH + timedelta(microseconds=ns // 1000),
+                "timestamp": intake.time_of_nanos(ns),
                 "source": source,
                 "payload": {
                     "line": line,

@@ -34,7 +34,7 @@ import logging
 import math
 import operator
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -57,7 +57,6 @@ log = logging.getLogger("pubsub.ingest.otlp")
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 async def export_logs(request: web.Request) -> web.Response:
@@ -217,7 +216,7 @@ def _event(
     time_ns, observed_ns = record.time_unix_nano, record.observed_time_unix_nano
     nanos = time_ns or observed_ns
     # PostgreSQL keeps microseconds; the nanoseconds stay in the payload.
-    timestamp = _EPOCH + timedelta(microseconds=nanos // 1000) if nanos else received_at
+    timestamp = intake.time_of_nanos(nanos) if nanos else received_at
     uid = _text(attrs.get("log.record.uid"))
     if not uid:
         digest = hashlib.blake2b(digest_size=16)

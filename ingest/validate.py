@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, cast
 
 import jiter
@@ -19,7 +19,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from pubsub import message
-from pubsub.event import Event
+from pubsub.event import EARLIEST, LATEST, Event, is_name
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 
@@ -247,10 +247,13 @@ def validate_mapped(events: list[dict[str, Any]], *, settings: Settings) -> list
         raise Refusal(
             413, f"batch of {len(events)} events exceeds the limit of {settings.max_batch_events}"
         )
-    try:
-        checked: list[Event] = _EVENTS.validate_python(events)
-    except ValidationError as exc:
-        raise _bad_input(exc, settings.max_errors_reported) from None
+    if _built_right(events):
+        checked = cast(list[Event], events)
+    else:  # pydantic names what is wrong
+        try:
+            checked = _EVENTS.validate_python(events)
+        except ValidationError as exc:
+            raise _bad_input(exc, settings.max_errors_reported) from None
     try:
         pieces = message.encode_events(
             checked, per_piece=settings.message_max_events, max_bytes=settings.message_max_bytes
@@ -263,6 +266,38 @@ def validate_mapped(events: list[dict[str, Any]], *, settings: Settings) -> list
         check_payloads(checked, max_problems=settings.max_errors_reported)
     check_sizes(sum(len(p.data) for p in pieces), checked, pieces, settings=settings)
     return pieces
+
+
+_UNSEEN = object()  # no value a mapper builds
+
+
+def _built_right(events: list[dict[str, Any]]) -> bool:
+    """Whether every mapped event certainly passes :data:`~pubsub.event.Event` as it is: the
+    schema's checks, made on the values the mappers build (times with a fixed offset, plain
+    dicts) at a fraction of what pydantic takes to check and copy each event. False sends the
+    batch to pydantic. The payload's keys are not looked at: encoding refuses any but strings."""
+    topic: object = _UNSEEN
+    source: object = _UNSEEN
+    try:
+        for event in events:
+            # A request's events mostly share their topic and source objects: checked once.
+            if event["topic"] is not topic and not is_name(topic := event["topic"]):
+                return False
+            if event["source"] is not source and not is_name(source := event["source"]):
+                return False
+            ts = event["timestamp"]
+            if not (
+                len(event) == 5  # the five fields, each looked up: no other field
+                and is_name(event["event_id"])
+                and type(event["payload"]) is dict
+                and type(ts) is datetime
+                and type(ts.tzinfo) is timezone
+                and EARLIEST < ts < LATEST
+            ):
+                return False
+    except (KeyError, TypeError):
+        return False
+    return True
 
 
 def validate_records(
