@@ -19,6 +19,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from pubsub import failover, topology
+from pubsub.message import preview
 from pubsub.settings import Settings
 
 
@@ -43,7 +44,7 @@ def describe(message: AbstractIncomingMessage) -> DeadLetter:
         reason=reason,
         deliveries=int(delivery_count) if isinstance(delivery_count, int) else 0,
         size=len(message.body),
-        preview=message.body[:80].decode(errors="replace"),
+        preview=preview(message),
     )
 
 
@@ -88,6 +89,7 @@ async def replay(settings: Settings, *, limit: int) -> int:
                     message.body,
                     headers=headers,
                     content_type=message.content_type,
+                    content_encoding=message.content_encoding,
                     message_id=message.message_id,
                     type=message.type,
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

@@ -88,7 +88,7 @@ class Worker:
         """The queue's consume callback: decode a delivery and add it to the pending batch;
         one that can never be stored goes to the dead-letter queue at once."""
         try:
-            decoded = decode(message)
+            decoded = decode(message, max_bytes=self.settings.message_max_bytes)
             units = [(key, copy_rows(events, decoded.received_at)) for key, events in decoded.units]
         except Undecodable as exc:
             await _dead_letter(message, exc)

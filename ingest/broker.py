@@ -159,6 +159,7 @@ class BrokerClient:
                 keys=group.keys,
                 received_at=group.received_at,
                 request_ids=group.request_ids,
+                compress=self.settings.message_compression == "deflate",
             )
             # publish() bounds the write, not a blocked connection: add our own deadline.
             remaining = group.deadline - self._loop.time()

@@ -168,6 +168,12 @@ class Settings(BaseSettings):
         "bytes as well as by count. Keep it below the broker's `max_message_size` (16 MiB by "
         "default since RabbitMQ 4.0, 128 MiB before).",
     )
+    message_compression: Literal["deflate", "none"] = Field(
+        "deflate",
+        description="How ingest compresses a broker message's events: `deflate` (zlib, level "
+        "1; the broker stores, replicates and pages out a fraction of the bytes), or `none`. "
+        "Consumers read both; upgrade them before ingest (docs/operations.md).",
+    )
     otlp_topic_attribute: str = Field(
         "service.name",
         min_length=1,

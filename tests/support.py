@@ -156,7 +156,9 @@ async def stream_through(
     return source, report
 
 
-async def publish_raw(settings: Settings, exchange: str, bodies: list[bytes]) -> None:
+async def publish_raw(
+    settings: Settings, exchange: str, bodies: list[bytes], *, content_encoding: str | None = None
+) -> None:
     """Put messages on the broker the way ingest would, bypassing ingest's validation."""
     async with await failover.connect_once(settings.amqp_urls) as conn:
         target = await (await conn.channel()).get_exchange(exchange)
@@ -164,6 +166,7 @@ async def publish_raw(settings: Settings, exchange: str, bodies: list[bytes]) ->
             await target.publish(
                 aio_pika.Message(
                     body,
+                    content_encoding=content_encoding,
                     message_id=uuid.uuid4().hex,
                     headers={message.RECEIVED_AT: "2025-01-01T00:00:00+00:00"},
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

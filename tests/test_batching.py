@@ -51,6 +51,7 @@ class Delivery:
 
     def __init__(self, outgoing: aio_pika.Message, tag: int, channel: object, log: Journal):
         self.body = outgoing.body
+        self.content_encoding = outgoing.content_encoding
         self.message_id = outgoing.message_id
         self.headers = outgoing.headers
         self.delivery_tag = tag

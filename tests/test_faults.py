@@ -6,6 +6,7 @@ import asyncio
 import signal
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -89,17 +90,23 @@ async def test_poison_messages_go_to_the_dead_letter_queue(
     await publish_raw(
         settings, names.exchange, [b"not json", b'{"an": "object"}', b'[{"topic": 1}]']
     )
+    # Compressed ones: a bomb (inflating far past PUBSUB_MESSAGE_MAX_BYTES), a cut stream, and
+    # an encoding no consumer reads.
+    bomb = zlib.compress(b"[" + b" " * (3 * settings.message_max_bytes) + b"]", 9)
+    cut = zlib.compress(b'[{"topic": "t"}]')[:-6]
+    await publish_raw(settings, names.exchange, [bomb, cut], content_encoding="deflate")
+    await publish_raw(settings, names.exchange, [b"[]"], content_encoding="br")
     await eventually(
         lambda: queue_depth(settings, names.dead_queue),
-        lambda n: n == dead_before + 3,
-        what="3 dead letters",
+        lambda n: n == dead_before + 6,
+        what="6 dead letters",
     )
     # The consumers carry on: a good event after the poison is stored.
     topic = f"after-poison-{uuid.uuid4().hex[:6]}"
     assert (await post_json(http, stack.ingest_url, event(topic, "ok")))[0] == 202
     after = await settled(http, stack.read_url, before["received"] + 1)
     assert after["received"] == before["received"] + 1
-    assert after["dead_letter_messages"] == dead_before + 3
+    assert after["dead_letter_messages"] == dead_before + 6
 
 
 async def test_restart_of_every_process_keeps_data_counters_and_dedup(
@@ -173,21 +180,26 @@ async def test_dead_letters_are_listed_and_replayed(
     before = await stats(http, stack.read_url)
     dead_before = await queue_depth(settings, names.dead_queue)
     good = orjson.dumps([event(topic, "revived")])
-    # As if PostgreSQL had refused it once: straight into the dead-letter exchange.
+    packed = zlib.compress(orjson.dumps([event(topic, "revived-packed")]))
+    # As if PostgreSQL had refused them once: straight into the dead-letter exchange, one as
+    # ingest compresses its messages.
     await publish_raw(settings, names.dead_exchange, [good])
+    await publish_raw(settings, names.dead_exchange, [packed], content_encoding="deflate")
     await eventually(
         lambda: queue_depth(settings, names.dead_queue),
-        lambda n: n == dead_before + 1,
-        what="dead letter",
+        lambda n: n == dead_before + 2,
+        what="dead letters",
     )
     letters = await deadletters.list_dead(settings, limit=1000)
-    assert any(d.preview.startswith('[{"topic"') and topic in d.preview for d in letters)
-    assert await queue_depth(settings, names.dead_queue) == dead_before + 1  # list keeps them
+    shown = [d.preview for d in letters if d.preview.startswith('[{"topic"') and topic in d.preview]
+    assert len(shown) == 2, shown  # the compressed one shown inflated
+    assert await queue_depth(settings, names.dead_queue) == dead_before + 2  # list keeps them
     moved = await deadletters.replay(settings, limit=1000)
-    assert moved == dead_before + 1
-    # The poison ones from other tests come back to the dead-letter queue; the good one is stored.
-    after = await settled(http, stack.read_url, before["received"] + 1)
-    assert after["unique_processed"] == before["unique_processed"] + 1
+    assert moved == dead_before + 2
+    # The poison ones from other tests come back to the dead-letter queue; the good ones are
+    # stored, the compressed one too (replayed with its encoding).
+    after = await settled(http, stack.read_url, before["received"] + 2)
+    assert after["unique_processed"] == before["unique_processed"] + 2
     await eventually(
         lambda: queue_depth(settings, names.dead_queue),
         lambda n: n == dead_before,

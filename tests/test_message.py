@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import UTC, datetime
 
 import aio_pika
@@ -13,11 +14,12 @@ from pubsub import message
 from pubsub.event import Event
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+LIMIT = 1 << 20  # PUBSUB_MESSAGE_MAX_BYTES
 
 
 def rows_of(outgoing: aio_pika.Message) -> list[Row]:
     """What the consumer makes of a message: decode, then a COPY row per event."""
-    decoded = message.decode(outgoing)
+    decoded = message.decode(outgoing, max_bytes=LIMIT)
     return [row for _, events in decoded.units for row in copy_rows(events, decoded.received_at)]
 
 
@@ -44,7 +46,7 @@ def test_round_trip_in_pieces() -> None:
     assert (topic, event_id, source, received) == ("t", "3", "s", "received")
     assert datetime.fromisoformat(ts) == NOW
     assert orjson.loads(payload) == {"a": [3]}
-    assert message.decode(outgoing).request_ids == ["r1"]
+    assert message.decode(outgoing, max_bytes=LIMIT).request_ids == ["r1"]
 
 
 def test_pieces_with_keys_are_units_of_their_own() -> None:
@@ -60,7 +62,7 @@ def test_pieces_with_keys_are_units_of_their_own() -> None:
         received_at="now",
         request_ids=[],
     )
-    decoded = message.decode(outgoing)
+    decoded = message.decode(outgoing, max_bytes=LIMIT)
     assert [(key, len(evs)) for key, evs in decoded.units] == [
         ("k:k", 2),
         ("m:" + str(outgoing.message_id), 1),
@@ -93,9 +95,56 @@ def test_undecodable_bodies(body: bytes) -> None:
 
 def test_a_message_without_id_or_receive_time_is_undecodable() -> None:
     with pytest.raises(message.Undecodable):
-        message.decode(aio_pika.Message(b"[]", headers={message.RECEIVED_AT: "now"}))
+        message.decode(
+            aio_pika.Message(b"[]", headers={message.RECEIVED_AT: "now"}), max_bytes=LIMIT
+        )
     with pytest.raises(message.Undecodable):
-        message.decode(aio_pika.Message(b"[]", message_id="m"))
+        message.decode(aio_pika.Message(b"[]", message_id="m"), max_bytes=LIMIT)
+
+
+def test_a_compressed_message_reads_as_the_same_events_in_fewer_bytes() -> None:
+    events: list[Event] = [
+        {"topic": "t", "event_id": str(i), "source": "s", "timestamp": NOW,
+         "payload": {"line": f"GET /items/{i} 200", "level": "info"}}
+        for i in range(200)
+    ]  # fmt: skip
+    pieces = message.encode_events(events, per_piece=1000)
+    made = {
+        compress: message.encode(
+            [p.data for p in pieces], keys=[["", 200]], received_at="r", request_ids=[],
+            compress=compress,
+        )
+        for compress in (False, True)
+    }  # fmt: skip
+    plain, packed = made[False], made[True]
+    assert (plain.content_encoding, packed.content_encoding) == (None, "deflate")
+    assert len(packed.body) * 4 < len(plain.body)
+    assert [line for _, line in rows_of(packed)] == [line for _, line in rows_of(plain)]
+    assert message.preview(packed) == message.preview(plain) == plain.body[:80].decode()
+
+
+def deflated(body: bytes, encoding: str = "deflate") -> aio_pika.Message:
+    return aio_pika.Message(
+        body, content_encoding=encoding, message_id="m1", headers={message.RECEIVED_AT: "now"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("outgoing", "says"),
+    [
+        # A bomb: 3 MiB of spaces in a few kB; only twice the limit is ever inflated.
+        (deflated(zlib.compress(b"[" + b" " * (3 * LIMIT) + b"]", 9)), "inflates past"),
+        (deflated(zlib.compress(b"[]")[:-3]), "not one whole deflate stream"),
+        (deflated(zlib.compress(b"[]") + b"more"), "not one whole deflate stream"),
+        (deflated(b"not deflate"), "does not inflate"),
+        (deflated(b"[]", "gzip"), "unknown content encoding"),
+    ],
+)
+def test_a_compressed_body_that_is_not_what_ingest_writes_is_undecodable(
+    outgoing: aio_pika.Message, says: str
+) -> None:
+    with pytest.raises(message.Undecodable, match=says):
+        message.decode(outgoing, max_bytes=LIMIT)
 
 
 def keyed_message(pieces: list[message.Piece]) -> aio_pika.Message:
@@ -114,15 +163,17 @@ def test_a_key_names_one_body_and_the_parts_of_a_split_request() -> None:
     ]
     body = message.fingerprint(b"[the body]")
     split = message.encode_events(events, per_piece=2, key="X", fingerprint=body)
-    decoded = message.decode(keyed_message(split))
+    decoded = message.decode(keyed_message(split), max_bytes=LIMIT)
     assert [key for key, _ in decoded.units] == [f"k:{body}:0:X", f"k:{body}:1:X"]
     assert decoded.claims == [("q:X", body)]  # the first part claims the key
     # A client's own key "X#0" is another key, whatever the split of "X" is called.
     own = message.encode_events(events[:1], per_piece=2, key="X#0", fingerprint=body)
-    assert [key for key, _ in message.decode(keyed_message(own)).units] == [f"k:{body}:0:X#0"]
+    assert [key for key, _ in message.decode(keyed_message(own), max_bytes=LIMIT).units] == [
+        f"k:{body}:0:X#0"
+    ]
     # The same key with another body makes other ledger keys: another request.
     other = message.fingerprint(b"[another body]")
     again = message.encode_events(events, per_piece=2, key="X", fingerprint=other)
-    assert {k for k, _ in message.decode(keyed_message(again)).units}.isdisjoint(
+    assert {k for k, _ in message.decode(keyed_message(again), max_bytes=LIMIT).units}.isdisjoint(
         k for k, _ in decoded.units
     )
