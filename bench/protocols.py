@@ -4,10 +4,11 @@ Runs the services as separate processes (ingest, two consumers, the read API) an
 load, batches of 100 events with 20% repeated, for ``--duration`` seconds in each protocol:
 ``POST /publish`` (native), OTLP/HTTP logs (``POST /v1/logs``, in protobuf as the SDKs send it,
 and in OTLP JSON), the Loki push API (JSON) and Elasticsearch bulk (NDJSON). Each workload is
-timed until everything ingest accepted is stored, with the counts checked exactly. Each
-protocol runs between two native runs and its rate is compared with their mean: the machine's
-speed drifts within minutes, so only neighbours compare. The rounds alternate the order of
-the protocols, and the table gives the median of each protocol's ratios. A control row sends
+timed until everything ingest accepted is stored, with the counts checked exactly, after a
+``CHECKPOINT`` (the writes of one run must not be paid for in the next). Each protocol runs
+between two native runs and its rate is compared with their mean: the machine's speed drifts
+within minutes, so only neighbours compare. The rounds alternate the order of the protocols,
+and the table gives the median of each protocol's ratios. A control row sends
 native events whose payloads are what the OTLP rows store (body, severity, attributes, times,
 resource): its rate against native's is what the bigger records cost, whatever the protocol;
 the OTLP rows against it are what the protocol's own decoding costs. A last table gives the CPU time
@@ -71,6 +72,7 @@ async def main(args: argparse.Namespace) -> int:
             drive = bench.wrk(
                 topic, batch=100, connections=16, seconds=args.duration, protocol=protocol
             )
+            bench.checkpoint()
             meter = CpuMeter(stack)
             meter.start()
             load = _children_cpu()
