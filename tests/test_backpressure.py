@@ -3,6 +3,7 @@ the system takes events again by itself once the consumers caught up."""
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,7 +39,11 @@ async def test_a_full_queue_answers_503_and_loses_nothing(
     topic = f"full-{uuid.uuid4().hex[:6]}"
     accepted, refusal = 0, None
     for i in range(100):
-        body = [event(topic, f"{i}-{j}", payload={"pad": "x" * 100}) for j in range(100)]
+        # Random padding: ingest compresses its messages, and repeated bytes would take a
+        # thousand requests to fill the queue.
+        body = [
+            event(topic, f"{i}-{j}", payload={"pad": secrets.token_hex(50)}) for j in range(100)
+        ]
         started = time.monotonic()
         status, reply, headers = await post_json(http, own.ingest_url, body)
         if status == 503:
