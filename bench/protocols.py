@@ -8,13 +8,12 @@ timed until everything ingest accepted is stored, with the counts checked exactl
 ``CHECKPOINT`` (the writes of one run must not be paid for in the next). Each protocol runs
 between two native runs and its rate is compared with their mean: the machine's speed drifts
 within minutes, so only neighbours compare. The rounds alternate the order of the protocols,
-and the table gives the median of each protocol's ratios. A control row sends
-native events whose payloads are what the OTLP rows store (body, severity, attributes, times,
-resource): its rate against native's is what the bigger records cost, whatever the protocol;
-the OTLP rows against it are what the protocol's own decoding costs. A last table gives the CPU time
-each kind of process spent per stored event (the median of the runs): where a protocol's
-events cost more than native ones, and what wrk spent building the requests (it shares the
-cores).
+and the table gives the median of each protocol's ratios. A control row sends native events
+whose payloads are what the OTLP rows store (body, severity, attributes, times, resource): its
+rate against native's is what the bigger records cost, whatever the protocol; the OTLP rows
+against it are what the protocol's own decoding costs. A last table gives the CPU time each
+kind of process spent per stored event (the median of the runs): where a protocol's events
+cost more than native ones, and what wrk spent building the requests (it shares the cores).
 """
 
 from __future__ import annotations

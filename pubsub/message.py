@@ -7,6 +7,8 @@ duplicates are normal traffic) and an ``x-pieces`` header that says which run of
 from which request: ``[[key, count, fingerprint, part], ...]``, ``key`` being the request's
 ``Idempotency-Key`` (empty when the client sent none, and then only ``[key, count]``),
 ``fingerprint`` a hash of the request's body and ``part`` the piece's index in the request.
+With ``PUBSUB_MESSAGE_COMPRESSION=deflate`` the body is zlib-compressed and the message's
+``content_encoding`` says ``deflate``; plain bodies (no encoding) are read as well.
 
 The consumer records a *ledger key* per piece in the same transaction as the events: the
 client's key with the body's fingerprint and the part (``k:<fingerprint>:<part>:<key>``), or
