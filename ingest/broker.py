@@ -26,7 +26,14 @@ log = logging.getLogger("pubsub.ingest.broker")
 
 
 class BrokerUnavailable(Exception):
-    """The broker did not confirm in time, refused, or is not connected."""
+    """The broker did not confirm in time, refused, or is not connected.
+
+    ``unknown``: the message was written and no answer came (a timeout, a lost connection, a
+    shutdown mid-publish), so the broker may have taken it; otherwise nothing was taken."""
+
+    def __init__(self, reason: str, *, unknown: bool = False) -> None:
+        super().__init__(reason)
+        self.unknown = unknown
 
 
 class _Waiter:
@@ -150,7 +157,7 @@ class BrokerClient:
 
     async def _publish_group(self, group: _Group) -> None:
         started = time.perf_counter()
-        settled = False
+        settled = sent = False
         try:
             if self._exchange is None:
                 raise BrokerUnavailable("publisher not started")
@@ -165,12 +172,14 @@ class BrokerClient:
             remaining = group.deadline - self._loop.time()
             if remaining <= 0:
                 raise TimeoutError("waited too long for a free publishing slot")
+            sent = True
             await asyncio.wait_for(
                 self._exchange.publish(outgoing, topology.ROUTING_KEY, mandatory=True), remaining
             )
         except Exception as exc:  # noqa: BLE001 - every failure means "not confirmed"
             metrics.PUBLISH_FAILURES.inc()
-            failure = BrokerUnavailable(self._reason(exc))
+            nacked = isinstance(exc, DeliveryError) and not isinstance(exc, PublishError)
+            failure = BrokerUnavailable(self._reason(exc), unknown=sent and not nacked)
             log.warning(
                 "publish of %d event(s) failed: %s",
                 group.count,
@@ -190,7 +199,9 @@ class BrokerClient:
             if not settled:
                 # Cancelled (shutdown), or a BaseException: no request may wait forever, nor
                 # keep its share of the memory budget.
-                interrupted = BrokerUnavailable("publishing was interrupted; nothing confirmed")
+                interrupted = BrokerUnavailable(
+                    "publishing was interrupted before the broker confirmed", unknown=sent
+                )
                 for waiter in group.waiters:
                     waiter.failed(interrupted)
             self._in_flight -= 1

@@ -35,15 +35,31 @@ class OverBudget(Exception):
 class Held:
     """What one request holds of the budget; it grows as its body arrives."""
 
-    __slots__ = ("_budget", "size")
+    __slots__ = ("_budget", "large", "size")
 
     def __init__(self, budget: Budget) -> None:
         self._budget = budget
         self.size = 0
+        self.large = False  # shares the large requests' part whatever its size
+
+    def count_as_large(self) -> None:
+        """Share the large requests' part from now on: a compressed body, whose inflated size
+        is not known until it is inflated, so that many of them inflating at once do not
+        take the room kept for small requests."""
+        if not self.large:
+            size = self.size
+            self._budget.take(self, 0)
+            self.large = True
+            self._budget.take(self, size)
 
     def grow_to(self, size: int) -> None:
         """Hold ``size`` bytes in all; :class:`OverBudget` if they do not fit."""
         if size > self.size:
+            self._budget.take(self, size)
+
+    def shrink_to(self, size: int) -> None:
+        """Hold ``size`` bytes in all, fewer than now: what the request let go of."""
+        if size < self.size:
             self._budget.take(self, size)
 
 
@@ -75,13 +91,13 @@ class Budget:
         try:
             yield held
         finally:
-            self._release(held.size)
+            self._release(held.size, large=held.size > self.small or held.large)
 
     def take(self, held: Held, size: int) -> None:
         """Grow ``held`` to ``size`` bytes, or raise :class:`OverBudget`."""
         added = size - held.size
-        large_before = held.size if held.size > self.small else 0
-        large_after = size if size > self.small else 0
+        large_before = held.size if held.size > self.small or held.large else 0
+        large_after = size if size > self.small or held.large else 0
         if self.used + added > self.limit or (
             large_after and self.used_large - large_before + large_after > self.large_limit
         ):
@@ -95,9 +111,9 @@ class Budget:
         held.size = size
         metrics.BYTES_IN_FLIGHT.set(self.used)
 
-    def _release(self, size: int) -> None:
+    def _release(self, size: int, *, large: bool) -> None:
         self.used -= size
-        if size > self.small:
+        if large:
             self.used_large -= size
         metrics.BYTES_IN_FLIGHT.set(self.used)
         self._released_since_trim += size
@@ -107,7 +123,10 @@ class Budget:
     def _trim_when_idle(self) -> None:
         if not memory.CAN_GIVE_BACK or self._trim is not None:
             return
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # used outside a service (tests, tools): nothing to schedule on
+            return
         self._trim = loop.call_later(_TRIM_WHEN_IDLE_FOR, self._trim_if_idle)
 
     def _trim_if_idle(self) -> None:

@@ -16,7 +16,7 @@ Each ``index`` or ``create`` action becomes one event:
   Elasticsearch reads them), else the receive time;
 - ``source``: the first of the document's fields ``PUBSUB_ELASTIC_SOURCE_FIELDS`` that holds
   a string, else ``bulk``;
-- ``payload``: the document, as sent.
+- ``payload``: the document, as sent (nested at most 254 levels deep, as JSON is written).
 
 ``update`` and ``delete`` are answered with an error of their own (events are immutable), as is
 a document that cannot be an event; the other items are stored. Whether an ``_id`` is already
@@ -30,8 +30,8 @@ Elasticsearch clients retry (the Python clients' bulk helpers retry no other).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,7 +39,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ingest import intake, metrics
+from ingest import intake, jsonsize, metrics
+from ingest.receiver import Batch, Intake, Receiver
 from ingest.validate import validate_records
 from pubsub import http
 from pubsub.http import Refusal
@@ -66,57 +67,65 @@ PROBE: dict[str, Any] = {
 }
 
 
-async def bulk(request: web.Request) -> web.Response:
-    """Store the request's documents; answer Elasticsearch's bulk reply."""
-    request_id = intake.request_id(request)
-    started = time.monotonic()
-    try:
-        items, accepted = await _bulk(request, request_id)
-    except Refusal as exc:
-        if exc.status == 503:
-            # Elasticsearch's "retry later"; its clients retry 429 where 503 may be fatal.
-            exc = replace(exc, status=429)
-        intake.note_refusal(log, exc, request_id)
-        raise exc.with_headers(("X-Request-Id", request_id)) from None
-    rejected = sum(1 for item in items if "error" in next(iter(item.values())))
-    metrics.REQUESTS.labels("200").inc()
-    metrics.EVENTS_ACCEPTED.inc(accepted)
-    metrics.BULK_ITEMS_REJECTED.inc(rejected)
-    took = int((time.monotonic() - started) * 1000)
-    return http.json_response(
-        {"took": took, "errors": rejected > 0, "items": items},
-        headers={"X-Request-Id": request_id},
-    )
+class Bulk(Receiver):
+    """``POST`` (or ``PUT``) ``/_bulk`` and ``/{index}/_bulk`` on :mod:`ingest.receiver`'s
+    path."""
 
+    name = "bulk"
 
-async def _bulk(request: web.Request, request_id: str) -> tuple[list[dict[str, Any]], int]:
-    app, received_at = request.app, datetime.now(UTC)
-    settings = app[intake.SETTINGS]
-    kind = request.content_type
-    if kind not in TYPES:
-        raise Refusal(415, f"unsupported content type {kind!r}: send application/x-ndjson")
-    charset = request.charset
-    if charset is not None and charset.lower().replace("-", "") != "utf8":
-        raise Refusal(415, f"unsupported charset {charset!r}: send UTF-8")
-    with intake.holding(request) as held:
-        body = await intake.read_body(request, held, settings)
+    def accept(self, request: web.Request) -> str:
+        kind = request.content_type
+        if kind not in TYPES:
+            raise Refusal(415, f"unsupported content type {kind!r}: send application/x-ndjson")
+        charset = request.charset
+        if charset is not None and charset.lower().replace("-", "") != "utf8":
+            raise Refusal(415, f"unsupported charset {charset!r}: send UTF-8")
+        index = request.match_info.get("index")
+        if index is not None and (index in (".", "..") or "/" in index or "\\" in index):
+            raise Refusal(400, f"invalid index name {index[:60]!r} in the path")
+        return kind
+
+    def decode(self, intake: Intake) -> Batch:
+        settings = intake.settings
+        body = intake.body
+        # Each action is one or two lines: more than twice the limit in lines is over it.
+        if body.count(b"\n") >= 2 * settings.max_batch_events:
+            _at_most_lines(body, 2 * settings.max_batch_events, settings.max_batch_events)
+        intake.hold(jsonsize.parsed_size(body))
         items, events, slots = to_events(
             body,
-            index=request.match_info.get("index"),
+            index=intake.request.match_info.get("index"),
             settings=settings,
-            received_at=received_at,
+            received_at=intake.received_at,
         )
-        pieces, problems = validate_records(
-            events,
-            settings=settings,
-            hold=lambda size: intake.hold_more(request, held, size),
-        )
+        pieces, problems = validate_records(events, settings=settings, hold=intake.hold)
         for n, reason in problems.items():
             (result,) = items[slots[n]].values()
             _refuse(result, "mapper_parsing_exception", reason)
-        if pieces:
-            await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
-    return items, len(events) - len(problems)
+        rejected = sum(1 for item in items if "error" in next(iter(item.values())))
+        metrics.BULK_ITEMS_REJECTED.inc(rejected)
+        return Batch(pieces, len(events) - len(problems), result=items, rejected=rejected)
+
+    def reply(self, batch: Batch, intake: Intake) -> web.Response:
+        took = int((datetime.now(UTC) - intake.received_at).total_seconds() * 1000)
+        return http.json_response({"took": took, "errors": batch.rejected > 0,
+                                   "items": batch.result})  # fmt: skip
+
+    def adapt(self, exc: Refusal) -> Refusal:
+        # Elasticsearch's "retry later"; its clients retry 429 where 503 may be fatal.
+        return replace(exc, status=429) if exc.status == 503 else exc
+
+
+def _at_most_lines(body: bytes, lines: int, actions: int) -> None:
+    """:class:`Refusal` 413 past ``lines`` non-blank lines, counted one at a time."""
+    count = 0
+    for line in io.BytesIO(body):
+        if not line.isspace():
+            count += 1
+            if count > lines:
+                raise Refusal(
+                    413, f"more than {actions} actions in one request (PUBSUB_MAX_BATCH_EVENTS)"
+                )
 
 
 def to_events(
@@ -125,7 +134,8 @@ def to_events(
     """The reply's items (one per action, in order), the events of the actions that map to
     one, and the item of each event; :class:`Refusal` 400 for a body that is not a bulk
     request, 413 past the batch limit."""
-    lines = [line for line in body.split(b"\n") if line.strip()]
+    # The body's lines one at a time (a copy of each, not of all at once), without their end.
+    lines = [line.rstrip(b"\n") for line in io.BytesIO(body) if not line.isspace()]
     sources = [(k, k.split(".")) for k in map(str.strip, settings.elastic_source_fields.split(","))
                if k]  # fmt: skip
     items: list[dict[str, Any]] = []

@@ -21,6 +21,7 @@ from pubsub.settings import Settings
 
 BROKER = web.AppKey("broker", BrokerClient)
 BUDGET = web.AppKey("budget", Budget)
+INFLATING = web.AppKey("inflating", asyncio.Semaphore)
 SETTINGS = web.AppKey("settings", Settings)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,17 +72,29 @@ def holding(request: web.Request) -> Iterator[Held]:
             retry_after=settings.retry_after,
         ) from None
     except BrokerUnavailable as exc:
-        raise Refusal.unavailable(
-            f"broker unavailable: {exc}; nothing was accepted, retry later",
-            retry_after=settings.retry_after,
-        ) from None
+        raise broker_refusal(exc, retry_after=settings.retry_after) from None
 
 
-def hold_more(request: web.Request, held: Held, extra: int) -> None:
+def broker_refusal(exc: BrokerUnavailable, *, retry_after: int) -> Refusal:
+    """The ``503`` for events the broker did not confirm: nothing was accepted, or, when the
+    message was written and no answer came, that the outcome is unknown and a retry is safe."""
+    if exc.unknown:
+        return Refusal.unavailable(
+            f"outcome unknown: {exc}, so the events may or may not have been stored. Retry: "
+            "events are stored once per topic and event_id, and a retry with the same "
+            "Idempotency-Key is counted once",
+            retry_after=retry_after,
+        )
+    return Refusal.unavailable(
+        f"broker unavailable: {exc}; nothing was accepted, retry later", retry_after=retry_after
+    )
+
+
+def hold_more(budget: Budget, held: Held, extra: int) -> None:
     """Hold ``extra`` bytes more: what the body became in memory (inflated, mapped to events).
     A request that could never fit the budget on its own is a 413, not a 503 to retry."""
     size = held.size + extra
-    if size > request.app[BUDGET].large_limit:
+    if size > budget.large_limit:
         raise Refusal(
             413,
             f"the request takes {size} bytes in memory once decoded, more than ingest holds "
@@ -91,14 +104,15 @@ def hold_more(request: web.Request, held: Held, extra: int) -> None:
 
 
 async def read_body(request: web.Request, held: Held, settings: Settings) -> bytes:
-    """The body as it arrives, after any ``Content-Encoding`` is undone, each chunk counted
-    against the request's share of the budget and the body limit before it is kept."""
+    """The body as sent (still compressed: :mod:`ingest.receiver` inflates it), each chunk
+    counted against the request's share of the budget and the body limit before it is
+    kept."""
     limit = settings.max_body_bytes
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(settings.body_read_timeout):
-            if request.content_length is not None and _identity(request):
+            if request.content_length is not None:
                 # Its Content-Length (within the limit, checked before) is reserved already,
                 # and aiohttp reads no more than that: one read, nothing to count per chunk.
                 return await request.read()
@@ -115,16 +129,10 @@ async def read_body(request: web.Request, held: Held, settings: Settings) -> byt
             "(PUBSUB_BODY_READ_TIMEOUT)",
         ) from None
     except web.RequestPayloadError as exc:
-        # A body cut short, or a compressed one that cannot be decoded (corrupt, or more
-        # members than aiohttp accepts): name the deepest cause, it says what was wrong.
+        # A body cut short: name the deepest cause, it says what was wrong.
         cause: BaseException = exc
         while (deeper := cause.__cause__ or cause.__context__) is not None:
             cause = deeper
         reason = " ".join(str(cause).split())
         raise Refusal(400, f"the body could not be read: {reason}") from None
     return b"".join(chunks)
-
-
-def _identity(request: web.Request) -> bool:
-    """Whether the body arrives as sent: no ``Content-Encoding`` for aiohttp to undo."""
-    return request.headers.get("Content-Encoding", "identity").lower() in ("identity", "")

@@ -25,7 +25,6 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import cramjam
@@ -34,7 +33,8 @@ from aiohttp import web
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 from google.protobuf.message import DecodeError
 
-from ingest import intake, metrics
+from ingest import intake, jsonsize, protowire
+from ingest.receiver import Batch, Intake, Receiver, Tally
 from ingest.validate import validate_mapped
 from pubsub.http import Refusal
 from pubsub.settings import Settings
@@ -90,72 +90,101 @@ def _push_request_class() -> Any:
 
 PushRequest = _push_request_class()
 
-# One label of Prometheus' syntax: name="value", the value with \\, \" and \n escaped.
-_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+# One label of Prometheus' syntax: name="value", the value with \\, \" and \n escaped (no
+# other escape), then a comma or the end. Matched from a position, never on a slice.
+_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\[\\"n])*)"\s*(,|$)')
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BLANK = re.compile(r"\s*")
+_ESCAPE = re.compile(r"\\(.)")
 
 
 def parse_labels(text: str) -> dict[str, str]:
-    """``{app="x", env="y"}`` as a dict; :class:`Refusal` 400 if it is not in that syntax."""
+    """``{app="x", env="y"}`` as a dict; :class:`Refusal` 400 if it is not in that syntax,
+    or names a label twice. Linear in the text's length."""
     inner = text.strip()
     if not (inner.startswith("{") and inner.endswith("}")):
         raise Refusal(400, f'labels {text[:80]!r} are not of the form {{name="value", ...}}')
-    inner, labels, at = inner[1:-1], {}, 0
-    while at < len(inner.strip()) and inner[at:].strip():
-        match = _LABEL.match(inner, at)
+    end = len(inner) - 1
+    at = _BLANK.match(inner, 1, end).end()  # type: ignore[union-attr]
+    labels: dict[str, str] = {}
+    while at < end:
+        match = _LABEL.match(inner, at, end)
         if match is None:
             raise Refusal(400, f"labels {text[:80]!r}: cannot read from {inner[at : at + 20]!r}")
-        labels[match[1]] = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], match[2])
+        name, value = match[1], match[2]
+        if name in labels:
+            raise Refusal(400, f"labels {text[:80]!r}: the label {name!r} is given twice")
+        labels[name] = _ESCAPE.sub(_unescape, value) if "\\" in value else value
         at = match.end()
+        if not match[3] and at < end:
+            raise Refusal(400, f"labels {text[:80]!r}: cannot read from {inner[at : at + 20]!r}")
     return labels
 
 
-async def push(request: web.Request) -> web.Response:
-    """Store a push's entries; ``204`` once the broker confirmed them."""
-    request_id = intake.request_id(request)
-    try:
-        count = await _push(request, request_id)
-    except Refusal as exc:
-        intake.note_refusal(log, exc, request_id)
-        # Plain text, as Loki answers: its clients log the body as it is.
+def _unescape(match: re.Match[str]) -> str:
+    return "\n" if match[1] == "n" else match[1]
+
+
+class Push(Receiver):
+    """``POST /loki/api/v1/push`` on :mod:`ingest.receiver`'s path; ``204`` once the broker
+    confirmed the push's events, errors in plain text as Loki answers them."""
+
+    name = "loki"
+
+    def accept(self, request: web.Request) -> str:
+        kind = request.content_type
+        if kind not in (PROTOBUF, JSON):
+            raise Refusal(415, f"unsupported content type {kind!r}: send {PROTOBUF} or {JSON}")
+        return kind
+
+    def decode(self, intake: Intake) -> Batch:
+        settings = intake.settings
+        if intake.kind == PROTOBUF:
+            streams = _from_protobuf(intake.body, settings, intake.hold)
+        else:
+            streams = _from_json(intake.body, settings, intake.hold)
+        shared = Tally(intake.hold)
+        events = to_events(streams, settings=settings, hold=shared)
+        del streams
+        if not events:
+            return Batch([], 0)
+        pieces = validate_mapped(events, settings=settings)
+        # The encoding was held already, in part: each entry's copy of its stream's labels.
+        intake.hold(max(0, sum(len(piece.data) for piece in pieces) - shared.total))
+        return Batch(pieces, len(events))
+
+    def reply(self, batch: Batch, intake: Intake) -> web.Response:
+        return web.Response(status=204)
+
+    def refuse(self, exc: Refusal, request_id: str) -> web.StreamResponse:
+        # Plain text, as Loki answers: its clients log the body as it is. Each problem named
+        # gets a line: entry (by its index across the push's streams), field, what is wrong.
+        lines = [exc.message] + [
+            f"entry {p.get('index', '?')}: {p.get('field') or 'event'}: {p['problem']}"
+            for p in exc.problems
+        ]
         return web.Response(
             status=exc.status,
-            text=exc.message + "\n",
+            text="\n".join(lines) + "\n",
             headers={**dict(exc.headers), "X-Request-Id": request_id},
         )
-    metrics.REQUESTS.labels("204").inc()
-    metrics.EVENTS_ACCEPTED.inc(count)
-    return web.Response(status=204, headers={"X-Request-Id": request_id})
-
-
-async def _push(request: web.Request, request_id: str) -> int:
-    app, received_at = request.app, datetime.now(UTC)
-    settings = app[intake.SETTINGS]
-    kind = request.content_type
-    if kind not in (PROTOBUF, JSON):
-        raise Refusal(415, f"unsupported content type {kind!r}: send {PROTOBUF} or {JSON}")
-    with intake.holding(request) as held:
-        body = await intake.read_body(request, held, settings)
-        if kind == PROTOBUF:
-            streams = _from_protobuf(body, settings, lambda n: intake.hold_more(request, held, n))
-        else:
-            streams = _from_json(body)
-        events = to_events(streams, settings=settings)
-        if not events:
-            return 0
-        pieces = validate_mapped(events, settings=settings)
-        intake.hold_more(request, held, sum(len(piece.data) for piece in pieces))
-        await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
-    return len(events)
 
 
 # A stream: its labels, and its entries as (time in ns, line, structured metadata).
 Stream = tuple[dict[str, str], list[tuple[int, str, dict[str, str]]]]
 
+# Memory a parsed entry takes beyond its bytes (the protobuf message, the tuple, the dict).
+_PARSED_PER_ENTRY = 400
+_PARSED_PER_LABEL = 256
+# Times an entry may carry: Unix nanoseconds in 64 bits, as Loki keeps them (the years 1677
+# to 2262), each of which is an event's time and part of its id.
+_EARLIEST_NS, _LATEST_NS = -(2**63), 2**63
+
 
 def _from_protobuf(body: bytes, settings: Settings, hold: Callable[[int], None]) -> list[Stream]:
     """The streams of a snappy-compressed ``PushRequest``; its inflated size (which snappy's
     block format declares up front) is checked against the body limit and held in the budget
-    (``hold``) before a byte is inflated."""
+    (``hold``) before a byte is inflated, its entries counted before they are parsed."""
     try:
         size = cramjam.snappy.decompress_raw_len(body)
         if size > settings.max_body_bytes:
@@ -166,37 +195,59 @@ def _from_protobuf(body: bytes, settings: Settings, hold: Callable[[int], None])
         raw = bytes(cramjam.snappy.decompress_raw(body))
     except cramjam.DecompressionError as exc:
         raise Refusal(400, f"the body is not snappy-compressed (block format): {exc}") from None
+    entries = protowire.count(
+        raw, (1, 2), limit=settings.max_batch_events, what="a Loki PushRequest"
+    )
+    _check_count(entries, settings.max_batch_events)
+    # A label of a few bytes becomes two strings and a dict entry, and again when sorted for
+    # the entries' ids: counted by its '="', before the labels are read.
+    labels = raw.count(b'="')
+    hold(2 * len(raw) + _PARSED_PER_ENTRY * entries + _PARSED_PER_LABEL * labels)
     message = PushRequest()
     try:
         message.ParseFromString(raw)
     except DecodeError as exc:
         raise Refusal(400, f"not a Loki PushRequest: {exc}") from None
+    del raw
     streams: list[Stream] = []
-    for stream in message.streams:
-        entries = [
-            (e.timestamp.seconds * 10**9 + e.timestamp.nanos, e.line,
-             {p.name: p.value for p in e.structuredMetadata})
-            for e in stream.entries
-        ]  # fmt: skip
-        streams.append((parse_labels(stream.labels), entries))
+    for n, stream in enumerate(message.streams):
+        entries_of = []
+        for m, e in enumerate(stream.entries):
+            ns = e.timestamp.seconds * 10**9 + e.timestamp.nanos
+            if not _EARLIEST_NS <= ns < _LATEST_NS:
+                raise Refusal(400, f"streams[{n}].entries[{m}]: the timestamp is out of range")
+            entries_of.append((ns, e.line, {p.name: p.value for p in e.structuredMetadata}))
+        streams.append((parse_labels(stream.labels), entries_of))
     return streams
 
 
-def _from_json(body: bytes) -> list[Stream]:
+def _from_json(body: bytes, settings: Settings, hold: Callable[[int], None]) -> list[Stream]:
+    hold(jsonsize.parsed_size(body))
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Refusal(400, f"malformed JSON: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("streams"), list):
         raise Refusal(400, 'the body must be {"streams": [{"stream": {...}, "values": [...]}]}')
+    count = sum(
+        len(values) for stream in document["streams"]
+        if isinstance(stream, dict) and isinstance(values := stream.get("values"), list)
+    )  # fmt: skip
+    _check_count(count, settings.max_batch_events)
     streams: list[Stream] = []
     for n, stream in enumerate(document["streams"]):
         labels = stream.get("stream") if isinstance(stream, dict) else None
         values = stream.get("values") if isinstance(stream, dict) else None
         if not isinstance(labels, dict) or not isinstance(values, list):
             raise Refusal(400, f'streams[{n}] needs a "stream" object and a "values" array')
-        if not all(isinstance(v, str) for v in labels.values()):
-            raise Refusal(400, f"streams[{n}].stream: label values must be strings")
+        for name, value in labels.items():
+            if not _LABEL_NAME.fullmatch(name):
+                raise Refusal(
+                    400, f"streams[{n}].stream: {name[:40]!r} is not a label name "
+                    "([A-Za-z_][A-Za-z0-9_]*)",
+                )  # fmt: skip
+            if not isinstance(value, str):
+                raise Refusal(400, f"streams[{n}].stream: label values must be strings")
         entries = []
         for m, value in enumerate(values):
             entries.append(_json_entry(value, f"streams[{n}].values[{m}]"))
@@ -211,18 +262,29 @@ def _json_entry(value: Any, where: str) -> tuple[int, str, dict[str, str]]:
     meta = rest[0] if rest else {}
     if not (isinstance(ns, str) and ns.isascii() and ns.isdigit() and len(ns) <= 19):
         raise Refusal(400, f"{where}: the time must be a string of Unix nanoseconds")
+    if not int(ns) < _LATEST_NS:
+        raise Refusal(400, f"{where}: the time is out of range")
     if not isinstance(line, str) or not isinstance(meta, dict):
         raise Refusal(400, f"{where}: the line must be a string, metadata an object")
-    return int(ns), line, {str(k): str(v) for k, v in meta.items()}
+    if not all(isinstance(v, str) for v in meta.values()):
+        # Loki's structured metadata are labels: a name and a string.
+        raise Refusal(400, f"{where}: structured metadata values must be strings")
+    return int(ns), line, meta
 
 
-def to_events(streams: list[Stream], *, settings: Settings) -> list[dict[str, Any]]:
+def _check_count(count: int, limit: int) -> None:
+    if count > limit:
+        raise Refusal(413, f"{count} entries in one push, over PUBSUB_MAX_BATCH_EVENTS ({limit})")
+
+
+def to_events(
+    streams: list[Stream], *, settings: Settings, hold: Callable[[int], None] = lambda _: None
+) -> list[dict[str, Any]]:
+    """An event for each entry. Every event carries its stream's labels: shared in memory,
+    written out once per event when encoded, so ``hold`` is told that size for each stream's
+    entries before they are mapped."""
     count = sum(len(entries) for _, entries in streams)
-    if count > settings.max_batch_events:
-        raise Refusal(
-            413, f"{count} entries in one push, over PUBSUB_MAX_BATCH_EVENTS "
-            f"({settings.max_batch_events})",
-        )  # fmt: skip
+    _check_count(count, settings.max_batch_events)
     topics = [k.strip() for k in settings.loki_topic_labels.split(",") if k.strip()]
     sources = [k.strip() for k in settings.loki_source_labels.split(",") if k.strip()]
     events: list[dict[str, Any]] = []
@@ -230,9 +292,10 @@ def to_events(streams: list[Stream], *, settings: Settings) -> list[dict[str, An
         topic = next((labels[k] for k in topics if labels.get(k)), "loki")
         source = next((labels[k] for k in sources if labels.get(k)), "loki")
         identity = orjson.dumps(sorted(labels.items()))
+        hold(len(identity) * len(entries))
         for ns, line, meta in entries:
             digest = hashlib.blake2b(identity, digest_size=16)
-            digest.update(ns.to_bytes(8, "big"))
+            digest.update(ns.to_bytes(8, "big", signed=True))  # as unsigned, for times after 1970
             digest.update(line.encode())
             events.append({
                 "topic": topic,

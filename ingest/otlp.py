@@ -13,8 +13,8 @@ Each log record becomes one event:
   (``service.instance.id``, ``host.name``) that is set, else ``otlp``;
 - ``timestamp``: ``timeUnixNano``, else ``observedTimeUnixNano``, else the receive time;
 - ``event_id``: the record's ``log.record.uid`` attribute (the semantic conventions define it
-  for exactly this), else a hash of the record and its resource, so a retried export, which
-  carries the same records, is deduplicated;
+  for exactly this), else a hash of the record and of its resource's hash, so a retried
+  export, which carries the same records, is deduplicated;
 - ``payload``: ``body`` (any value, as JSON; null when there is none), and those of
   ``severity_number``, ``severity_text``, ``attributes``, ``trace_id`` and ``span_id`` (hex),
   ``flags``, ``event_name``, ``time_unix_nano``, ``observed_time_unix_nano``, ``resource`` (its
@@ -34,13 +34,13 @@ import logging
 import math
 import operator
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -48,7 +48,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from ingest import intake, metrics, otlp_json
+from ingest import intake, jsonsize, metrics, otlp_json, protowire
+from ingest.receiver import Batch, Intake, Receiver, Tally
 from ingest.validate import validate_records
 from pubsub.http import Refusal
 from pubsub.settings import Settings
@@ -59,64 +60,102 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
 
-async def export_logs(request: web.Request) -> web.Response:
-    """Store the request's log records; answer ``ExportLogsServiceResponse`` in its encoding."""
-    request_id = intake.request_id(request)
-    kind = request.content_type
-    try:
+class Export(Receiver):
+    """``POST /v1/logs`` on :mod:`ingest.receiver`'s path."""
+
+    name = "otlp"
+
+    def accept(self, request: web.Request) -> str:
+        kind = request.content_type
         if kind not in (PROTOBUF, JSON):
             raise Refusal(415, f"unsupported content type {kind!r}: send {PROTOBUF} or {JSON}")
-        response = await _export(request, kind, request_id)
-    except Refusal as exc:
-        intake.note_refusal(log, exc, request_id)
-        raise exc.with_headers(("X-Request-Id", request_id)) from None
-    metrics.REQUESTS.labels("200").inc()
-    if kind == PROTOBUF:
-        body = response.SerializeToString()
-    else:
-        body = json_format.MessageToJson(response, indent=None).encode()
-    return web.Response(body=body, content_type=kind, headers={"X-Request-Id": request_id})
+        return kind
 
-
-async def _export(request: web.Request, kind: str, request_id: str) -> ExportLogsServiceResponse:
-    app, received_at = request.app, datetime.now(UTC)
-    settings = app[intake.SETTINGS]
-    topic = request.headers.get("X-Pubsub-Topic") or None
-    response = ExportLogsServiceResponse()
-    with intake.holding(request) as held:
-        body = await intake.read_body(request, held, settings)
-        export = parse(body, kind)
-        events = to_events(export, settings=settings, received_at=received_at, topic=topic)
+    def decode(self, intake: Intake) -> Batch:
+        settings = intake.settings
+        export = parse(intake.body, intake.kind, max_records=settings.max_batch_events,
+                       hold=intake.hold)  # fmt: skip
+        topic = intake.request.headers.get("X-Pubsub-Topic") or None
+        shared = Tally(intake.hold)
+        events = to_events(
+            export, settings=settings, received_at=intake.received_at, topic=topic,
+            hold=shared,
+        )  # fmt: skip
+        del export  # what lives on is the events and their encoding
+        # The encoding was held already, in part: each record's copy of its shared context.
         pieces, problems = validate_records(
-            events,
-            settings=settings,
-            hold=lambda size: intake.hold_more(request, held, size),
+            events, settings=settings, hold=lambda size: intake.hold(max(0, size - shared.total))
         )
+        response = ExportLogsServiceResponse()
         if problems:
             response.partial_success.rejected_log_records = len(problems)
             response.partial_success.error_message = problems[min(problems)]
             metrics.OTLP_RECORDS_REJECTED.inc(len(problems))
-        if pieces:
-            await app[intake.BROKER].publish(pieces, received_at=received_at, request_id=request_id)
-            metrics.EVENTS_ACCEPTED.inc(len(events) - len(problems))
-    return response
+        return Batch(pieces, len(events) - len(problems), result=response)
+
+    def reply(self, batch: Batch, intake: Intake) -> web.Response:
+        response: ExportLogsServiceResponse = batch.result
+        if intake.kind == PROTOBUF:
+            body = response.SerializeToString()
+        else:
+            body = json_format.MessageToJson(response, indent=None).encode()
+        return web.Response(body=body, content_type=intake.kind)
 
 
-def parse(body: bytes, kind: str) -> ExportLogsServiceRequest:
-    """The request in either encoding; :class:`Refusal` 400 when it does not decode."""
+# Memory a parsed request takes, held before parsing: per record (the protobuf runtime's
+# message, its event) and per byte on the wire (an attribute of a dozen bytes becomes a
+# KeyValue, an AnyValue and an entry of a Python dict: about 200 bytes).
+_PARSED_PER_RECORD = 512
+_PARSED_PER_BYTE = 16
+
+
+def parse(
+    body: bytes,
+    kind: str,
+    *,
+    max_records: int = 2**31,
+    hold: Callable[[int], None] = lambda _: None,
+) -> ExportLogsServiceRequest:
+    """The request in either encoding, its records counted before it is parsed (413 past
+    ``max_records``) and what parsing takes held (``hold``); :class:`Refusal` 400 when it
+    does not decode."""
     if kind == PROTOBUF:
+        what = "an ExportLogsServiceRequest"
+        records = protowire.count(body, (1, 2, 2), limit=max_records, what=what)
+        _check_count(records, max_records)
+        hold(_PARSED_PER_BYTE * len(body) + _PARSED_PER_RECORD * records)
         export = ExportLogsServiceRequest()
         try:
             export.ParseFromString(body)
         except DecodeError as exc:
-            raise Refusal(400, f"not an ExportLogsServiceRequest: {exc}") from None
+            raise Refusal(
+                400, f"not an ExportLogsServiceRequest: {exc} (or nested deeper than the "
+                f"{protowire.MAX_MESSAGE_DEPTH} message levels protobuf reads)",
+            ) from None  # fmt: skip
         return export
+    hold(jsonsize.parsed_size(body))
     try:
-        return otlp_json.parse(orjson.loads(body))
-    except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise Refusal(400, f"not an OTLP JSON ExportLogsServiceRequest: {reason}") from None
+    records = otlp_json.count_records(document)
+    _check_count(records, max_records)
+    hold(_PARSED_PER_RECORD * records)
+    try:
+        return otlp_json.parse(document)
+    except (ValueError, TypeError, DecodeError, EncodeError) as exc:
         # ValueError also from the protobuf runtime: a value out of its field's range.
         reason = " ".join(str(exc).split())[:300]
         raise Refusal(400, f"not an OTLP JSON ExportLogsServiceRequest: {reason}") from None
+
+
+def _check_count(records: int, max_records: int) -> None:
+    if records > max_records:
+        raise Refusal(
+            413, f"{records} log records in one request, over PUBSUB_MAX_BATCH_EVENTS "
+            f"({max_records})",
+        )  # fmt: skip
 
 
 def value(v: AnyValue) -> Any:
@@ -161,21 +200,27 @@ def to_events(
     settings: Settings,
     received_at: datetime,
     topic: str | None,
+    hold: Callable[[int], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
-    """An event for each record, in order; :class:`Refusal` 413 past the batch limit."""
+    """An event for each record, in order; :class:`Refusal` 413 past the batch limit.
+
+    Every event carries its resource's attributes and its scope: shared in memory, but
+    written out once per event when encoded. ``hold`` is told that size, for each scope's
+    records, before they are mapped, so a large resource over many small records is refused
+    (413) before it is copied."""
     count = sum(len(s.log_records) for r in export.resource_logs for s in r.scope_logs)
-    if count > settings.max_batch_events:
-        raise Refusal(
-            413, f"{count} log records in one request, over PUBSUB_MAX_BATCH_EVENTS "
-            f"({settings.max_batch_events})",
-        )  # fmt: skip
+    _check_count(count, settings.max_batch_events)
     events: list[dict[str, Any]] = []
     topic_key = settings.otlp_topic_attribute
     source_keys = [k.strip() for k in settings.otlp_source_attributes.split(",") if k.strip()]
     for resource_logs in export.resource_logs:
         resource = resource_logs.resource
         resource_attrs = attributes(resource.attributes)
-        resource_bytes = resource.SerializeToString(deterministic=True)
+        # Hashed once: each record's id is a hash of the record and this digest.
+        resource_key = hashlib.blake2b(
+            resource.SerializeToString(deterministic=True), digest_size=16
+        ).digest()
+        resource_size = len(orjson.dumps(resource_attrs))
         topic_of = topic or _text(resource_attrs.get(topic_key)) or "unknown_service"
         source = next(
             (t for k in source_keys if (t := _text(resource_attrs.get(k)))), "otlp"
@@ -185,11 +230,13 @@ def to_events(
             fields = (("name", given.name), ("version", given.version),
                       ("attributes", attributes(given.attributes)))  # fmt: skip
             scope = {k: v for k, v in fields if v}
+            shared = resource_size + len(orjson.dumps(scope)) + len(topic_of) + len(source)
+            hold(shared * len(scope_logs.log_records))
             for record in scope_logs.log_records:
                 events.append(_event(
                     record,
                     resource_attrs=resource_attrs,
-                    resource_bytes=resource_bytes,
+                    resource_key=resource_key,
                     scope=scope,
                     topic=topic_of,
                     source=source,
@@ -206,7 +253,7 @@ def _event(
     record: LogRecord,
     *,
     resource_attrs: dict[str, Any],
-    resource_bytes: bytes,
+    resource_key: bytes,
     scope: dict[str, Any],
     topic: str,
     source: str,
@@ -221,7 +268,7 @@ def _event(
     if not uid:
         digest = hashlib.blake2b(digest_size=16)
         digest.update(record.SerializeToString(deterministic=True))
-        digest.update(resource_bytes)
+        digest.update(resource_key)
         uid = f"otlp-{digest.hexdigest()}"
     # A field at its default is left out, as protobuf itself leaves it out; the body is
     # always there (null when the record has none).

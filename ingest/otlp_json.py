@@ -154,7 +154,35 @@ def _any(value: Any, where: str) -> AnyValue:
     return AnyValue()  # no value set: an empty AnyValue, as the mapping reads it
 
 
+# Arrays and key-value lists within each other, at most: a kvlist is three protobuf messages
+# deep, and the protobuf runtime copies no message nested past 100 (MAX_MESSAGE_DEPTH).
+MAX_VALUE_DEPTH = 32
+
+
+def _nested(where: str) -> None:
+    if where.count("Value.values[") > MAX_VALUE_DEPTH:
+        raise NotOtlp(
+            f"{where[:120]}...: values nest deeper than {MAX_VALUE_DEPTH} arrays or key-value lists"
+        )
+
+
+def count_records(document: Any) -> int:
+    """The log records of a parsed OTLP JSON document, counted before any is read (those
+    not of the right shape are not counted: :func:`parse` then says what is wrong)."""
+    count = 0
+    for resource in _items(document, "resourceLogs", "resource_logs"):
+        for scope in _items(resource, "scopeLogs", "scope_logs"):
+            count += len(_items(scope, "logRecords", "log_records"))
+    return count
+
+
+def _items(obj: Any, camel: str, snake: str) -> list[Any]:
+    value = _get(obj, camel, snake) if isinstance(obj, dict) else None
+    return value if isinstance(value, list) else []
+
+
 def _array(value: Any, where: str) -> ArrayValue:
+    _nested(where)
     items = _object(value, where).get("values") or []
     if not isinstance(items, list):
         raise NotOtlp(f"{where}.values must be an array")
@@ -162,6 +190,7 @@ def _array(value: Any, where: str) -> ArrayValue:
 
 
 def _kvlist(value: Any, where: str) -> KeyValueList:
+    _nested(where)
     items = _object(value, where).get("values") or []
     if not isinstance(items, list):
         raise NotOtlp(f"{where}.values must be an array")

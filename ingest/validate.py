@@ -9,6 +9,7 @@ beyond 64 bits).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -17,7 +18,9 @@ from typing import Any, cast
 import jiter
 import orjson
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
+from ingest import jsonsize
 from pubsub import message
 from pubsub.event import EARLIEST, LATEST, Event, is_name
 from pubsub.http import Refusal
@@ -35,16 +38,22 @@ def validate(
     settings: Settings,
     key: str = "",
     ndjson: bool = False,
+    hold: Callable[[int], None] | None = None,
 ) -> list[message.Piece]:
     """Everything a ``POST /publish`` body must pass before a byte goes to the broker.
 
     With ``ndjson`` the body holds one event object per line (blank lines are ignored), as log
     shippers send them; problems then name the line by its index from 0.
+    ``hold`` is told what parsing the body will take in memory, before it is parsed.
     Raises :class:`~pubsub.http.Refusal` with the HTTP status and a message for the client.
     """
     lines = 0
     if ndjson:
+        if body.count(b"\n") >= settings.max_batch_events:
+            _at_most_lines(body, settings.max_batch_events)
         body, lines = _ndjson_to_array(body)
+    if hold is not None:
+        hold(jsonsize.parsed_size(body))
     events = parse_events(
         body,
         received_at=received_at,
@@ -72,8 +81,22 @@ def validate(
     return pieces
 
 
+def _at_most_lines(body: bytes, max_events: int) -> None:
+    """:class:`Refusal` 413 past ``max_events`` non-blank lines, counted one line at a time
+    (splitting first would hold every line of a body of empty lines at once)."""
+    count = 0
+    for line in io.BytesIO(body):
+        if not line.isspace():
+            count += 1
+            if count > max_events:
+                raise Refusal(
+                    413, f"batch of more than {max_events} events exceeds the limit of {max_events}"
+                )
+
+
 def _ndjson_to_array(body: bytes) -> tuple[bytes, int]:
-    lines = [line for line in body.split(b"\n") if line.strip()]
+    # One line at a time: splitting would hold an entry for every blank line too.
+    lines = [line.removesuffix(b"\n") for line in io.BytesIO(body) if not line.isspace()]
     if not lines:
         raise Refusal(400, "empty body: send one JSON object per line")
     for number, line in enumerate(lines):
@@ -106,17 +129,18 @@ def parse_events(
         raise Refusal(400, "empty body: send a JSON object or an array of objects")
     else:
         raise Refusal(400, "malformed JSON: the body must be a JSON object or array")
+    # Counted (and duplicate names refused) on the parsed structure before a single event is
+    # validated: pydantic would otherwise validate, and list the problems of, every item.
+    count = _count(body, max_events)
     # NUL can only arrive escaped; the exact (slow) check runs only when the escape shows up.
     suspect = b"\\u0000" in body
     try:
         parsed = adapter.validate_json(body)
     except ValidationError as exc:
-        raise _bad_input(exc, max_problems) from None
+        raise _bad_input(exc, max_problems, body=body if first == b"[" else None) from None
     events: list[Event] = [parsed] if first == b"{" else parsed
-    if not events:
+    if not count:
         raise Refusal(422, "empty batch: the array holds no events")
-    if len(events) > max_events:
-        raise Refusal(413, f"batch of {len(events)} events exceeds the limit of {max_events}")
     for event in events:
         if event.get("timestamp") is None:
             event["timestamp"] = received_at
@@ -124,18 +148,36 @@ def parse_events(
             event["payload"] = {}
     if suspect:
         check_payloads(events, max_problems=max_problems)
-    _refuse_duplicate_keys(body)
     return events
 
 
-def _refuse_duplicate_keys(body: bytes) -> None:
+def _count(body: bytes, max_events: int) -> int:
+    """The events of a body (1 for an object), parsed but not validated; :class:`Refusal`
+    413 past ``max_events``, 400 past the nesting the parser allows, 422 for a name given
+    twice in one object."""
     # JSON leaves duplicate names undefined and parsers differ on which one wins: refuse them
     # rather than guess. pydantic-core keeps the last one silently; jiter (pydantic's parser,
-    # as a library) can report them, at the cost of one more fast parse of valid bodies.
+    # as a library) reports them, in the one fast parse that also counts the events.
     try:
-        jiter.from_json(body, catch_duplicate_keys=True, cache_mode="keys")
+        parsed = jiter.from_json(body, catch_duplicate_keys=True, cache_mode="keys")
     except ValueError as exc:
-        raise Refusal(422, str(exc)[:200]) from None
+        reason = str(exc)
+        if "duplicate key" in reason:
+            raise Refusal(422, reason[:200]) from None
+        if "recursion limit" in reason:
+            raise Refusal(
+                400, f"the body nests deeper than {JSON_DEPTH} levels of objects and arrays "
+                f"({reason[:100]})",
+            ) from None  # fmt: skip
+        raise Refusal(400, f"malformed JSON: {reason[:200]}") from None
+    count = len(parsed) if isinstance(parsed, list) else 1
+    if count > max_events:
+        raise Refusal(413, f"batch of {count} events exceeds the limit of {max_events}")
+    return count
+
+
+# The deepest nesting of objects and arrays that the JSON parser (jiter, in pydantic) reads.
+JSON_DEPTH = 200
 
 
 def check_encoded(
@@ -218,8 +260,15 @@ def _json_problem(value: Any) -> str | None:
     return None
 
 
-def _bad_input(exc: ValidationError, max_problems: int) -> Refusal:
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+def _bad_input(exc: ValidationError, max_problems: int, *, body: bytes | None = None) -> Refusal:
+    """The refusal naming at most ``max_problems`` of ``exc``'s problems, and how many there
+    are. For a batch (its ``body`` given) only the items needed to name them are looked into
+    again, so a body with a problem in every item never has all of them built."""
+    total = exc.error_count()
+    if body is not None and total > max_problems:
+        errors = _first_problems(body, max_problems)
+    else:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
     if errors and errors[0]["type"] == "json_invalid":
         return Refusal(400, f"malformed JSON: {errors[0]['msg']}")
     problems = []
@@ -233,10 +282,25 @@ def _bad_input(exc: ValidationError, max_problems: int) -> Refusal:
         problems.append(item)
     return Refusal(
         422,
-        f"{len(errors)} validation problem(s); nothing was accepted",
+        f"{total} validation problem(s); nothing was accepted",
         tuple(problems),
-        len(errors),
+        total,
     )
+
+
+def _first_problems(body: bytes, limit: int) -> list[ErrorDetails]:
+    """The first ``limit`` problems of a batch, found item by item (each item as JSON again,
+    as pydantic read it), located as in the batch's own error."""
+    found: list[ErrorDetails] = []
+    for index, item in enumerate(jiter.from_json(body, cache_mode="keys")):
+        try:
+            EVENT.validate_json(orjson.dumps(item))
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False, include_input=False, include_context=False):
+                found.append({**err, "loc": (index, *err["loc"])})
+                if len(found) >= limit:
+                    return found
+    return found
 
 
 def validate_mapped(events: list[dict[str, Any]], *, settings: Settings) -> list[message.Piece]:
@@ -343,7 +407,10 @@ def event_problem(event: dict[str, Any], settings: Settings) -> str | None:
         check_payloads([cast(Event, event)], max_problems=1)  # NUL, which PostgreSQL refuses
     except Refusal as exc:
         return f"the record's payload: {exc.message}"
-    size = len(orjson.dumps(event))
+    try:
+        size = len(orjson.dumps(event))
+    except orjson.JSONEncodeError as exc:  # nested past what JSON is written to
+        return f"the record cannot be written as JSON: {exc}"
     if size > settings.max_event_bytes:
         return (
             f"a record of {size} bytes as an event exceeds PUBSUB_MAX_EVENT_BYTES "

@@ -293,7 +293,7 @@ LOKI_PUSH = Route(
         "application/x-protobuf": {"type": "string", "format": "binary"},
     },
     replies={204: Reply("Stored: confirmed by the broker.")},
-    errors=(400, 401, 408, 413, 415, 503),
+    errors=(400, 401, 408, 413, 415, 422, 503),
     error_media=("text/plain", "application/json"),
 )
 
@@ -338,6 +338,10 @@ INDEX_BULK = replace(
     path="/{index}/_bulk",
     summary="The Elasticsearch bulk API with a default index: the topic of actions without one.",
 )
+
+# Elasticsearch takes the bulk API by PUT as well, and some clients (elasticsearch-py 9) send it.
+PUT_BULK = replace(BULK, method="PUT")
+PUT_INDEX_BULK = replace(INDEX_BULK, method="PUT")
 
 EVENTS = Route(
     method="GET",
@@ -412,7 +416,7 @@ METRICS = Route(
     replies={200: Reply("text exposition format")},
 )
 
-INGEST = (PUBLISH, OTLP_LOGS, LOKI_PUSH, BULK, INDEX_BULK)
+INGEST = (PUBLISH, OTLP_LOGS, LOKI_PUSH, BULK, INDEX_BULK, PUT_BULK, PUT_INDEX_BULK)
 READ = (EVENTS, HISTOGRAM, STREAM, STATS)
 HEALTH = (HEALTHZ, READYZ, METRICS)
 # One port for everything (deploy/nginx/nginx.conf): the ingest routes go to ingest, the

@@ -136,14 +136,23 @@ async def _security_headers(_: web.Request, response: web.StreamResponse) -> Non
 
 
 def new_app(
-    *, max_body_bytes: int = 1024 * 1024, guarded: Mapping[str, str] | None = None
+    *,
+    max_body_bytes: int = 1024 * 1024,
+    guarded: Mapping[str, str] | None = None,
+    raw_bodies: bool = False,
 ) -> web.Application:
     """An application answering errors in JSON; ``guarded`` maps paths to the bearer token
-    they require (see ``pubsub.routes.guarded_paths``)."""
+    they require (see ``pubsub.routes.guarded_paths``). With ``raw_bodies`` request bodies
+    arrive as sent, their ``Content-Encoding`` left for the handlers to undo (aiohttp would
+    inflate them on the event loop)."""
     middlewares: list[Any] = [json_errors]
     if guarded:
         middlewares.append(bearer(guarded))
-    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
+    app = web.Application(
+        client_max_size=max_body_bytes,
+        middlewares=middlewares,
+        handler_args={"auto_decompress": False} if raw_bodies else None,
+    )
     app[MAX_BODY_BYTES] = max_body_bytes
     app.on_response_prepare.append(_security_headers)
     return app

@@ -131,11 +131,13 @@ class Settings(BaseSettings):
         16 * 1024 * 1024, description="Largest accepted request body (413 above)."
     )
     ingest_memory_budget: Count = Field(
-        32 * 1024 * 1024,
-        description="Request body bytes one ingest process holds at once, counted as bodies "
-        "arrive and after any `Content-Encoding` is undone; past it: 503. Bodies over 1/32 of it "
-        "hold together at most three quarters of it (or all but the room for the largest body), "
-        "so small requests still find room. At least `PUBSUB_MAX_BODY_BYTES`.",
+        96 * 1024 * 1024,
+        description="Bytes of memory the requests in flight in one ingest process hold at "
+        "once: each body as it arrives and once inflated, what parsing and mapping it takes "
+        "(reckoned from its bytes before it is parsed) and its encoded events; past it: 503. "
+        "Requests over 1/32 of it hold together at most three quarters of it (or all but the "
+        "room for the largest body), so small requests still find room; a request that could "
+        "never fit is 413. At least `PUBSUB_MAX_BODY_BYTES`.",
     )
     body_read_timeout: Seconds = Field(
         30.0,
@@ -485,9 +487,19 @@ class Settings(BaseSettings):
         out = self.model_dump(mode="json")
         for key in ("publish_token", "read_token"):
             out[key] = "***" if out[key] else ""
-        for key in ("amqp_url", "database_url", "read_database_url"):
-            out[key] = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", out[key])
+        for key in _URLS:
+            out[key] = hide_passwords(out[key])
         return out
+
+
+_URLS = ("amqp_url", "database_url", "read_database_url")
+
+
+def hide_passwords(url: str) -> str:
+    """``url`` (or several, comma-separated) with every password masked: the user-info's
+    (``//user:secret@``) and libpq's ``password`` parameter (``?password=secret``)."""
+    url = re.sub(r"(//[^:/@,]*:)[^@,]*@", r"\1***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&,]*", r"\1***", url)
 
 
 def env_name(field: str) -> str:
@@ -511,7 +523,12 @@ def explain(exc: ValidationError, given: Mapping[str, Any]) -> str:
         if loc and isinstance(loc[0], str):
             name = loc[0]
             value = given.get(name, err.get("input"))
-            shown = "***" if name.endswith("token") else repr(value)
+            if name.endswith("token"):
+                shown = "***"
+            elif name in _URLS and isinstance(value, str):
+                shown = repr(hide_passwords(value))
+            else:
+                shown = repr(value)
             message = message[:1].lower() + message[1:]
             lines.append(f"{env_name(name)}={shown}: {message}")
         else:

@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import psycopg
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from psycopg_pool import AsyncConnectionPool
@@ -52,6 +53,14 @@ log = logging.getLogger("pubsub.readapi.stream")
 # for minutes before the stream could notice. 256 KiB still carries ~10 MB/s at 25 ms RTT.
 _SEND_BUFFER = 256 * 1024
 _STALLED_AFTER = 30.0  # seconds a single write may wait before the client counts as gone
+# Fewest rows a stream reading by itself looks at in one statement, after statement timeouts
+# narrowed its reads (from feed.SCAN, by eight each time); below, the stream ends.
+MIN_SCAN = 100
+_TIMED_OUT = (
+    "reading this stream's events did not finish within {timeout:g} s "
+    "(PUBSUB_READ_STATEMENT_TIMEOUT), even over {rows} rows at a time; retry later with "
+    "Last-Event-ID to resume, or narrow the stream (topic, source, q)"
+)
 
 
 class Streams:
@@ -65,6 +74,9 @@ class Streams:
         self.stop = stop
         self.active = 0
         self.feed = feed.Feed(settings, pool, stop)
+        # Streams behind the head read by themselves; at most half the pool's connections at
+        # once, so that pages of /events and /stats always find one.
+        self.own_reads = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
 
     @contextlib.contextmanager
     def place(self) -> Iterator[None]:
@@ -163,6 +175,7 @@ class _Stream:
     async def _serve(self, follower: Follower) -> None:
         settings, stop, resp = self.streams.settings, self.streams.stop, self.resp
         backoff, failures, refused = Backoff.of(settings), 0, 0
+        scan = feed.SCAN
         while resp.is_connected() and not _gone(self.request):
             if stop.is_set():
                 await _final(resp, "end", "the read API is shutting down; reconnect with "
@@ -186,13 +199,24 @@ class _Stream:
                 continue
             events, room = follower.room(settings)
             try:
-                async with self.pool.connection() as conn:
+                async with self.streams.own_reads, self.pool.connection() as conn:
                     page = await queries.stream_read(
                         conn, follower.position, self.filters,
-                        limit=events, max_bytes=room, scan=feed.SCAN,
+                        limit=events, max_bytes=room, scan=scan,
                     )  # fmt: skip
                 metrics.OWN_READS.inc()
                 failures = 0
+                scan = min(scan * 2, feed.SCAN)
+            except psycopg.errors.QueryCanceled:
+                # The statement timeout: the same read would time out again. Read fewer rows
+                # at a time; below the floor, end the stream with what to do instead.
+                scan //= 8
+                log.warning("stream: a read hit the statement timeout; scanning %d rows", scan)
+                if scan < MIN_SCAN:
+                    await _final(resp, "error", _TIMED_OUT.format(
+                        timeout=settings.read_statement_timeout, rows=MIN_SCAN))  # fmt: skip
+                    return
+                continue
             except queries.UNAVAILABLE as exc:
                 # Keep the client: heartbeats go on, and reading resumes where it stopped.
                 log.warning("stream: database unavailable: %r", exc)

@@ -14,6 +14,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
+from ingest import intake
 from ingest.broker import BrokerClient, BrokerUnavailable
 from pubsub import message
 from pubsub.event import Event
@@ -143,8 +144,20 @@ async def test_a_failed_message_fails_every_request_in_it_and_no_other() -> None
 async def test_no_confirm_within_the_timeout_answers_broker_unavailable() -> None:
     exchange = Exchange()
     broker = client(exchange, publish_timeout=0.2)
-    with pytest.raises(BrokerUnavailable, match=r"no confirm from the broker within 0\.2s"):
+    with pytest.raises(BrokerUnavailable, match=r"no confirm from the broker within 0\.2s") as e:
         await broker.publish(pieces(1), received_at=NOW, request_id="r")
+    # The message was written: whether the broker took it is not known (the answer says so).
+    assert e.value.unknown
+
+
+async def test_the_503_after_a_lost_confirm_says_the_outcome_is_unknown() -> None:
+    lost = BrokerUnavailable("no confirm from the broker within 5.0s", unknown=True)
+    refusal = intake.broker_refusal(lost, retry_after=2)
+    assert refusal.status == 503 and dict(refusal.headers)["Retry-After"] == "2"
+    assert "outcome unknown" in refusal.message and "nothing was accepted" not in refusal.message
+    assert "Idempotency-Key" in refusal.message
+    refused = intake.broker_refusal(BrokerUnavailable("the queue is full"), retry_after=2)
+    assert "nothing was accepted" in refused.message
 
 
 async def test_past_the_in_flight_cap_requests_are_refused_at_once() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pubsub.settings import Settings, markdown_table
+from pubsub.settings import Settings, SettingsError, markdown_table
 
 
 def test_defaults_and_overrides() -> None:
@@ -33,6 +33,16 @@ def test_passwords_are_redacted() -> None:
     )
     shown = s.redacted()
     assert "secret" not in str(shown) and "pw@" not in str(shown)
+    libpq = Settings.from_env({}, database_url="postgresql://h/db?user=u&password=pw2&sslmode=x")
+    assert "pw2" not in str(libpq.redacted())
+    assert "sslmode=x" in libpq.redacted()["database_url"]
+
+
+def test_a_settings_error_does_not_print_a_password() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"PUBSUB_AMQP_URL": "http://user:secret@host/,amqp://u:s2@h2/"})
+    assert "secret" not in str(caught.value) and "s2" not in str(caught.value)
+    assert "PUBSUB_AMQP_URL='http://user:***@host/" in str(caught.value)
 
 
 def test_the_docs_configuration_table_matches_the_code() -> None:

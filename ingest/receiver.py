@@ -1,0 +1,212 @@
+"""The one path every ingest route takes: request id, budget, read, inflate, decode, publish,
+reply, metrics.
+
+``POST /publish``, ``/v1/logs``, ``/loki/api/v1/push`` and ``/_bulk`` differ only in how a body
+becomes events and how the answer is written. Each is a :class:`Receiver` in a module of its
+own, contributing exactly that (:meth:`Receiver.accept`, :meth:`Receiver.decode`,
+:meth:`Receiver.reply`, and :meth:`Receiver.refuse` where its clients expect errors in another
+shape); everything else happens here, once, in the same order for all:
+
+1. the request id, and the request's share of the memory budget (its ``Content-Length``);
+2. the content type (``415``), then the body as sent, counted as it arrives (``413``, ``408``);
+3. its ``Content-Encoding`` undone in a worker thread, bounded (:mod:`ingest.inflate`);
+4. the protocol's decode: parse, count, map and validate, every bound checked before the work
+   it bounds, what it holds in memory added to the budget;
+5. the broker's confirm, then the protocol's answer.
+
+Whatever a protocol's decode raises becomes a ``4xx``: a :class:`~pubsub.http.Refusal` as it
+is, any other exception as a ``400`` (logged with the request id, since it is a case the
+decoder should name itself). A ``5xx`` is the broker or the budget (``503``, retry), or a bug
+of ours in the envelope (``500``, logged with the request id).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from ingest import inflate, intake, metrics
+from ingest.budget import Held, OverBudget
+from pubsub import http, message
+from pubsub.http import Refusal
+from pubsub.settings import Settings
+
+log = logging.getLogger("pubsub.ingest.receiver")
+
+
+@dataclass(frozen=True, eq=False)
+class Intake:
+    """What a protocol's decode is given: the body, inflated, and the request around it.
+
+    ``hold(extra)`` holds ``extra`` bytes more of the memory budget for as long as the request
+    lives: what the body becomes in memory (parsed, mapped, encoded). It raises ``413`` if
+    the request could never fit, ``503`` if others hold the room now."""
+
+    request: web.Request
+    body: bytes
+    kind: str  # the content type, as :meth:`Receiver.accept` returned it
+    settings: Settings
+    received_at: datetime
+    request_id: str
+    hold: Callable[[int], None]
+
+
+@dataclass(eq=False)
+class Batch:
+    """What a protocol's decode made of a body: the encoded events to publish, how many
+    events they are, and whatever its answer needs (``result``)."""
+
+    pieces: list[message.Piece]
+    accepted: int
+    result: Any = None
+    rejected: int = 0  # records left out with a reason of their own (partial success)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Tally:
+    """A request's ``hold``, remembering how much it was told: for a protocol that holds
+    part of a later cost ahead of the work (the shared context every event will carry) and
+    then holds only the rest."""
+
+    def __init__(self, hold: Callable[[int], None]) -> None:
+        self.hold = hold
+        self.total = 0
+
+    def __call__(self, size: int) -> None:
+        self.hold(size)
+        self.total += size
+
+
+class Receiver(abc.ABC):
+    """One protocol's part of the path (see the module's docstring)."""
+
+    name: ClassVar[str]  # for logs
+
+    @abc.abstractmethod
+    def accept(self, request: web.Request) -> str:
+        """The request's content type if this protocol reads it; :class:`Refusal` 415
+        otherwise. Headers the protocol reads are checked here too, before the body."""
+
+    @abc.abstractmethod
+    def decode(self, intake: Intake) -> Batch:
+        """The body as events: parsed, counted, mapped, validated and encoded."""
+
+    @abc.abstractmethod
+    def reply(self, batch: Batch, intake: Intake) -> web.Response:
+        """The answer once the broker confirmed ``batch``."""
+
+    def adapt(self, exc: Refusal) -> Refusal:
+        """The refusal as this protocol's clients expect it (the status its clients retry,
+        say); counted and logged as adapted."""
+        return exc
+
+    def refuse(self, exc: Refusal, request_id: str) -> web.StreamResponse:
+        """The answer to a refused request; JSON by default, through the error middleware."""
+        raise exc.with_headers(("X-Request-Id", request_id))
+
+    def handler(self) -> http.Handler:
+        """The aiohttp handler of this protocol's routes."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await receive(request, self)
+
+        return handle
+
+
+async def receive(request: web.Request, receiver: Receiver) -> web.StreamResponse:
+    """The path of the module's docstring, for one request."""
+    request_id = intake.request_id(request)
+    try:
+        response, batch = await _receive(request, receiver, request_id)
+    except Refusal as exc:
+        refusal = receiver.adapt(exc)
+        intake.note_refusal(log, refusal, request_id)
+        return receiver.refuse(refusal, request_id)
+    metrics.REQUESTS.labels(str(response.status)).inc()
+    metrics.EVENTS_ACCEPTED.inc(batch.accepted)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+async def _receive(
+    request: web.Request, receiver: Receiver, request_id: str
+) -> tuple[web.Response, Batch]:
+    app = request.app
+    settings = app[intake.SETTINGS]
+    received_at = datetime.now(UTC)
+    kind = receiver.accept(request)
+    try:
+        encoding = inflate.encoding_of(request.headers.get("Content-Encoding", ""))
+    except ValueError as exc:
+        raise Refusal(415, str(exc)) from None
+    with intake.holding(request) as held:
+        body = await intake.read_body(request, held, settings)
+        if encoding is not None:
+            body = await _inflated(body, encoding, held, request, settings)
+        given = Intake(
+            request=request,
+            body=body,
+            kind=kind,
+            settings=settings,
+            received_at=received_at,
+            request_id=request_id,
+            hold=lambda extra: intake.hold_more(app[intake.BUDGET], held, extra),
+        )
+        batch = decode(receiver, given)
+        if batch.pieces:
+            await app[intake.BROKER].publish(
+                batch.pieces, received_at=received_at, request_id=request_id
+            )
+        return receiver.reply(batch, given), batch
+
+
+async def _inflated(
+    body: bytes, encoding: str, held: Held, request: web.Request, settings: Settings
+) -> bytes:
+    """The body inflated, each step of output held before the next is made; once the steps
+    are joined, what is held is the compressed body (which the request keeps) and the
+    inflated one."""
+    budget = request.app[intake.BUDGET]
+    held.count_as_large()
+    before = held.size
+    try:
+        inflated = await inflate.inflate(
+            body,
+            encoding,
+            limit=settings.max_body_bytes,
+            gate=request.app[intake.INFLATING],
+            hold=lambda extra: intake.hold_more(budget, held, extra),
+        )
+    except inflate.TooLarge as exc:
+        raise Refusal(413, f"{exc} (PUBSUB_MAX_BODY_BYTES)") from None
+    except inflate.Unreadable as exc:
+        raise Refusal(400, f"the body could not be read: {exc}") from None
+    held.shrink_to(before + len(inflated))
+    return inflated
+
+
+def decode(receiver: Receiver, given: Intake) -> Batch:
+    """``receiver``'s decode of ``given``, whatever it raises a :class:`Refusal`: its own, or
+    a ``400`` for any other exception (logged)."""
+    try:
+        return receiver.decode(given)
+    except (Refusal, OverBudget):
+        raise
+    except Exception as exc:  # a body must never be a 5xx
+        # Bodies are the client's: whatever they make a decoder raise is a 4xx. Logged with
+        # the request id, as the decoder should have named the case itself.
+        log.warning(
+            "%s: a body the decoder did not name: %s",
+            receiver.name,
+            type(exc).__name__,
+            exc_info=True,
+            extra={"request_id": given.request_id},
+        )
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise Refusal(400, f"the body could not be decoded: {reason}") from None
