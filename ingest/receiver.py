@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -125,7 +125,12 @@ async def receive(request: web.Request, receiver: Receiver) -> web.StreamRespons
     try:
         response, batch = await _receive(request, receiver, request_id)
     except Refusal as exc:
-        refusal = receiver.adapt(exc)
+        # A copy, without the traceback: kept in this frame, the refusal would make a cycle
+        # with it (its traceback holds the frame), and with its context (a decoder's frames,
+        # an inflated body) it would then wait for the garbage collector, not for refcounts:
+        # under a loop of bombs, gigabytes.
+        refusal = replace(receiver.adapt(exc))
+        del exc
         intake.note_refusal(log, refusal, request_id)
         return receiver.refuse(refusal, request_id)
     metrics.REQUESTS.labels(str(response.status)).inc()
