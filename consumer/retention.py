@@ -65,17 +65,19 @@ WITH removed AS (
 )
 SELECT topic, count(*) FROM removed GROUP BY topic
 """.replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="ts"))
-# The minutes whose events are all gone leave the volume tables. The sweep's own rows (shard
-# -1) mark the minutes it touched; their rows are locked (in key order, as consumers lock
-# theirs) before they are summed, so a consumer adding to one of them waits and is counted,
-# and a consumer's new row, which this statement does not see, is not removed.
+# The minutes whose events are all gone leave the volume tables (below zero too: events the
+# rollup never counted, stored by consumers older than schema 5, were removed). The sweep's
+# own rows (shard -1) mark the minutes it touched; their rows are locked (in key order, as
+# consumers lock theirs) before they are summed, so a consumer adding to one of them waits
+# and is counted, and a consumer's new row, which this statement does not see, is not
+# removed.
 _COMPACT_VOLUME = """
 WITH locked AS MATERIALIZED (
     SELECT ctid AS row, topic, minute, n FROM volume
     WHERE (topic, minute) IN (SELECT topic, minute FROM volume WHERE shard = %(shard)s)
     ORDER BY topic COLLATE "C", minute, shard FOR UPDATE
 ), empty AS (
-    SELECT topic, minute FROM locked GROUP BY 1, 2 HAVING sum(n) = 0
+    SELECT topic, minute FROM locked GROUP BY 1, 2 HAVING sum(n) <= 0
 )
 DELETE FROM volume WHERE ctid = ANY (ARRAY(SELECT row FROM locked JOIN empty USING (topic, minute)))
 """
@@ -85,7 +87,7 @@ WITH locked AS MATERIALIZED (
     WHERE minute IN (SELECT minute FROM volume_total WHERE shard = %(shard)s)
     ORDER BY minute, shard FOR UPDATE
 ), empty AS (
-    SELECT minute FROM locked GROUP BY 1 HAVING sum(n) = 0
+    SELECT minute FROM locked GROUP BY 1 HAVING sum(n) <= 0
 )
 DELETE FROM volume_total
 WHERE ctid = ANY (ARRAY(SELECT row FROM locked JOIN empty USING (minute)))

@@ -374,9 +374,17 @@ class Settings(BaseSettings):
             path = data.get(name + "_file")
             if path:
                 try:
-                    data = {**data, name: Path(path).read_text().strip()}
+                    token = Path(path).read_text().strip()
                 except OSError as exc:
                     raise ValueError(f"{ENV_PREFIX}{name.upper()}_FILE: {exc}") from None
+                if not token:
+                    # A file given and empty is a mistake (an unset secret), not a wish to
+                    # run without authentication: that would open the service silently.
+                    raise ValueError(
+                        f"{ENV_PREFIX}{name.upper()}_FILE: {path} is empty; put the token in "
+                        "it, or unset the variable to run without one"
+                    )
+                data = {**data, name: token}
         return data
 
     @field_validator("amqp_url")

@@ -132,9 +132,13 @@ async def histogram(
         else:
             table, where = "volume_total", []
         where += ["minute >= %s", "minute < %s"]
+        # A minute sums to less than nothing when the sweep removed events the rollup never
+        # counted (stored by consumers older than schema 5 after it was filled): none left.
         query = f"""
-            SELECT {_BIN.format(column="minute")}, sum(n)::bigint FROM {table}
-            WHERE {" AND ".join(where)} GROUP BY 1
+            SELECT {_BIN.format(column="minute")}, sum(greatest(n, 0))::bigint FROM (
+                SELECT minute, sum(n) AS n FROM {table}
+                WHERE {" AND ".join(where)} GROUP BY 1
+            ) AS minutes GROUP BY 1
         """
     else:
         where = []

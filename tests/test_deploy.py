@@ -16,6 +16,7 @@ import yaml
 import yarl
 
 from bench.postgres import RECOMMENDED
+from pubsub import api
 from pubsub.settings import Settings
 from stack.supervisor import Supervisor
 
@@ -210,6 +211,18 @@ def _k8s_docs() -> list[dict[str, Any]]:
         for d in yaml.safe_load_all(f.read_text())
         if d
     ]
+
+
+def test_the_kubernetes_ingress_sends_every_ingest_route_to_ingest() -> None:
+    (ingress,) = [d for d in _k8s_docs() if d["kind"] == "Ingress"]
+    routed = {
+        p["path"]: p["backend"]["service"]["name"]
+        for rule in ingress["spec"]["rules"]
+        for p in rule["http"]["paths"]
+    }
+    fixed = {r.path for r in api.INGEST if "{" not in r.path}
+    assert {path: routed.get(path) for path in fixed} == dict.fromkeys(fixed, "ingest")
+    assert routed["/"] == "readapi"
 
 
 def test_kubernetes_core_resources_validate_strictly() -> None:

@@ -114,9 +114,11 @@ async def test_a_stream_applies_q_to_what_it_reads_and_to_what_arrives_live(
     await publish(
         http,
         stack,
-        [event(topic, "a-old-miss", payload={"m": "fine"}),
-         event(topic, "old-hit", payload={"m": "a NEEDLE here"})],
-    )  # fmt: skip
+        [
+            event(topic, "a-old-miss", payload={"m": "fine"}),
+            event(topic, "old-hit", payload={"m": "a NEEDLE here"}),
+        ],
+    )
     # From the past: the stream's own reads filter in SQL; then the shared feed, in Python.
     async with opened(http, stack.read_url, topic=topic, q="needle", since=started) as stream:
         first = await take(stream, 1)
@@ -124,10 +126,12 @@ async def test_a_stream_applies_q_to_what_it_reads_and_to_what_arrives_live(
         await publish(
             http,
             stack,
-            [event(topic, "a-new-miss", payload={"m": "hay"}),
-             event(topic, "new-hit", payload={"m": "needle again"}),
-             event(topic, "new-hit-2", source="needle-host", payload={"m": "x"})],
-        )  # fmt: skip
+            [
+                event(topic, "a-new-miss", payload={"m": "hay"}),
+                event(topic, "new-hit", payload={"m": "needle again"}),
+                event(topic, "new-hit-2", source="needle-host", payload={"m": "x"}),
+            ],
+        )
         live = await take(stream, 2)
         assert sorted(orjson.loads(m.data)["event_id"] for m in live) == ["new-hit", "new-hit-2"]
 
@@ -147,10 +151,14 @@ async def volume(stack: Supervisor, http: aiohttp.ClientSession) -> tuple[str, d
     day = datetime(2031, 1, 1, tzinfo=UTC) + timedelta(days=random.randrange(3000))
     offsets = [0, 10, 59, 120, 121, 130, 150, 179, 61 * 60 + 5]
     events = [
-        event(topic, f"v{i}", timestamp=_iso(day + timedelta(seconds=s)),
-              payload={"m": "boom" if i == 5 else "ok"})
+        event(
+            topic,
+            f"v{i}",
+            timestamp=_iso(day + timedelta(seconds=s)),
+            payload={"m": "boom" if i == 5 else "ok"},
+        )
         for i, s in enumerate(offsets)
-    ]  # fmt: skip
+    ]
     await publish(http, stack, events)
     return topic, day
 
@@ -236,3 +244,23 @@ def test_a_range_is_widened_to_whole_buckets() -> None:
     since = datetime(2025, 10, 21, 10, 7, 30, tzinfo=UTC)
     start, width, count = histogram_module.align(since, since + timedelta(hours=2), None)
     assert (start, width, count) == (datetime(2025, 10, 21, 10, 7, tzinfo=UTC), 60, 121)
+
+
+async def test_a_minute_the_sweep_took_below_zero_counts_as_none(
+    stack: Supervisor, http: aiohttp.ClientSession, volume: tuple[str, datetime], db: Any
+) -> None:
+    """Events stored by consumers older than schema 5 were never counted in the rollup; when
+    the sweep removes them it subtracts them all the same. Such a minute shows 0, and does
+    not take its neighbours' counts down with it."""
+    topic, day = volume
+    minute = day + timedelta(minutes=1)
+    db.execute(
+        "INSERT INTO volume (topic, minute, shard, n) VALUES (%s, %s, -1, -4)", (topic, minute)
+    )
+    db.execute("INSERT INTO volume_total (minute, shard, n) VALUES (%s, -1, -4)", (minute,))
+    window = f"since={_iso(day)}&until={_iso(day + timedelta(minutes=5))}"
+    for scope in (f"topic={topic}&", ""):
+        by_minute = await histogram(http, stack, f"{scope}{window}&interval=1m")
+        assert [b["count"] for b in by_minute["buckets"]] == [3, 0, 5, 0, 0], scope
+        by_five = await histogram(http, stack, f"{scope}{window}&interval=5m")
+        assert [b["count"] for b in by_five["buckets"]] == [8], scope

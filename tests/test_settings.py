@@ -101,3 +101,12 @@ def test_the_constructor_reads_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert Settings().prefetch == 9
     assert Settings(prefetch=3).prefetch == 3
     assert Settings.from_env({}).prefetch == 64
+
+
+def test_an_empty_token_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    empty = tmp_path / "publish-token"
+    empty.write_text("\n")
+    with pytest.raises(SettingsError, match=r"PUBSUB_PUBLISH_TOKEN_FILE: .*publish-token is empty"):
+        Settings.from_env({"PUBSUB_PUBLISH_TOKEN_FILE": str(empty)})
+    empty.write_text("s3cret\n")
+    assert Settings.from_env({"PUBSUB_PUBLISH_TOKEN_FILE": str(empty)}).publish_token == "s3cret"
