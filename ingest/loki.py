@@ -217,6 +217,12 @@ def _from_protobuf(body: bytes, settings: Settings, hold: Callable[[int], None])
             if not _EARLIEST_NS <= ns < _LATEST_NS:
                 raise Refusal(400, f"streams[{n}].entries[{m}]: the timestamp is out of range")
             entries_of.append((ns, e.line, {p.name: p.value for p in e.structuredMetadata}))
+        if len(stream.labels) > settings.max_event_bytes:
+            # Every entry's event carries the labels: none of them could be stored.
+            raise Refusal(
+                413, f"streams[{n}]: labels of {len(stream.labels)} bytes, more than an event "
+                f"may hold (PUBSUB_MAX_EVENT_BYTES, {settings.max_event_bytes})",
+            )  # fmt: skip
         streams.append((parse_labels(stream.labels), entries_of))
     return streams
 
