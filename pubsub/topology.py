@@ -75,6 +75,21 @@ def queue_arguments(settings: Settings) -> FieldTable:
     }
 
 
+# Deliveries after which the dead-letter queue itself would drop a message. RabbitMQ 4 gives
+# quorum queues a limit of 20 by default, and before 4.3 counts every return: listing the
+# dead letters (which takes and returns them) twenty times would lose them. 3.10 has no
+# default; a number this high is accepted by both and is never reached.
+DEAD_DELIVERY_LIMIT = 1_000_000
+
+
+def dead_queue_arguments(settings: Settings) -> FieldTable:
+    return {
+        "x-queue-type": "quorum",
+        "x-quorum-initial-group-size": settings.quorum_size,
+        "x-delivery-limit": DEAD_DELIVERY_LIMIT,
+    }
+
+
 @dataclass(frozen=True)
 class Topology:
     exchange: AbstractExchange
@@ -88,11 +103,7 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     dead_exchange = await channel.declare_exchange(
         names.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    dead_queue = await _queue(
-        channel,
-        names.dead_queue,
-        {"x-queue-type": "quorum", "x-quorum-initial-group-size": settings.quorum_size},
-    )
+    dead_queue = await _queue(channel, names.dead_queue, dead_queue_arguments(settings))
     await dead_queue.bind(dead_exchange)
     exchange = await channel.declare_exchange(
         names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
