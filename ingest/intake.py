@@ -48,7 +48,7 @@ def time_of_nanos(nanos: int) -> datetime:
 
 def note_refusal(log: logging.Logger, exc: Refusal, request_id: str) -> None:
     """Count a refused request and log it (a warning when the fault is on this side)."""
-    metrics.REQUESTS.labels(str(exc.status)).inc()
+    metrics.answered(exc.status)
     log.log(logging.WARNING if exc.status >= 500 else logging.DEBUG, "refused: %s", exc.message,
             extra={"request_id": request_id, "status": exc.status})  # fmt: skip
 

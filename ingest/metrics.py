@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
-REQUESTS = Counter("pubsub_ingest_requests", "POST /publish requests by answer.", ["status"])
-# Bound once: labels() takes a lock and a dict lookup on every call.
-REQUESTS_202 = REQUESTS.labels("202")
+REQUESTS = Counter("pubsub_ingest_requests", "Requests to ingest's routes by answer.", ["status"])
+# Bound once per status: labels() takes a lock and a dict lookup on every call.
+_ANSWERED: dict[int, Any] = {}
+
+
+def answered(status: int) -> None:
+    """Count a request answered with ``status``."""
+    counter = _ANSWERED.get(status)
+    if counter is None:
+        counter = _ANSWERED[status] = REQUESTS.labels(str(status))
+    counter.inc()
 EVENTS_ACCEPTED = Counter("pubsub_ingest_events_accepted", "Events confirmed by the broker.")
 PUBLISH_FAILURES = Counter(
     "pubsub_ingest_publish_failures", "Broker messages that were not confirmed."

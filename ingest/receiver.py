@@ -159,7 +159,7 @@ async def receive(request: web.Request, receiver: Receiver) -> web.StreamRespons
         del exc
         intake.note_refusal(log, refusal, request_id)
         return receiver.refuse(refusal, request_id)
-    metrics.REQUESTS.labels(str(response.status)).inc()
+    metrics.answered(response.status)
     metrics.EVENTS_ACCEPTED.inc(batch.accepted)
     response.headers["X-Request-Id"] = request_id
     return response

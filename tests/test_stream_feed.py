@@ -20,7 +20,7 @@ from pubsub.settings import Settings
 from readapi import queries
 from stack.supervisor import Supervisor
 from tests.fix_stack import StackFactory
-from tests.support import event, eventually, post_json
+from tests.support import delete_topology, event, eventually, post_json
 from tests.test_store import rows
 from tests.test_stream import DEADLINE, opened, take
 
@@ -129,7 +129,18 @@ def _narrow_socket(addr_info: Any) -> socket.socket:
 async def test_a_client_behind_the_feed_reads_on_by_itself_without_gap_or_repeat(
     own_stack: StackFactory,
 ) -> None:
-    stack = own_stack(consumers=1, stream_buffer=50, stream_buffer_bytes=40_000)
+    # A queue of its own: on the shared one, the session's consumers would store some of
+    # these batches, in transactions of their own, in whatever order they commit.
+    queue = f"pubsub.behind-{uuid.uuid4().hex[:8]}.events"
+    stack = own_stack(consumers=1, stream_buffer=50, stream_buffer_bytes=40_000, queue=queue)
+    try:
+        await _behind_the_feed(stack)
+    finally:
+        stack.stop_all()
+        await delete_topology(stack.settings)
+
+
+async def _behind_the_feed(stack: Supervisor) -> None:
     stack.start_all()
     topic = f"behind-{uuid.uuid4().hex[:8]}"
     sent = [f"e{n:04d}" for n in range(3000)]
