@@ -17,6 +17,8 @@ def answered(status: int) -> None:
     if counter is None:
         counter = _ANSWERED[status] = REQUESTS.labels(str(status))
     counter.inc()
+
+
 EVENTS_ACCEPTED = Counter("pubsub_ingest_events_accepted", "Events confirmed by the broker.")
 PUBLISH_FAILURES = Counter(
     "pubsub_ingest_publish_failures", "Broker messages that were not confirmed."
