@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         16 * 1024 * 1024, description="Largest accepted request body (413 above)."
     )
     ingest_memory_budget: Count = Field(
-        96 * 1024 * 1024,
+        128 * 1024 * 1024,
         description="Bytes of memory the requests in flight in one ingest process hold at "
         "once: each body as it arrives and once inflated, what parsing and mapping it takes "
         "(reckoned from its bytes before it is parsed) and its encoded events; past it: 503. "
