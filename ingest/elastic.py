@@ -40,6 +40,7 @@ import orjson
 from aiohttp import web
 
 from ingest import intake, jsonsize, metrics
+from ingest.intake import more_lines_than
 from ingest.receiver import Batch, Intake, Receiver
 from ingest.validate import validate_records
 from pubsub import http
@@ -89,8 +90,11 @@ class Bulk(Receiver):
         settings = intake.settings
         body = intake.body
         # Each action is one or two lines: more than twice the limit in lines is over it.
-        if body.count(b"\n") >= 2 * settings.max_batch_events:
-            _at_most_lines(body, 2 * settings.max_batch_events, settings.max_batch_events)
+        limit = settings.max_batch_events
+        if body.count(b"\n") >= 2 * limit and more_lines_than(body, 2 * limit):
+            raise Refusal(
+                413, f"more than {limit} actions in one request (PUBSUB_MAX_BATCH_EVENTS)"
+            )
         intake.hold(jsonsize.parsed_size(body))
         items, events, slots = to_events(
             body,
@@ -114,18 +118,6 @@ class Bulk(Receiver):
     def adapt(self, exc: Refusal) -> Refusal:
         # Elasticsearch's "retry later"; its clients retry 429 where 503 may be fatal.
         return replace(exc, status=429) if exc.status == 503 else exc
-
-
-def _at_most_lines(body: bytes, lines: int, actions: int) -> None:
-    """:class:`Refusal` 413 past ``lines`` non-blank lines, counted one at a time."""
-    count = 0
-    for line in io.BytesIO(body):
-        if not line.isspace():
-            count += 1
-            if count > lines:
-                raise Refusal(
-                    413, f"more than {actions} actions in one request (PUBSUB_MAX_BATCH_EVENTS)"
-                )
 
 
 def to_events(

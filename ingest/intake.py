@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import logging
 import uuid
@@ -136,3 +137,16 @@ async def read_body(request: web.Request, held: Held, settings: Settings) -> byt
         reason = " ".join(str(cause).split())
         raise Refusal(400, f"the body could not be read: {reason}") from None
     return b"".join(chunks)
+
+
+def more_lines_than(body: bytes, limit: int) -> bool:
+    """Whether ``body`` has more than ``limit`` non-blank lines, counted one line at a time
+    (splitting first would hold an entry for every line of a body of empty lines) and no
+    further than the limit."""
+    count = 0
+    for line in io.BytesIO(body):
+        if not line.isspace():
+            count += 1
+            if count > limit:
+                return True
+    return False

@@ -34,7 +34,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 from google.protobuf.message import DecodeError
 
 from ingest import intake, jsonsize, protowire
-from ingest.receiver import Batch, Intake, Receiver, Tally
+from ingest.receiver import Batch, Intake, Receiver, Tally, content_type
 from ingest.validate import validate_mapped
 from pubsub.http import Refusal
 from pubsub.settings import Settings
@@ -132,10 +132,7 @@ class Push(Receiver):
     name = "loki"
 
     def accept(self, request: web.Request) -> str:
-        kind = request.content_type
-        if kind not in (PROTOBUF, JSON):
-            raise Refusal(415, f"unsupported content type {kind!r}: send {PROTOBUF} or {JSON}")
-        return kind
+        return content_type(request, PROTOBUF, JSON)
 
     def decode(self, intake: Intake) -> Batch:
         settings = intake.settings

@@ -49,7 +49,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from ingest import intake, jsonsize, metrics, otlp_json, protowire
-from ingest.receiver import Batch, Intake, Receiver, Tally
+from ingest.receiver import Batch, Intake, Receiver, Tally, content_type
 from ingest.validate import validate_records
 from pubsub.http import Refusal
 from pubsub.settings import Settings
@@ -66,10 +66,7 @@ class Export(Receiver):
     name = "otlp"
 
     def accept(self, request: web.Request) -> str:
-        kind = request.content_type
-        if kind not in (PROTOBUF, JSON):
-            raise Refusal(415, f"unsupported content type {kind!r}: send {PROTOBUF} or {JSON}")
-        return kind
+        return content_type(request, PROTOBUF, JSON)
 
     def decode(self, intake: Intake) -> Batch:
         settings = intake.settings

@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -66,7 +66,15 @@ class Batch:
     accepted: int
     result: Any = None
     rejected: int = 0  # records left out with a reason of their own (partial success)
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def content_type(request: web.Request, *kinds: str) -> str:
+    """The request's content type if it is one of ``kinds``; :class:`Refusal` 415 naming them
+    otherwise."""
+    kind = request.content_type
+    if kind not in kinds:
+        raise Refusal(415, f"unsupported content type {kind!r}: send {' or '.join(kinds)}")
+    return kind
 
 
 class Tally:

@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from ingest import jsonsize
+from ingest.intake import more_lines_than
 from pubsub import message
 from pubsub.event import EARLIEST, LATEST, Event, is_name
 from pubsub.http import Refusal
@@ -49,8 +50,9 @@ def validate(
     """
     lines = 0
     if ndjson:
-        if body.count(b"\n") >= settings.max_batch_events:
-            _at_most_lines(body, settings.max_batch_events)
+        limit = settings.max_batch_events
+        if body.count(b"\n") >= limit and more_lines_than(body, limit):
+            raise Refusal(413, f"batch of more than {limit} events exceeds the limit of {limit}")
         body, lines = _ndjson_to_array(body)
     if hold is not None:
         hold(jsonsize.parsed_size(body))
@@ -79,19 +81,6 @@ def validate(
         # '{..},{..}' on one line would otherwise pass as two events.
         raise Refusal(400, "each line must hold exactly one JSON object")
     return pieces
-
-
-def _at_most_lines(body: bytes, max_events: int) -> None:
-    """:class:`Refusal` 413 past ``max_events`` non-blank lines, counted one line at a time
-    (splitting first would hold every line of a body of empty lines at once)."""
-    count = 0
-    for line in io.BytesIO(body):
-        if not line.isspace():
-            count += 1
-            if count > max_events:
-                raise Refusal(
-                    413, f"batch of more than {max_events} events exceeds the limit of {max_events}"
-                )
 
 
 def _ndjson_to_array(body: bytes) -> tuple[bytes, int]:
