@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ingest.app import make_app
 from ingest.broker import BrokerClient
-from pubsub import http, service
+from pubsub import api, http, service
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.ingest")
@@ -26,7 +26,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    service.command(main, name="ingest", doc=__doc__, argv=argv)
+    service.command(main, name="ingest", doc=__doc__, serves=api.INGEST, argv=argv)
 
 
 if __name__ == "__main__":

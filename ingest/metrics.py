@@ -7,8 +7,13 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("pubsub_ingest_requests", "Requests to ingest's routes by answer.", ["status"])
-# Bound once per status: labels() takes a lock and a dict lookup on every call.
-_ANSWERED: dict[int, Any] = {}
+# Bound once per status: labels() takes a lock and a dict lookup on every call. The statuses
+# ingest answers are bound at start, so that their series exist (at 0) before the first request
+# and a rate over them means something from the start.
+_ANSWERED: dict[int, Any] = {
+    status: REQUESTS.labels(str(status))
+    for status in (200, 202, 204, 400, 401, 404, 405, 413, 415, 422, 500, 503)
+}
 
 
 def answered(status: int) -> None:

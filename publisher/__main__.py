@@ -3,17 +3,18 @@
 ``python -m publisher tail --topic X`` follows the stored events instead, like ``tail -f``.
 
 Bearer tokens, when the services require them, come from PUBSUB_PUBLISH_TOKEN and
-PUBSUB_READ_TOKEN (the same variables the services read).
+PUBSUB_READ_TOKEN, or the files named by PUBSUB_PUBLISH_TOKEN_FILE and PUBSUB_READ_TOKEN_FILE
+(the same variables the services read).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
 from publisher.load import LoadConfig, Report, run_load
+from publisher.watch import token_from_env
 
 
 def parse_args(argv: list[str] | None = None) -> LoadConfig:
@@ -73,8 +74,8 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         concurrency=a.concurrency,
         topic=a.topic,
         duration=a.duration,
-        publish_token=os.environ.get("PUBSUB_PUBLISH_TOKEN", ""),
-        read_token=os.environ.get("PUBSUB_READ_TOKEN", ""),
+        publish_token=token_from_env(p, "publish"),
+        read_token=token_from_env(p, "read"),
         run_id=a.run_id,
         settle_timeout=a.settle_timeout,
         progress=not a.no_progress and sys.stderr.isatty(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from typing import TextIO
 import aiohttp
 import orjson
 
+from publisher.watch import token_from_env
 from pubsub.backoff import Backoff
 
 
@@ -143,7 +143,7 @@ def main(argv: list[str]) -> None:
     a = p.parse_args(argv)
     cfg = TailConfig(
         read_url=a.read_url.rstrip("/"), topic=a.topic, source=a.source, since=a.since,
-        read_token=os.environ.get("PUBSUB_READ_TOKEN", ""), count=a.count, json=a.json,
+        read_token=token_from_env(p, "read"), count=a.count, json=a.json,
     )  # fmt: skip
 
     async def run() -> int:

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
+
+from pubsub import tokens
 
 
 class NotStored(TimeoutError):
@@ -17,6 +20,15 @@ class NotStored(TimeoutError):
     def __init__(self, message: str, last: dict[str, Any] | None) -> None:
         super().__init__(message)
         self.last = last
+
+
+def token_from_env(parser: argparse.ArgumentParser, kind: str) -> str:
+    """The client's token of ``kind`` (``PUBSUB_<KIND>_TOKEN`` or its ``_FILE``); a bad file
+    ends the command line with a usage error naming it."""
+    try:
+        return tokens.from_env(kind)
+    except tokens.TokenFileError as exc:
+        parser.error(str(exc))
 
 
 def auth(token: str) -> dict[str, str]:

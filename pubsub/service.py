@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractRobustConnection
 
-from pubsub import logs, topology
+from pubsub import logs, routes, tokens, topology
 from pubsub.backoff import Backoff
 from pubsub.errors import Unusable
+from pubsub.routes import Route
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.service")
@@ -71,14 +72,24 @@ async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-def setup(name: str) -> Settings:
-    """Settings from the environment and logging for process ``name``; exit code 2 with one
-    line on stderr when the configuration is wrong."""
+def setup(name: str, *, serves: Sequence[Route] = ()) -> Settings:
+    """Settings from the environment and logging for process ``name``, which ``serves`` these
+    routes; exit code 2 with one line on stderr when the configuration is wrong, or would open
+    a guarded route to the network without its token."""
     try:
         settings = Settings.from_env()
     except ValueError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         raise SystemExit(2) from None
+    refusal = tokens.open_doors(
+        serves,
+        routes.tokens(settings),
+        host=settings.http_host,
+        allow_anonymous=settings.allow_anonymous,
+    )
+    if refusal:
+        sys.stderr.write(f"configuration error: {name}: {refusal}\n")
+        raise SystemExit(2)
     logs.setup(service=name, level=settings.log_level, fmt=settings.log_format)
     # What this process runs with, tokens and passwords masked: the first thing to compare
     # when two processes behave differently.
@@ -91,6 +102,7 @@ def command(
     *,
     name: str,
     doc: str | None,
+    serves: Sequence[Route] = (),
     argv: Sequence[str] | None = None,
 ) -> None:
     """A service's command line: ``--help`` says what it is; it takes no options of its own,
@@ -100,16 +112,21 @@ def command(
         description=doc,
         epilog="Configured by PUBSUB_* environment variables: see docs/operations.md.",
     ).parse_args(argv)
-    run(main, name=name)
+    run(main, name=name, serves=serves)
 
 
-def run(main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]], *, name: str) -> None:
+def run(
+    main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]],
+    *,
+    name: str,
+    serves: Sequence[Route] = (),
+) -> None:
     """Run service ``name``: ``main(settings, stop)`` until it returns; SIGTERM and SIGINT set
     ``stop``.
 
     A server the service must not use (:class:`Unusable`) ends it with one log line and exit
     code 3, not a traceback."""
-    settings = setup(name)
+    settings = setup(name, serves=serves)
 
     async def _main() -> None:
         stop = asyncio.Event()

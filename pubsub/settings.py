@@ -29,6 +29,8 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from pubsub import tokens
+
 ENV_PREFIX = "PUBSUB_"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -346,7 +348,8 @@ class Settings(BaseSettings):
     publish_token: str = Field(
         "",
         repr=False,
-        description="Bearer token required by `POST /publish`; empty: no authentication.",
+        description="Bearer token required by the ingest routes; empty: none, which is refused "
+        "beyond loopback (see `PUBSUB_ALLOW_ANONYMOUS`).",
         json_schema_extra={"secret": True},
     )
     publish_token_file: str = Field(
@@ -355,12 +358,18 @@ class Settings(BaseSettings):
     read_token: str = Field(
         "",
         repr=False,
-        description="Bearer token required by `/events`, `/events/stream` and `/stats`; empty: "
-        "open.",
+        description="Bearer token required by `/events` (and its histogram and stream) and "
+        "`/stats`; empty: none, which is refused beyond loopback.",
         json_schema_extra={"secret": True},
     )
     read_token_file: str = Field(
         "", description="File holding the read token (wins over the variable)."
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Serve the publish and read routes without a token on an address beyond "
+        "loopback. Without it, a service listening beyond loopback refuses to start when its "
+        "routes' token is not set.",
     )
 
     # --- rules that span fields or need more than a bound --------------------------------------
@@ -373,17 +382,7 @@ class Settings(BaseSettings):
         for name in ("publish_token", "read_token"):
             path = data.get(name + "_file")
             if path:
-                try:
-                    token = Path(path).read_text().strip()
-                except OSError as exc:
-                    raise ValueError(f"{ENV_PREFIX}{name.upper()}_FILE: {exc}") from None
-                if not token:
-                    # A file given and empty is a mistake (an unset secret), not a wish to
-                    # run without authentication: that would open the service silently.
-                    raise ValueError(
-                        f"{ENV_PREFIX}{name.upper()}_FILE: {path} is empty; put the token in "
-                        "it, or unset the variable to run without one"
-                    )
+                token = tokens.read_file(path, variable=f"{ENV_PREFIX}{name.upper()}_FILE")
                 data = {**data, name: token}
         return data
 
@@ -556,7 +555,7 @@ def _rule(info: FieldInfo) -> str:
             if bound is not None and isinstance(item, annotated_types.BaseMetadata):
                 parts.append(f"{symbol} {bound}")
     parts = [", ".join(parts)] if parts else []
-    name = {int: "integer", float: "number", str: "text"}.get(kind, "")  # type: ignore[arg-type]
+    name = {bool: "true/false", int: "integer", float: "number", str: "text"}.get(kind, "")  # type: ignore[arg-type]
     if kind is not None and getattr(kind, "__origin__", None) is Literal:
         name = " \\| ".join(f"`{v}`" for v in kind.__args__)
     if info.annotation == timedelta | None:

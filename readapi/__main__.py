@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from pubsub import dbschema, http, service
+from pubsub import api, dbschema, http, service
 from pubsub.settings import Settings
 from readapi.app import Sources, make_app
 
@@ -25,7 +25,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    service.command(main, name="readapi", doc=__doc__, argv=argv)
+    service.command(main, name="readapi", doc=__doc__, serves=api.READ, argv=argv)
 
 
 if __name__ == "__main__":

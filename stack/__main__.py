@@ -14,7 +14,7 @@ import signal
 import threading
 from collections.abc import Sequence
 
-from pubsub import dbschema, failover, service, topology
+from pubsub import api, dbschema, failover, service, topology
 from pubsub.errors import Unusable
 from pubsub.settings import Settings
 from stack.supervisor import ChildFailed, Role, Supervisor, role_of
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pubsub-aggregator run", description=__doc__)
     parser.add_argument("--consumers", type=int, default=2, help="consumer processes to run")
     args = parser.parse_args(argv)
-    settings = service.setup("stack")
+    settings = service.setup("stack", serves=api.GATEWAY)
     try:
         asyncio.run(prepare(settings))
     except Unusable as exc:

@@ -7,6 +7,7 @@ The compose command comes from ``COMPOSE`` (set by ``scripts/test-containers``),
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -14,9 +15,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
+from publisher.load import LoadConfig
 from tests import servers
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -53,6 +57,8 @@ class Compose:
     management: str = "http://127.0.0.1:15672"
     services: list[str] = field(default_factory=lambda: list(CORE))
     healthy_after: float = 0.0  # seconds from `up --build` until every service was healthy
+    # The bearer tokens the tokens step generated at first start and printed.
+    tokens: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, *args: str, timeout: float = 900) -> str:
         done = subprocess.run(
@@ -88,6 +94,39 @@ class Compose:
         self("up", "-d", *args, *self.services)
         self.wait_healthy(started + HEALTHY_WITHIN)
         return time.monotonic() - started
+
+    def printed_tokens(self) -> dict[str, str]:
+        """The tokens the tokens step printed at first start: kind -> token."""
+        printed = re.findall(
+            r"PUBSUB_(PUBLISH|READ)_TOKEN=(\S+)", self("logs", "--no-color", "tokens")
+        )
+        return {kind.lower(): token for kind, token in printed}
+
+    def session(self, **options: Any) -> aiohttp.ClientSession:
+        """An HTTP session that sends the gateway the token each request needs (the publish
+        token with a POST or PUT, the read token otherwise) unless the request has its own
+        ``Authorization``."""
+
+        async def bearer(
+            req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+        ) -> aiohttp.ClientResponse:
+            if str(req.url).startswith(self.gateway) and "Authorization" not in req.headers:
+                kind = "publish" if req.method in ("POST", "PUT") else "read"
+                req.headers["Authorization"] = f"Bearer {self.tokens[kind]}"
+            return await handler(req)
+
+        options.setdefault("timeout", aiohttp.ClientTimeout(total=60))
+        return aiohttp.ClientSession(middlewares=(bearer,), **options)
+
+    def load(self, **options: Any) -> LoadConfig:
+        """A load through the gateway, with the stack's tokens."""
+        return LoadConfig(
+            ingest_url=self.gateway,
+            read_url=self.gateway,
+            publish_token=self.tokens["publish"],
+            read_token=self.tokens["read"],
+            **options,
+        )
 
     def wait_healthy(self, deadline: float) -> None:
         while True:
@@ -145,6 +184,7 @@ def compose() -> Iterator[Compose]:
     stack("down", "-v", "--remove-orphans")  # what an interrupted earlier run left
     try:
         stack.healthy_after = stack.up("--build")
+        stack.tokens = stack.printed_tokens()
         yield stack
     finally:
         stack("down", "-v", "--remove-orphans")

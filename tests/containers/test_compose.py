@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import yaml
 
-from publisher.load import LoadConfig, run_load
+from publisher.load import run_load
 from publisher.tail import messages
 from publisher.watch import fetch_stats
 from tests.containers.fix_compose import APP, HEALTHY_WITHIN, ROOT, Compose, docker
@@ -29,10 +29,6 @@ from tests.support import eventually, grafana_sql, settled, stream_through
 DEPLOY = ROOT / "deploy"
 QUEUE = "pubsub.events"
 STREAM_EVENTS = 100_000
-
-
-def _session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
 
 
 def test_every_service_is_healthy_within_120_s_of_up_build(compose: Compose) -> None:
@@ -69,6 +65,42 @@ def test_only_the_gateway_listens_beyond_loopback(compose: Compose) -> None:
             assert _bindings(cid) == set(), service
 
 
+async def test_publishing_and_reading_need_the_tokens_printed_at_first_start(
+    compose: Compose,
+) -> None:
+    publish, read = compose.tokens["publish"], compose.tokens["read"]
+    assert len(publish) >= 43 and len(read) >= 43 and publish != read
+    shown = compose("run", "--rm", "--no-deps", "tokens", "python", "-m", "pubsub.tokens", "show")
+    assert f"PUBSUB_PUBLISH_TOKEN={publish}" in shown and f"PUBSUB_READ_TOKEN={read}" in shown
+    # Printed by the tokens step only: the services log their settings with tokens masked.
+    services = compose("logs", "--no-color", "ingest", "readapi", "consumer")
+    assert publish not in services and read not in services
+    event = {"topic": "t", "event_id": "e", "timestamp": "2025-01-01T00:00:00Z",
+             "source": "s", "payload": {}}  # fmt: skip
+    refused = [
+        ("POST", "/publish", None), ("POST", "/publish", read), ("POST", "/v1/logs", None),
+        ("POST", "/loki/api/v1/push", None), ("POST", "/_bulk", None),
+        ("POST", "/logs/_bulk", None), ("GET", "/events", None), ("GET", "/events", publish),
+        ("GET", "/stats", None), ("GET", "/events/histogram", None),
+        ("GET", "/events/stream", None),
+    ]  # fmt: skip
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as anonymous:
+        for method, path, token in refused:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with anonymous.request(
+                method, f"{compose.gateway}{path}", json=event, headers=headers
+            ) as resp:
+                assert resp.status == 401, (method, path, resp.status)
+        for path in ("/healthz", "/readyz", "/docs"):
+            async with anonymous.get(f"{compose.gateway}{path}") as resp:
+                assert resp.status == 200, path
+    async with compose.session() as http:
+        async with http.post(f"{compose.gateway}/publish", json=event) as resp:
+            assert resp.status == 202, await resp.text()
+        async with http.get(f"{compose.gateway}/stats") as resp:
+            assert resp.status == 200
+
+
 async def test_grafana_is_loopback_only_and_refuses_anonymous_data_source_queries(
     compose: Compose,
 ) -> None:
@@ -84,7 +116,7 @@ async def test_grafana_is_loopback_only_and_refuses_anonymous_data_source_querie
     port = os.environ.get("PUBSUB_GRAFANA_PORT", "3000")
     query = {"queries": [{"refId": "A", "datasource": {"uid": "pubsub-events"},
                           "rawSql": "SELECT 1", "format": "table"}]}  # fmt: skip
-    async with _session() as http:
+    async with compose.session() as http:
 
         async def status() -> int:
             async with http.post(f"http://127.0.0.1:{port}/api/ds/query", json=query) as resp:
@@ -123,7 +155,7 @@ def test_the_services_connect_as_roles_that_cannot_change_the_schema(compose: Co
 
 
 async def test_the_gateway_sends_the_security_headers_and_no_metrics(compose: Compose) -> None:
-    async with _session() as http:
+    async with compose.session() as http:
         async with http.get(f"{compose.gateway}/", headers={"Accept": "text/html"}) as resp:
             assert resp.status == 200
             csp = resp.headers["Content-Security-Policy"]
@@ -136,7 +168,7 @@ async def test_the_gateway_sends_the_security_headers_and_no_metrics(compose: Co
 
 
 async def test_docs_through_the_gateway_document_every_public_operation(compose: Compose) -> None:
-    async with _session() as http:
+    async with compose.session() as http:
         async with http.get(f"{compose.gateway}/openapi.json") as resp:
             assert resp.status == 200
             doc = await resp.json()
@@ -151,12 +183,12 @@ async def test_docs_through_the_gateway_document_every_public_operation(compose:
 
 async def test_the_seeds_demo_gives_exact_counts_through_the_gateway(compose: Compose) -> None:
     """5,000 events, 20 % duplicates, as the seeds' publishers send them."""
-    cfg = LoadConfig(ingest_url=compose.gateway, read_url=compose.gateway, events=5000)
+    cfg = compose.load(events=5000)
     report = await run_load(cfg)
     assert report.failed_events == 0
     assert report.got == {"received": 5000, "unique_processed": 4000, "duplicate_dropped": 1000}
     async with (
-        _session() as http,
+        compose.session() as http,
         http.get(f"{compose.gateway}/events", params={"topic": cfg.topic, "limit": "10"}) as resp,
     ):
         assert resp.status == 200 and len(await resp.json()) == 10
@@ -174,7 +206,7 @@ async def test_the_log_protocols_reach_ingest_through_the_gateway(compose: Compo
     bulk = f'{{"create":{{"_index":"{topic}","_id":"b1"}}}}\n{{"m":"bulk"}}\n'
     by_path = '{"create":{"_id":"b2"}}\n{"m":"by path"}\n'
     ndjson = {"Content-Type": "application/x-ndjson"}
-    async with _session() as http:
+    async with compose.session() as http:
         async with http.post(f"{compose.gateway}/v1/logs", json=otlp) as resp:
             assert resp.status == 200, await resp.text()
         async with http.post(f"{compose.gateway}/loki/api/v1/push", json=loki) as resp:
@@ -218,7 +250,7 @@ def _stored_by(compose: Compose, cid: str) -> float:
 async def test_four_consumers_after_scaling_each_store_events(compose: Compose) -> None:
     compose("up", "-d", "--no-recreate", "--scale", "consumer=4", *compose.services)
     compose.wait_healthy(time.monotonic() + HEALTHY_WITHIN)
-    async with _session() as http:
+    async with compose.session() as http:
         await eventually(
             lambda: _queue_consumers(http, compose),
             lambda n: n == 4,
@@ -230,9 +262,7 @@ async def test_four_consumers_after_scaling_each_store_events(compose: Compose) 
         assert len(consumers) == 4
         before = {cid: _stored_by(compose, cid) for cid in consumers}
         # Many small messages, so that the broker spreads them over every consumer.
-        cfg = LoadConfig(
-            ingest_url=compose.gateway,
-            read_url=compose.gateway,
+        cfg = compose.load(
             events=20_000,
             batch_size=100,
             concurrency=8,
@@ -249,9 +279,7 @@ async def test_a_killed_consumer_and_a_restarted_broker_lose_and_double_nothing(
     """A stream of 100,000 events (20 % duplicates); mid-stream one consumer is killed with
     ``docker kill`` and the RabbitMQ container is restarted."""
     topic = f"compose-faults-{uuid.uuid4().hex[:8]}"
-    cfg = LoadConfig(
-        ingest_url=compose.gateway,
-        read_url=compose.gateway,
+    cfg = compose.load(
         events=STREAM_EVENTS,
         batch_size=100,
         concurrency=4,
@@ -268,10 +296,7 @@ async def test_a_killed_consumer_and_a_restarted_broker_lose_and_double_nothing(
         docker("restart", broker)
         timeline["restarted"] = time.monotonic()
 
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=cfg.concurrency),
-        timeout=aiohttp.ClientTimeout(total=60),
-    ) as http:
+    async with compose.session(connector=aiohttp.TCPConnector(limit=cfg.concurrency)) as http:
         before = await fetch_stats(http, compose.gateway)
         source, report = await stream_through(
             http, cfg, lambda: asyncio.to_thread(inject), start_after=STREAM_EVENTS // 5
@@ -325,7 +350,7 @@ async def test_prometheus_scrapes_every_target_and_every_query_returns_data(
     compose: Compose,
 ) -> None:
     consumers = len(compose.ids("consumer"))
-    async with _session() as http:
+    async with compose.session() as http:
 
         async def targets() -> list[tuple[str, str]]:
             data = await _prometheus(http, compose, "targets")
@@ -362,7 +387,7 @@ async def test_the_live_stream_and_the_events_page_work_through_the_gateway(
 ) -> None:
     """nginx must pass the stream through unbuffered: each event arrives on its own."""
     topic = f"gw-stream-{uuid.uuid4().hex[:8]}"
-    async with _session() as http:
+    async with compose.session() as http:
         async with http.get(f"{compose.gateway}/", headers={"Accept": "text/html"}) as resp:
             assert resp.status == 200 and "<title>pubsub-aggregator" in await resp.text()
         async with http.get(f"{compose.gateway}/events/stream", params={"topic": topic}) as stream:
@@ -399,12 +424,12 @@ def test_grafana_reads_events_through_its_read_only_role(compose: Compose) -> No
 
 
 async def test_events_and_counters_persist_across_down_and_up(compose: Compose) -> None:
-    async with _session() as http:
+    async with compose.session() as http:
         before = await fetch_stats(http, compose.gateway)
     compose("down")  # volumes kept
     assert not compose.ids("postgres")
     compose.up()
-    async with _session() as http:
+    async with compose.session() as http:
         after = await fetch_stats(http, compose.gateway)
         async with http.get(f"{compose.gateway}/events", params={"limit": "5"}) as resp:
             events = await resp.json()
