@@ -14,9 +14,7 @@ system (:mod:`pubsub.memory`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
 
 from ingest import metrics
 from pubsub import memory
@@ -33,7 +31,9 @@ class OverBudget(Exception):
 
 
 class Held:
-    """What one request holds of the budget; it grows as its body arrives."""
+    """What one request holds of the budget; it grows as its body arrives. Used as a context
+    manager, it gives everything back at the end of the block (a class, not a generator: it
+    is entered once per request)."""
 
     __slots__ = ("_budget", "large", "size")
 
@@ -62,6 +62,12 @@ class Held:
         if size < self.size:
             self._budget.take(self, size)
 
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._budget.release(self)
+
 
 class Budget:
     """Bytes held by the requests in flight, at most ``limit``.
@@ -81,17 +87,16 @@ class Budget:
         self.used_large = 0
         self._released_since_trim = 0
         self._trim: asyncio.TimerHandle | None = None
+        # Read when scraped, not set on every change: a request changes it three times.
+        metrics.BYTES_IN_FLIGHT.set_function(lambda: self.used)
 
-    @contextlib.contextmanager
-    def reserve(self, size: int = 0) -> Iterator[Held]:
-        """Hold ``size`` bytes for the ``with`` block, and more as :meth:`Held.grow_to` asks;
-        :class:`OverBudget` when they do not fit next to what other requests hold."""
+    def reserve(self, size: int = 0) -> Held:
+        """``size`` bytes held until the ``with`` block of the :class:`Held` ends, and more as
+        :meth:`Held.grow_to` asks; :class:`OverBudget` when they do not fit next to what
+        other requests hold."""
         held = Held(self)
         held.grow_to(size)
-        try:
-            yield held
-        finally:
-            self._release(held.size, large=held.size > self.small or held.large)
+        return held
 
     def take(self, held: Held, size: int) -> None:
         """Grow ``held`` to ``size`` bytes, or raise :class:`OverBudget`."""
@@ -109,13 +114,14 @@ class Budget:
         self.used += added
         self.used_large += large_after - large_before
         held.size = size
-        metrics.BYTES_IN_FLIGHT.set(self.used)
 
-    def _release(self, size: int, *, large: bool) -> None:
+    def release(self, held: Held) -> None:
+        """Give back everything ``held`` holds."""
+        size = held.size
         self.used -= size
-        if large:
+        if size > self.small or held.large:
             self.used_large -= size
-        metrics.BYTES_IN_FLIGHT.set(self.used)
+        held.size = 0
         self._released_since_trim += size
         if not self.used and self._released_since_trim >= _TRIM_AFTER_BYTES:
             self._trim_when_idle()

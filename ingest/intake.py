@@ -4,12 +4,10 @@ within the memory budget."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import itertools
 import logging
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -54,26 +52,26 @@ def note_refusal(log: logging.Logger, exc: Refusal, request_id: str) -> None:
             extra={"request_id": request_id, "status": exc.status})  # fmt: skip
 
 
-@contextlib.contextmanager
-def holding(request: web.Request) -> Iterator[Held]:
-    """The request's share of the memory budget for the ``with`` block, reserved by its
-    ``Content-Length`` (413 past the body limit). The body, its events and their message live
-    in it until the broker confirmed them; a spent budget or a broker that cannot take the
-    events is a 503, nothing accepted."""
+def share(request: web.Request) -> Held:
+    """The request's share of the memory budget, reserved by its ``Content-Length`` (413
+    past the body limit), given back when its ``with`` block ends. The body, its events and
+    their message live in it until the broker confirmed them. Raises
+    :class:`~ingest.budget.OverBudget` when the budget is spent (see :func:`refusal`)."""
     settings = request.app[SETTINGS]
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
         raise Refusal(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
-    try:
-        with request.app[BUDGET].reserve(length or 0) as held:
-            yield held
-    except OverBudget as exc:
-        raise Refusal.unavailable(
+    return request.app[BUDGET].reserve(length or 0)
+
+
+def refusal(exc: OverBudget | BrokerUnavailable, settings: Settings) -> Refusal:
+    """The ``503`` for a spent budget or a broker that did not take the events."""
+    if isinstance(exc, OverBudget):
+        return Refusal.unavailable(
             f"ingest is busy ({exc}); nothing was accepted, retry later",
             retry_after=settings.retry_after,
-        ) from None
-    except BrokerUnavailable as exc:
-        raise broker_refusal(exc, retry_after=settings.retry_after) from None
+        )
+    return broker_refusal(exc, retry_after=settings.retry_after)
 
 
 def broker_refusal(exc: BrokerUnavailable, *, retry_after: int) -> Refusal:
@@ -109,6 +107,10 @@ async def read_body(request: web.Request, held: Held, settings: Settings) -> byt
     counted against the request's share of the budget and the body limit before it is
     kept."""
     limit = settings.max_body_bytes
+    if request.content_length is not None and request.content.is_eof():
+        # Arrived whole with its headers (most small requests): nothing to wait for, so no
+        # timer to arm and cancel.
+        return await request.read()
     chunks: list[bytes] = []
     size = 0
     try:

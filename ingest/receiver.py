@@ -23,6 +23,7 @@ of ours in the envelope (``500``, logged with the request id).
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from ingest import inflate, intake, metrics
+from ingest.broker import BrokerUnavailable
 from ingest.budget import Budget, Held, OverBudget
 from pubsub import http, message
 from pubsub.http import Refusal
@@ -146,23 +148,21 @@ class Receiver(abc.ABC):
 
     def handler(self) -> http.Handler:
         """The aiohttp handler of this protocol's routes."""
-
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await receive(request, self)
-
-        return handle
+        return functools.partial(receive, receiver=self)
 
 
-async def receive(request: web.Request, receiver: Receiver) -> web.StreamResponse:
+async def receive(request: web.Request, *, receiver: Receiver) -> web.StreamResponse:
     """The path of the module's docstring, for one request."""
     request_id = intake.request_id(request)
     try:
         response, batch = await _receive(request, receiver, request_id)
-    except Refusal as exc:
+    except (Refusal, OverBudget, BrokerUnavailable) as exc:
         # A copy, without the traceback: kept in this frame, the refusal would make a cycle
         # with it (its traceback holds the frame), and with its context (a decoder's frames,
         # an inflated body) it would then wait for the garbage collector, not for refcounts:
         # under a loop of bombs, gigabytes.
+        if not isinstance(exc, Refusal):
+            exc = intake.refusal(exc, request.app[intake.SETTINGS])
         refusal = replace(receiver.adapt(exc))
         del exc
         intake.note_refusal(log, refusal, request_id)
@@ -185,13 +185,14 @@ async def _receive(
     except ValueError as exc:
         raise Refusal(415, str(exc)) from None
     budget = app[intake.BUDGET]
-    with intake.holding(request) as held:
+    with intake.share(request) as held:
         share = _Share(budget, held)
-        if encoding is None and request.content_length is not None:
+        length = request.content_length
+        if encoding is None and length is not None:
             # A large body's decode is reserved with it, before a byte is read: were it held
             # only once the body arrived, many large requests could each hold their body and
             # none find room for its parse (and all be refused, again and again).
-            share.reserve(request.content_length * DECODE_PER_BYTE)
+            share.reserve(length * DECODE_PER_BYTE)
         body = await intake.read_body(request, held, settings)
         if encoding is not None:
             body = await _inflated(body, encoding, held, request, settings)

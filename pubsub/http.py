@@ -131,7 +131,8 @@ CONTENT_SECURITY_POLICY = "default-src 'self'; frame-ancestors 'none'"
 async def _security_headers(_: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
-    if response.content_type == "text/html":
+    # The header as set, not response.content_type, which parses it on every answer.
+    if response.headers.get("Content-Type", "").startswith("text/html"):
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
 
 

@@ -98,6 +98,10 @@ def encode_events(
     ]
 
 
+# Bytes of events from which a message is deflated (see encode).
+COMPRESS_FROM = 2048
+
+
 def encode(
     pieces: Iterable[bytes],
     *,
@@ -107,10 +111,14 @@ def encode(
     compress: bool = False,
 ) -> aio_pika.Message:
     """One persistent message holding ``pieces``; ``keys`` is ``[[key, count], ...]``. With
-    ``compress``, the body is deflated (``content_encoding``: ``deflate``)."""
+    ``compress``, a body of ``COMPRESS_FROM`` bytes or more is deflated (``content_encoding``:
+    ``deflate``)."""
     body = b"[" + b",".join(pieces) + b"]"
     # Level 1: JSON events shrink several times over at a fraction of a microsecond each; the
-    # broker writes, replicates and holds every byte, higher levels save little more.
+    # broker writes, replicates and holds every byte, higher levels save little more. A small
+    # message goes as it is: the broker's cost is then per message, not per byte, and
+    # deflating and inflating it would cost ingest and the consumer more than it saves.
+    compress = compress and len(body) >= COMPRESS_FROM
     return aio_pika.Message(
         zlib.compress(body, 1) if compress else body,
         content_encoding=DEFLATE if compress else None,

@@ -175,7 +175,8 @@ class Settings(BaseSettings):
     message_compression: Literal["deflate", "none"] = Field(
         "deflate",
         description="How ingest compresses a broker message's events: `deflate` (zlib, level "
-        "1; the broker stores, replicates and pages out a fraction of the bytes), or `none`. "
+        "1, messages of 2 KiB and more; the broker stores, replicates and pages out a fraction "
+        "of the bytes), or `none`. "
         "Consumers read both; upgrade them before ingest (docs/operations.md).",
     )
     otlp_topic_attribute: str = Field(

@@ -123,6 +123,19 @@ def test_a_compressed_message_reads_as_the_same_events_in_fewer_bytes() -> None:
     assert message.preview(packed) == message.preview(plain) == plain.body[:80].decode()
 
 
+def test_a_small_message_goes_as_it_is() -> None:
+    one: list[Event] = [{"topic": "t", "event_id": "1", "source": "s", "timestamp": NOW,
+                         "payload": {"line": "GET /items/1 200"}}]  # fmt: skip
+    (piece,) = message.encode_events(one, per_piece=1000)
+    small = message.encode(
+        [piece.data], keys=[["", 1]], received_at="r", request_ids=[], compress=True
+    )
+    assert small.content_encoding is None and len(small.body) < message.COMPRESS_FROM
+    assert [line for _, line in rows_of(small)] == [line for _, line in rows_of(
+        message.encode([piece.data], keys=[["", 1]], received_at="r", request_ids=[])
+    )]  # fmt: skip
+
+
 def deflated(body: bytes, encoding: str = "deflate") -> aio_pika.Message:
     return aio_pika.Message(
         body, content_encoding=encoding, message_id="m1", headers={message.RECEIVED_AT: "now"}
