@@ -104,6 +104,14 @@ _FROM_LINES = _INSERT_EVENTS.replace(
 _COPY_FROM_ROWS = 256
 
 
+def _small(batch: Sequence[tuple[str, Sequence[Row]]]) -> bool:
+    """Whether ``batch`` goes as one parameter: few rows, and few bytes (one parameter is
+    held whole, several times over, where a COPY goes in pieces of ``_COPY_CHUNK``)."""
+    if sum(len(rows) for _, rows in batch) >= _COPY_FROM_ROWS:
+        return False
+    return sum(len(line) for _, rows in batch for _, line in rows) < _COPY_CHUNK
+
+
 # An event as the consumer stores it: its key, and a line of PostgreSQL's COPY text format
 # (the columns of ``incoming``, tab-separated, not yet backslash-escaped). Lines are made once
 # per event as messages arrive, so storing a batch is a single COPY.
@@ -207,7 +215,7 @@ class Store:
         conn = await self._connection()
         # A small batch sends BEGIN with the ledger's statement and COMMIT with the events':
         # two round trips. A COPY cannot travel in a pipeline: a large batch takes five.
-        small = sum(len(rows) for _, rows in batch) < _COPY_FROM_ROWS
+        small = _small(batch)
         result: psycopg.AsyncCursor[tuple[object, ...]] | None = None
         pipeline = conn.pipeline() if small else contextlib.nullcontext()
         async with pipeline, conn.transaction():
