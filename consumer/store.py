@@ -5,7 +5,7 @@ client retries, see :mod:`pubsub.message`), hand the new events to PostgreSQL (a
 temporary table, or, for a few hundred or fewer, one parameter), insert them into ``events`` in
 a stable key order with ``ON CONFLICT DO NOTHING``, add to the shared counters, commit.
 Statements, not rows, cost here, so a batch of thousands of events takes five round trips, and
-a small one four.
+a small one two (see :meth:`Store.store`).
 """
 
 from __future__ import annotations
