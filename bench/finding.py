@@ -51,8 +51,9 @@ _BYTES = """
 SELECT (SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = current_schema() AND c.relkind = 'r'
-          AND c.relname IN ('events', 'ledger', 'topics', 'volume', 'volume_total')),
-       (SELECT count(*) FROM events)
+          AND (c.relname IN ('keys', 'ledger', 'topics', 'volume', 'volume_total')
+               OR c.relname IN (SELECT name FROM partitions))),
+       (SELECT sum(n) FROM blocks)
 """
 
 
@@ -108,7 +109,7 @@ def count_volume(settings: Settings) -> tuple[float, int]:
             conn.execute(dbschema.FILL_VOLUME)
         seconds = time.perf_counter() - started
         conn.execute("VACUUM ANALYZE volume, volume_total")
-        row = conn.execute("SELECT count(*) FROM events").fetchone()
+        row = conn.execute("SELECT sum(n) FROM blocks").fetchone()
     return seconds, int(row[0]) if row else 0
 
 
@@ -127,7 +128,7 @@ async def build_index(settings: Settings) -> tuple[float, int]:
         seconds = time.perf_counter() - started
         cur = await conn.execute("SELECT pg_relation_size(%s)", (search.INDEX,))
         row = await cur.fetchone()
-        await conn.execute("ANALYZE events")
+        await conn.execute("ANALYZE blocks")
     return seconds, int(str(row[0])) if row else 0
 
 

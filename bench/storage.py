@@ -36,19 +36,21 @@ from bench import finding, footprint, record
 from bench.system import private_system
 from bench.workloads import LUA, Bench, Result, launch, run_wrk, table
 from consumer.retention import Sweeper
-from pubsub import database, dbschema
+from pubsub import database, dbschema, layout
 from pubsub.settings import Settings
 
 SWEEP_RATIO_GOAL = 0.90
 P99_GOAL_MS = {"stats": 25.0, "events": 15.0, "topic": 15.0}
 
-# Rows as consumers store them, in bulk: topics "topic-<n>", timestamps over 30 days.
+# Rows as consumers store them, in bulk: topics "topic-<n>", timestamps over 30 days; made in
+# a table of their own, then moved into blocks as the upgrade from schema 5 moves its events.
 _FILL = """
-INSERT INTO events (topic, event_id, ts, source, payload, received_at)
-SELECT %(prefix)s || (g %% %(topics)s), md5(g::text),
-       now() - (g %% 2592000) * interval '1 second', 'bench',
-       json_build_object('n', g, 'msg', 'event ' || g, 'pad', repeat('x', 100)),
-       now() - %(age)s * interval '1 day'
+CREATE TEMP TABLE filling AS
+SELECT %(prefix)s || (g %% %(topics)s) AS topic, md5(g::text) AS event_id,
+       now() - (g %% 2592000) * interval '1 second' AS ts, 'bench'::text AS source,
+       json_build_object('n', g, 'msg', 'event ' || g, 'pad', repeat('x', 100)) AS payload,
+       now() - %(age)s * interval '1 day' AS received_at, now() AS stored_at,
+       pg_current_xact_id() AS txid
 FROM generate_series(%(first)s, %(last)s) AS g
 """
 _FILL_TOPICS = """
@@ -60,8 +62,8 @@ INSERT INTO counters AS c (shard, received, unique_processed) VALUES (-2, %(n)s,
 ON CONFLICT (shard) DO UPDATE SET received = c.received + excluded.received,
     unique_processed = c.unique_processed + excluded.unique_processed
 """
-# What /stats ran before the topics table: one probe of the events index per topic.
-_LOOSE_SCAN = dbschema.TOPICS_BY_INDEX_SCAN + "LIMIT 1001"
+# What /stats ran before the topics table: one probe of an index per topic (now the blocks').
+_LOOSE_SCAN = dbschema.TOPICS_BY_INDEX_SCAN.replace("events", "blocks") + "LIMIT 1001"
 _TOPICS_TABLE = "SELECT topic FROM topics ORDER BY topic LIMIT 1001"
 
 
@@ -74,11 +76,15 @@ def fill(settings: Settings, *, rows: int, topics: int, prefix: str, age_days: f
         for first in range(1, rows + 1, 1_000_000):
             last = min(rows, first + 999_999)
             params = {"prefix": prefix, "topics": topics, "age": age_days}
-            conn.execute(_FILL, {**params, "first": first, "last": last})
+            with conn.transaction():
+                conn.execute(_FILL, {**params, "first": first, "last": last})
+                conn.execute(layout.move("filling"))
+                conn.execute("DROP TABLE filling")
             print(f"  {last:,} of {rows:,} rows", file=sys.stderr, flush=True)
         conn.execute(_FILL_TOPICS, {"prefix": prefix, "topics": topics})
         conn.execute(_COUNT, {"n": rows})
-        conn.execute("VACUUM ANALYZE events")
+        conn.execute("VACUUM ANALYZE blocks")
+        conn.execute("VACUUM ANALYZE keys")
     return time.perf_counter() - started
 
 

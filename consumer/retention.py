@@ -1,24 +1,26 @@
-"""Retention: remove events older than ``PUBSUB_RETENTION``, a bounded batch at a time.
+"""Retention: drop the partitions of blocks past ``PUBSUB_RETENTION``, with their events' keys.
 
 Every consumer runs a :class:`Sweeper` when a retention is set; a session advisory lock lets
-one of them sweep at a time, and the others skip that round. A sweep deletes the oldest events
-(by ``received_at``) in transactions of at most ``PUBSUB_RETENTION_BATCH`` rows, counts them in
-the ``expired`` counter in the same transaction, and pauses between transactions as long as
-the last one took, so that it never holds more than half of one connection's time against the
-consumers' inserts. Autovacuum makes the freed space reusable; the table then stays at the
-size of one horizon's worth of events. Where autovacuum is off, the sweep vacuums the table
-itself each time it removed a fifth of it.
+one of them sweep at a time, and the others skip that round. Blocks lie in partitions by
+receive time (see :mod:`pubsub.layout`); a sweep takes each partition whose end is past the
+horizon through three steps:
 
-Deletes, not time partitions: a unique key on a partitioned table must contain the partition
-key, so ``(topic, event_id)`` would need a key table of its own, written for every event,
-and two copies of one event meeting at a partition boundary could both be stored. With one
-table the primary key keeps deciding, and an event is deduplicated for exactly as long as it
-is stored, which is at least the horizon.
+1. In one transaction: subtract its events from the counters (``expired``) and the volume
+   per minute, and detach it. Its events leave every read at once, and the counts with them.
+2. Delete the keys of its events, ``PUBSUB_RETENTION_BATCH`` events per transaction, pausing
+   between transactions as long as the last one took, so that the sweep never holds more than
+   half of one connection's time against the consumers' inserts.
+3. Drop it.
+
+Nothing is deleted event by event but the keys; the blocks go with their partition. An event is
+deduplicated until its partition is detached, so for at least the horizon; between the detach
+and its key's deletion a copy sent again is still taken for a duplicate, never stored twice.
+A sweep that stops between the steps is finished by the next one (``partitions.detached``).
 
 Topics whose events are all gone leave the ``topics`` table. Consumers add topics in the
-statement that inserts the events, which locks ``topics`` first; the sweep locks ``topics``
-against them before it looks for events of a topic, so it cannot remove a topic whose first
-events are being stored.
+transaction that stores the events, before the events; the sweep locks ``topics`` against them
+before it looks for blocks of a topic, so it cannot remove a topic whose first events are being
+stored.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from consumer import metrics
-from pubsub import database, dbschema, service
+from pubsub import database, dbschema, layout, service
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer.retention")
@@ -41,30 +44,52 @@ log = logging.getLogger("pubsub.consumer.retention")
 _LOCK_KEY = 0x72657461  # one sweep at a time in a database, whichever consumer runs it
 SHARD = -1  # the sweep's counters row; consumers draw theirs from 0..65535
 
-_REMOVE = """
-WITH removed AS (
-    DELETE FROM events WHERE ctid = ANY (ARRAY(
-        SELECT ctid FROM events
-        WHERE received_at < now() - make_interval(secs => %(horizon)s)
-        ORDER BY received_at LIMIT %(batch)s
-    ))
-    RETURNING topic, ts
+# The partitions past the horizon, and those detached before (a sweep that stopped midway).
+_EXPIRED = """
+SELECT name, detached FROM partitions
+WHERE detached OR hi <= now() - make_interval(secs => %(horizon)s)
+ORDER BY lo
+"""
+# Step 1: the partition's events leave the counts.
+_UNCOUNT = """
+WITH gone AS MATERIALIZED (
+    SELECT b.topic, split_part(line, E'\\t', 2)::timestamptz AS ts
+    FROM PARTITION b, string_to_table(b.events, E'\\n') AS line
 ), counted AS (
     INSERT INTO counters AS c (shard, expired)
-    SELECT %(shard)s, count(*) FROM removed
+    SELECT %(shard)s, count(*) FROM gone
     ON CONFLICT (shard) DO UPDATE SET expired = c.expired + excluded.expired
 ), by_topic AS (
     INSERT INTO volume AS v (topic, minute, shard, n)
-    SELECT topic COLLATE "C", MINUTE_OF_TS, %(shard)s, -count(*) FROM removed
+    SELECT topic COLLATE "C", MINUTE_OF_TS, %(shard)s, -count(*) FROM gone
     GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
 ), in_all AS (
     INSERT INTO volume_total AS v (minute, shard, n)
-    SELECT MINUTE_OF_TS, %(shard)s, -count(*) FROM removed GROUP BY 1 ORDER BY 1
+    SELECT MINUTE_OF_TS, %(shard)s, -count(*) FROM gone GROUP BY 1 ORDER BY 1
     ON CONFLICT (minute, shard) DO UPDATE SET n = v.n + excluded.n
 )
-SELECT topic, count(*) FROM removed GROUP BY topic
+SELECT topic, count(*) FROM gone GROUP BY topic
 """.replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="ts"))
+# Step 2: the next blocks (by id) of a detached partition, about ``batch`` events, with the
+# ids of their events...
+_NEXT_BLOCKS = """
+SELECT t.tenant, topics.id, t.id,
+       ARRAY(SELECT event_key(split_part(line, E'\\t', 1))
+             FROM string_to_table(t.events, E'\\n') AS line)
+FROM (
+    SELECT id, tenant, topic, events, sum(n) OVER (ORDER BY id) - n AS before
+    FROM (SELECT * FROM PARTITION WHERE id > %(after)s ORDER BY id LIMIT %(batch)s) AS b
+) AS t JOIN topics ON topics.topic = t.topic
+WHERE before < %(batch)s ORDER BY t.id
+"""
+# ... whose keys go, a block at a time: one scan of the keys' index each, whatever the planner
+# would guess of a join with rows that string_to_table makes. A key that points elsewhere is
+# not this event's.
+_UNKEY = """
+DELETE FROM keys
+WHERE tenant = %s AND topic = %s AND block = %s AND key = ANY (%s::bytea[])
+"""
 # The minutes whose events are all gone leave the volume tables (below zero too: events the
 # rollup never counted, stored by consumers older than schema 5, were removed). The sweep's
 # own rows (shard -1) mark the minutes it touched; their rows are locked (in key order, as
@@ -92,22 +117,23 @@ WITH locked AS MATERIALIZED (
 DELETE FROM volume_total
 WHERE ctid = ANY (ARRAY(SELECT row FROM locked JOIN empty USING (minute)))
 """
-# Whether autovacuum looks after ``events`` (server setting and table option), and the live
+# Whether autovacuum looks after ``keys`` (server setting and table option), and the live
 # rows the last vacuum or analyze counted.
 _AUTOVACUUM = """
 SELECT current_setting('autovacuum')::boolean
        AND coalesce(NOT ('autovacuum_enabled=false' = ANY (c.reloptions)), true),
        greatest(c.reltuples, 0)
-FROM pg_class c WHERE c.oid = 'events'::regclass
+FROM pg_class c WHERE c.oid = 'keys'::regclass
 """
-_EMPTY = """
+_EMPTY = f"""
 SELECT t FROM unnest(%s::text[]) AS t
-WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.topic = t)
+WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.tenant = {layout.TENANT} AND b.topic = t)
 """
-_FORGET_TOPICS = """
+_FORGET_TOPICS = f"""
 DELETE FROM topics
 WHERE topic = ANY (%s::text[])
-  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.topic = topics.topic)
+  AND NOT EXISTS (SELECT 1 FROM blocks b
+                  WHERE b.tenant = {layout.TENANT} AND b.topic = topics.topic)
 """
 
 
@@ -129,6 +155,7 @@ class Sweeper:
         if horizon is None:
             raise ValueError("no retention is set (PUBSUB_RETENTION)")
         self.settings, self.horizon = settings, horizon
+        self.span = layout.span(horizon)
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._removed_since_vacuum = 0
 
@@ -166,25 +193,26 @@ class Sweeper:
     async def _sweep(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> Swept:
         started = time.monotonic()
         removed, touched = 0, set[str]()
-        params = {"horizon": self.horizon, "batch": self.settings.retention_batch, "shard": SHARD}
-        while True:
-            t0 = time.monotonic()
-            async with conn.transaction():
-                cur = await conn.execute(_REMOVE, params)
-                counts = await cur.fetchall()
-            n = sum(int(c) for _, c in counts)
-            removed += n
-            touched.update(t for t, _ in counts)
-            metrics.EVENTS_EXPIRED.inc(n)
-            if n < self.settings.retention_batch:
+        # The next partition is made before the consumers need it.
+        await conn.execute(
+            "SELECT add_partition(now() + %s::interval, %s::interval)", (self.span, self.span)
+        )
+        cur = await conn.execute(_EXPIRED, {"horizon": self.horizon})
+        for name, detached in await cur.fetchall():
+            if stop.is_set():
                 break
-            # Pausing as long as the batch took leaves the consumers at least half the time.
-            if await service.stopped_within(stop, time.monotonic() - t0):
-                break
+            if not detached:
+                counts = await self._detach(conn, name)
+                removed += sum(n for _, n in counts)
+                touched.update(t for t, _ in counts)
+            keys = await self._unkey(conn, name, stop)
+            if keys is None:
+                break  # stopped: the next sweep goes on
+            await conn.execute("SELECT drop_partition(%s)", (name,))
+            log.info("dropped partition %s", name)
         forgotten = await self.forget_empty_topics(sorted(touched)) if touched else 0
         if removed:
             await self.compact_volume()
-        if removed:
             await self._vacuum_if_no_autovacuum(conn, removed)
         swept = Swept(removed, forgotten, time.monotonic() - started)
         if removed:
@@ -194,10 +222,46 @@ class Sweeper:
             )  # fmt: skip
         return swept
 
+    async def _detach(self, conn: psycopg.AsyncConnection[Any], name: str) -> list[tuple[str, int]]:
+        """Step 1: uncount and detach partition ``name``; what it held, by topic."""
+        partition = sql.Identifier(name).as_string(conn)
+        async with conn.transaction():
+            cur = await conn.execute(
+                _UNCOUNT.replace("PARTITION", partition),
+                {"shard": SHARD},
+            )
+            counts = [(str(t), int(n)) for t, n in await cur.fetchall()]
+            metrics.EVENTS_EXPIRED.inc(sum(n for _, n in counts))
+            await conn.execute("SELECT detach_partition(%s)", (name,))
+        return counts
+
+    async def _unkey(
+        self, conn: psycopg.AsyncConnection[Any], name: str, stop: asyncio.Event
+    ) -> int | None:
+        """Step 2: delete the keys of detached partition ``name``'s events; how many blocks
+        it held, or ``None`` if ``stop`` came first."""
+        statement = _NEXT_BLOCKS.replace("PARTITION", sql.Identifier(name).as_string(conn))
+        after, blocks = -1, 0
+        while True:
+            t0 = time.monotonic()
+            async with conn.transaction():
+                cur = await conn.execute(
+                    statement, {"after": after, "batch": self.settings.retention_batch}
+                )
+                taken = await cur.fetchall()
+                if not taken:
+                    return blocks
+                async with conn.cursor() as deleting:
+                    await deleting.executemany(_UNKEY, taken)
+            after, blocks = int(taken[-1][2]), blocks + len(taken)
+            # Pausing as long as the batch took leaves the consumers at least half the time.
+            if await service.stopped_within(stop, time.monotonic() - t0):
+                return None
+
     async def _vacuum_if_no_autovacuum(
         self, conn: psycopg.AsyncConnection[Any], removed: int
     ) -> None:
-        """Where autovacuum is off, vacuum ``events`` once a fifth of it was removed (as
+        """Where autovacuum is off, vacuum ``keys`` once a fifth of it was removed (as
         autovacuum's default scale factor would): deleted rows free no space until then."""
         cur = await conn.execute(_AUTOVACUUM)
         row = await cur.fetchone()
@@ -208,9 +272,9 @@ class Sweeper:
         if live > 0 and self._removed_since_vacuum < 0.2 * live:
             return
         started = time.monotonic()
-        await conn.execute("VACUUM (ANALYZE) events")
+        await conn.execute("VACUUM (ANALYZE) keys")
         log.info(
-            "autovacuum is off: vacuumed events after %d removal(s), in %.1fs",
+            "autovacuum is off: vacuumed keys after %d removal(s), in %.1fs",
             self._removed_since_vacuum, time.monotonic() - started,
         )  # fmt: skip
         self._removed_since_vacuum = 0

@@ -1,11 +1,12 @@
 """Idempotent storage of a batch of broker messages in one PostgreSQL transaction.
 
-Per batch: record the ledger keys of its units (skipping units stored before: redeliveries and
-client retries, see :mod:`pubsub.message`), hand the new events to PostgreSQL (a COPY into a
-temporary table, or, for a few hundred or fewer, one parameter), insert them into ``events`` in
-a stable key order with ``ON CONFLICT DO NOTHING``, add to the shared counters, commit.
-Statements, not rows, cost here, so a batch of thousands of events takes five round trips, and
-a small one two (see :meth:`Store.store`).
+Per batch: make sure the time partitions its receive times need exist, add its topics,
+record the ledger keys of its units (skipping units stored before: redeliveries and client
+retries, see :mod:`pubsub.message`), hand the new events to PostgreSQL (a COPY into a
+temporary table, or, for a few hundred or fewer, one parameter), insert their keys with
+``ON CONFLICT DO NOTHING`` and the new ones in blocks (see :mod:`pubsub.layout`), add to the
+shared counters, commit. Statements, not rows, cost here, so a batch of thousands of events
+takes six round trips, and a small one two (see :meth:`Store.store`).
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ from typing import Any
 import orjson
 import psycopg
 
-from pubsub import database, dbschema
+from consumer.partitions import Partitions
+from pubsub import database, dbschema, layout
 from pubsub.errors import Unusable
 from pubsub.message import Claim, Undecodable
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer.store")
 
-# The COPY columns: copy_rows() writes its lines in exactly this order.
+# The COPY columns: copy_rows() writes its lines in exactly this order (``key``: the hex of
+# the event's key, see pubsub.layout.event_key).
 _CREATE_INCOMING = """
 CREATE TEMP TABLE IF NOT EXISTS incoming (
-    topic text, event_id text, ts text, source text, payload text, received_at text
+    topic text, event_id text, key text, ts text, source text, payload text, received_at text
 ) ON COMMIT DELETE ROWS
 """
 # The units' keys, and the claims of Idempotency-Keys with their bodies' fingerprints, in one
@@ -49,27 +52,59 @@ WITH given AS (
 )
 SELECT ARRAY(SELECT key FROM added), (SELECT n FROM reused)
 """
-# Competing consumers must take row locks in one global order, or overlapping batches
-# deadlock; the rows are copied pre-sorted so this sort is cheap.
-# The counters, the topics table and the volume per minute move in the same statement (fewer
-# round trips per batch), after the events. Naming ``topics`` here also locks it before any
-# event is inserted, which the retention sweep relies on (see consumer.retention).
-_INSERT_EVENTS = """
-WITH given AS (
-    GIVEN_ROWS
-), inserted AS (
-    INSERT INTO events (topic, event_id, ts, source, payload, received_at)
-    SELECT topic, event_id, ts::timestamptz, source, payload::json, received_at::timestamptz
-    FROM given
-    ORDER BY topic COLLATE "C", event_id COLLATE "C"
+# Topics first, in a statement of their own: the events' statement then sees them (and their
+# ids) in its snapshot, including those another consumer added a moment ago. Sorted, as every
+# consumer locks them in one order. Naming ``topics`` here also locks it before any event is
+# stored, which the retention sweep relies on (see consumer.retention).
+_ADD_TOPICS = """
+INSERT INTO topics (topic) SELECT DISTINCT t COLLATE "C" FROM unnest(%s::text[]) AS t ORDER BY 1
+ON CONFLICT DO NOTHING
+"""
+# The events' keys decide which events are new (competing consumers insert them in one global
+# order, or overlapping batches deadlock); the new ones go into blocks of one topic and one
+# partition and one hour of timestamps, sorted by (ts, event_id) and cut at BLOCK_EVENTS
+# events or about BLOCK_BYTES (see pubsub.layout). A topic missing from ``topics`` fails the
+# keys' NOT NULL, a receive time without a partition the blocks' insert: neither is ever
+# dropped quietly. The counters, the
+# volume per minute and the blocks move in the same statement (fewer round trips per batch).
+_INSERT_EVENTS = (
+    """
+WITH given AS MATERIALIZED (
+    SELECT topic, event_id, decode(key, 'hex') AS key, ts, source, payload, received_at,
+           ts::timestamptz AS at, received_at::timestamptz AS received
+    FROM (GIVEN_ROWS) AS rows
+), placed AS MATERIALIZED (
+    SELECT g.*, t.id AS topic_id, BLOCK_BIN AS hour, coalesce(p.lo, '-infinity') AS part
+    FROM given g LEFT JOIN topics t ON t.topic = g.topic
+    LEFT JOIN partitions p ON g.received >= p.lo AND g.received < p.hi AND NOT p.detached
+), chunked AS MATERIALIZED (
+    SELECT *, (row_number() OVER w - 1) / BLOCK_EVENTS AS by_count,
+              sum(octet_length(payload) + 64) OVER w / BLOCK_BYTES AS by_bytes
+    FROM placed WINDOW w AS (PARTITION BY topic, part, hour ORDER BY at, event_id COLLATE "C")
+), numbered AS MATERIALIZED (
+    SELECT topic, part, hour, by_count, by_bytes, nextval('block_ids') AS block
+    FROM (SELECT DISTINCT topic, part, hour, by_count, by_bytes FROM chunked) AS chunks
+), keyed AS (
+    INSERT INTO keys (tenant, topic, block, key)
+    SELECT TENANT, c.topic_id, n.block, c.key
+    FROM chunked c JOIN numbered n USING (topic, part, hour, by_count, by_bytes)
+    ORDER BY c.topic_id, c.key
     ON CONFLICT DO NOTHING
-    RETURNING topic, ts
+    RETURNING topic, key, block
+), inserted AS MATERIALIZED (
+    SELECT c.*, k.block FROM chunked c
+    JOIN keyed k ON k.topic = c.topic_id AND k.key = c.key
+), blocked AS (
+    INSERT INTO blocks (tenant, topic, id, received, min_ts, max_ts, first_id, last_id, n, events)
+    SELECT TENANT, min(topic), block, max(received), min(at), max(at),
+           (array_agg(event_id ORDER BY at, event_id))[1],
+           (array_agg(event_id ORDER BY at DESC, event_id DESC))[1], count(*),
+           string_agg(concat_ws(E'\\t', event_id, ts, source, received_at,
+                                pg_current_xact_id()::text, payload),
+                      E'\\n' ORDER BY at, event_id COLLATE "C")
+    FROM inserted GROUP BY block
 ), n AS (
     SELECT count(*) AS n FROM inserted
-), new_topics AS (
-    INSERT INTO topics (topic)
-    SELECT DISTINCT topic COLLATE "C" FROM inserted ORDER BY 1
-    ON CONFLICT DO NOTHING
 ), by_topic AS (
     INSERT INTO volume AS v (topic, minute, shard, n)
     SELECT topic COLLATE "C", MINUTE_OF_TS, %(shard)s, count(*) FROM inserted
@@ -87,7 +122,12 @@ ON CONFLICT (shard) DO UPDATE SET
     unique_processed = c.unique_processed + excluded.unique_processed,
     duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped
 RETURNING (SELECT n FROM n)
-""".replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="ts"))
+""".replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="at"))
+    .replace("BLOCK_EVENTS", str(layout.BLOCK_EVENTS))
+    .replace("BLOCK_BYTES", str(layout.BLOCK_BYTES))
+    .replace("TENANT", str(layout.TENANT))
+    .replace("BLOCK_BIN", layout.BLOCK_BIN.format(column="g.at"))
+)
 # Where the rows come from: the COPY into ``incoming``, or, for a small batch, the lines
 # themselves as one parameter that PostgreSQL splits. A COPY costs PostgreSQL about 0.7 ms
 # whatever its size, which a batch of a few single events pays many times over; past a few
@@ -96,8 +136,8 @@ RETURNING (SELECT n FROM n)
 _FROM_COPY = _INSERT_EVENTS.replace("GIVEN_ROWS", "SELECT * FROM incoming")
 _FROM_LINES = _INSERT_EVENTS.replace(
     "GIVEN_ROWS",
-    """SELECT f[1] AS topic, f[2] AS event_id, f[3] AS ts, f[4] AS source, f[5] AS payload,
-           f[6] AS received_at
+    """SELECT f[1] AS topic, f[2] AS event_id, f[3] AS key, f[4] AS ts, f[5] AS source,
+           f[6] AS payload, f[7] AS received_at
     FROM (SELECT string_to_array(line, E'\\t') AS f
           FROM string_to_table(%(lines)s, E'\\n') AS line) AS split""",
 )
@@ -141,6 +181,7 @@ def copy_rows(events: Sequence[Mapping[str, Any]], received_at: str) -> list[Row
     """The rows of decoded events (see :func:`pubsub.message.decode`); raise
     :class:`~pubsub.message.Undecodable` if a field holds a COPY separator."""
     dumps = orjson.dumps
+    key_of = layout.event_key
     rows: list[Row] = []
     append = rows.append
     for e in events:
@@ -149,12 +190,13 @@ def copy_rows(events: Sequence[Mapping[str, Any]], received_at: str) -> list[Row
         append(
             (
                 (topic, event_id),
-                f"{topic}\t{event_id}\t{e['timestamp']}\t{e['source']}\t{payload}\t{received_at}",
+                f"{topic}\t{event_id}\t{key_of(event_id)}\t{e['timestamp']}\t{e['source']}\t"
+                f"{payload}\t{received_at}",
             )
         )
     # Separators inside a field would shift the columns: refuse, cheaply, in C.
     blob = "\n".join(line for _, line in rows)
-    if blob.count("\t") != 5 * len(rows) or blob.count("\n") != len(rows) - 1 or "\r" in blob:
+    if blob.count("\t") != 6 * len(rows) or blob.count("\n") != len(rows) - 1 or "\r" in blob:
         raise Undecodable("a field holds a tab, newline or carriage return")
     return rows
 
@@ -180,6 +222,7 @@ class Store:
     def __init__(self, settings: Settings, *, shard: int) -> None:
         self._settings = settings
         self._shard = shard
+        self._partitions = Partitions(layout.span(settings.retention_seconds))
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
 
     async def connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
@@ -212,13 +255,42 @@ class Store:
         A unit whose key is in the ledger already was stored before: it is skipped, events and
         counters alike. ``claims`` record Idempotency-Keys with their bodies' fingerprints;
         one whose key came before with another fingerprint counts as reused."""
+        # Every row of a unit was received at once: its line ends with that time.
+        received = [rows[0][1].rpartition("\t")[2] for _, rows in batch if rows]
         conn = await self._connection()
+        await self._partitions.ensure(conn, received)
+        for attempt in (1, 2):
+            try:
+                return await self._store(conn, batch, claims)
+            except (psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation) as exc:
+                # No partition for a receive time, or no id for a topic: not the data's fault
+                # (a partition this consumer knew was dropped by retention since, say), so an
+                # error to learn from and retry, never one that dead-letters the messages.
+                if isinstance(exc, psycopg.errors.CheckViolation) and "partition" not in str(exc):
+                    raise
+                self._partitions.forget()
+                if attempt == 2:
+                    raise psycopg.OperationalError(
+                        f"the layout moved under a batch: {exc}"
+                    ) from exc
+                await self._partitions.ensure(conn, received)
+        raise AssertionError("unreachable")
+
+    async def _store(
+        self,
+        conn: psycopg.AsyncConnection[tuple[object, ...]],
+        batch: Sequence[tuple[str, Sequence[Row]]],
+        claims: Sequence[Claim],
+    ) -> Stored:
         # A small batch sends BEGIN with the ledger's statement and COMMIT with the events':
         # two round trips. A COPY cannot travel in a pipeline: a large batch takes five.
         small = _small(batch)
         result: psycopg.AsyncCursor[tuple[object, ...]] | None = None
         pipeline = conn.pipeline() if small else contextlib.nullcontext()
         async with pipeline, conn.transaction():
+            topics = sorted({topic for _, rows in batch for (topic, _), _ in rows})
+            if topics:
+                await conn.execute(_ADD_TOPICS, (topics,))
             keys = [key for key, _ in batch] + [key for key, _ in claims]
             fingerprints = [None] * len(batch) + [body for _, body in claims]
             cur = await conn.execute(_RECORD_UNITS, (keys, fingerprints))

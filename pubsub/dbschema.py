@@ -1,4 +1,5 @@
-"""PostgreSQL schema: the events table, the message ledger and the shared counters.
+"""PostgreSQL schema: the events (laid out as :mod:`pubsub.layout` says), the message
+ledger and the shared counters.
 
 ``ensure`` is safe to run from every process at once: an advisory lock serialises the
 ``CREATE ... IF NOT EXISTS`` statements, which otherwise race on the catalog.
@@ -20,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pubsub import database, search, service
+from pubsub import database, layout, search, service
 from pubsub.backoff import Backoff
 from pubsub.errors import Unusable
 from pubsub.settings import Settings
@@ -33,35 +34,15 @@ _LOCK_KEY = 0x70756273  # any constant shared by every process of the project
 # 3: payload as json (kept as sent), events.txid and its index (the live stream's order).
 # 4: ledger.fingerprint (an Idempotency-Key names one body).
 # 5: volume and volume_total, events per minute (GET /events/histogram).
-SCHEMA_VERSION = 5
+# 6: events in blocks, in time partitions, with a key table (see pubsub.layout); ``events`` is
+#    a view.
+SCHEMA_VERSION = 6
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_version (
     version    integer     PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-
-CREATE TABLE IF NOT EXISTS events (
-    topic       text        NOT NULL,
-    event_id    text        NOT NULL,
-    ts          timestamptz NOT NULL,
-    source      text        NOT NULL,
-    -- json, not jsonb: jsonb normalises numbers (1e308 comes back as 309 digits, -0.0 as 0);
-    -- json keeps the text the consumer wrote, and nothing queries inside payloads.
-    payload     json        NOT NULL,
-    received_at timestamptz NOT NULL,
-    stored_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
-    -- The storing transaction: the live stream reads in this order (see readapi.stream).
-    txid        xid8                 DEFAULT pg_current_xact_id(),
-    PRIMARY KEY (topic, event_id)
-);
-CREATE INDEX IF NOT EXISTS events_topic_ts ON events (topic, ts, event_id);
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts, topic, event_id);
--- The retention sweep takes the oldest rows from here; received_at only grows, so inserts land
--- on the index's right edge and cost little.
-CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at);
--- The live stream's cursor; transaction ids only grow, so this index too grows at its right edge.
-CREATE INDEX IF NOT EXISTS events_txid ON events (txid);
 
 -- Every topic that has stored events: consumers add new ones in the transaction that stores
 -- them, the retention sweep removes those left without events. /stats reads this instead of
@@ -137,8 +118,11 @@ SELECT minute, 0, sum(n) FROM volume GROUP BY 1;
 # payload becomes json, a rewrite of the table.
 _UPGRADE_TABLES = """
 ALTER TABLE IF EXISTS ledger ADD COLUMN IF NOT EXISTS fingerprint text;
-ALTER TABLE IF EXISTS events ADD COLUMN IF NOT EXISTS txid xid8;
-ALTER TABLE IF EXISTS events ALTER COLUMN txid SET DEFAULT pg_current_xact_id();
+ALTER TABLE IF EXISTS counters ADD COLUMN IF NOT EXISTS expired bigint NOT NULL DEFAULT 0;
+"""
+# The same, of an events table (versions 1 to 5).
+_UPGRADE_EVENTS = """
+ALTER TABLE events ADD COLUMN IF NOT EXISTS txid xid8;
 DO $$
 BEGIN
     IF (SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema()
@@ -147,10 +131,10 @@ BEGIN
     END IF;
 END $$;
 """
-# After them: fill in what is new. The volume of the events stored before version 5 is counted
-# once, from the table (a scan of it: see docs/operations.md for its duration).
+# After them, of an events table: fill in what is new. The volume of the events stored before
+# version 5 is counted once, from the table (a scan of it: see docs/operations.md for its
+# duration). Then the table makes way for the blocks (pubsub.layout.move).
 _UPGRADE = f"""
-ALTER TABLE counters ADD COLUMN IF NOT EXISTS expired bigint NOT NULL DEFAULT 0;
 INSERT INTO topics (topic) {TOPICS_BY_INDEX_SCAN} ON CONFLICT DO NOTHING;
 DO $$
 BEGIN
@@ -158,6 +142,7 @@ BEGIN
         {FILL_VOLUME}
     END IF;
 END $$;
+ALTER TABLE events RENAME TO events_5;
 """
 
 
@@ -210,11 +195,29 @@ async def ensure(settings: Settings) -> None:
         await conn.execute(
             sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(settings.db_schema))
         )
+        old = await _events_table(conn)
+        if old:
+            await conn.execute(_UPGRADE_EVENTS)
         await conn.execute(_UPGRADE_TABLES)
         await conn.execute(_DDL)
-        await conn.execute(_UPGRADE)
+        if old:
+            await conn.execute(_UPGRADE)
+        await conn.execute(layout.ddl(sql.Identifier(settings.db_schema).as_string(conn)))
+        if old:
+            started = time.monotonic()
+            await conn.execute(layout.move("events_5"))
+            await conn.execute("DROP TABLE events_5")
+            log.info("moved the events into blocks in %.1fs", time.monotonic() - started)
+        await conn.execute(layout.GRANT)
         await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
         await _reconcile_search(conn, settings)
+
+
+async def _events_table(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether ``events`` is a table (schema 5 and before), not the view over blocks."""
+    cur = await conn.execute("SELECT relkind = 'r' FROM pg_class WHERE oid = to_regclass('events')")
+    row = await cur.fetchone()
+    return bool(row and row[0])
 
 
 async def _searchable(conn: psycopg.AsyncConnection[Any], settings: Settings) -> bool:

@@ -3,14 +3,15 @@
 A query is words (or ``"quoted phrases"``), each of which must occur, case-insensitively, in
 the event's topic, its source or its payload's JSON text: ``timeout``, an order id, an IP,
 ``"connection reset"``. It is one SQL condition per word over one expression, the same with
-or without an index:
+or without an index. Events lie in blocks (see :mod:`pubsub.layout`): a block whose text
+lacks a word (without spaces) is skipped before its events are matched.
 
-- ``PUBSUB_SEARCH=scan`` (the default) keeps no index: a search reads the events its other
+- ``PUBSUB_SEARCH=scan`` (the default) keeps no index: a search reads the blocks its other
   filters (``topic``, ``since``, ``until``) narrow it to, which is fast within a time window
   and slow over a big table (bounded by ``PUBSUB_READ_STATEMENT_TIMEOUT``).
-- ``PUBSUB_SEARCH=trigram`` keeps a ``pg_trgm`` GIN index on that expression: a rare word is
-  found among millions of events in milliseconds, at a cost to every insert (the measured
-  trade-off is in docs/design.md).
+- ``PUBSUB_SEARCH=trigram`` keeps a ``pg_trgm`` GIN index on the blocks' text: the blocks
+  that hold a rare word are found among millions of events in milliseconds, at a cost to
+  every insert (the measured trade-off is in docs/design.md).
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ from psycopg import sql
 MAX_CHARS = 256
 MAX_WORDS = 8
 
-# What a word is matched against; the trigram index is on exactly this expression.
+# What a word is matched against, in an event.
 TEXT = "(topic || ' ' || source || ' ' || payload::text)"
+# The same words in a block (see pubsub.layout): its topic and its lines, which hold each
+# event's source and payload. A word without white space that is in an event is in its block;
+# a block without it is skipped unopened. The trigram index is on exactly this expression.
+BLOCK_TEXT = "(topic || ' ' || events)"
 INDEX = "events_search"
 
 _WORD = re.compile(r'"([^"]*)"?|(\S+)')
@@ -81,6 +86,15 @@ def condition(query_words: list[str], where: list[str], params: list[Any]) -> No
         params.append(pattern(word))
 
 
+def block_condition(query_words: list[str], where: list[str], params: list[Any]) -> None:
+    """Add the conditions a block must meet to hold a match: one per word without white space
+    (a phrase may span the fields an event's text joins with spaces)."""
+    for word in query_words:
+        if not any(c.isspace() for c in word):
+            where.append(f"{BLOCK_TEXT} ILIKE %s")
+            params.append(pattern(word))
+
+
 # --- the index --------------------------------------------------------------------------------
 
 _OPCLASS = """
@@ -90,7 +104,7 @@ WHERE c.opcname = 'gin_trgm_ops' LIMIT 1
 
 
 async def indexed(conn: psycopg.AsyncConnection[Any], schema: str) -> bool:
-    """Whether ``schema``'s events table has the search index."""
+    """Whether ``schema``'s blocks have the search index."""
     cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.{INDEX}",))
     row = await cur.fetchone()
     return bool(row and row[0])
@@ -98,7 +112,7 @@ async def indexed(conn: psycopg.AsyncConnection[Any], schema: str) -> bool:
 
 async def build(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     """Create the trigram index (and the ``pg_trgm`` extension, in ``schema``, if the database
-    has none). It locks the events table against writes while it is built."""
+    has none). It locks the blocks against writes while it is built."""
     cur = await conn.execute(_OPCLASS)
     row = await cur.fetchone()
     if row is None:
@@ -114,8 +128,8 @@ async def build(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     await conn.execute(
         sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin ({} {})").format(
             sql.Identifier(INDEX),
-            sql.Identifier(schema, "events"),
-            sql.SQL(TEXT),
+            sql.Identifier(schema, "blocks"),
+            sql.SQL(BLOCK_TEXT),
             sql.Identifier(row[0], "gin_trgm_ops"),
         )
     )

@@ -276,7 +276,8 @@ class Settings(BaseSettings):
     )
     retention_batch: Count = Field(
         2000,
-        description="Most events one retention transaction removes; sweeps pause between them.",
+        description="Most events whose keys one retention transaction removes (whole blocks: "
+        "one block's more at most); sweeps pause between them.",
     )
     retry_first_delay: Seconds = Field(
         0.1,

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from pubsub import api
+from pubsub import api, layout
 from readapi import queries
 
 # Round widths, in seconds: the automatic choice is the first that cuts the range into at most
@@ -141,11 +141,17 @@ async def histogram(
             ) AS minutes GROUP BY 1
         """
     else:
+        blocks: list[str] = []
+        filters.blocks_sql(blocks, params)
+        span = f"interval '{layout.BLOCK_SPAN}'"
+        blocks += ["max_ts >= %s", f"min_ts > %s::timestamptz - {span}", "min_ts < %s"]
+        params += [start, start, end]
         where = []
         filters.sql(where, params)
         where += ["ts >= %s", "ts < %s"]
         query = f"""
-            SELECT {_BIN.format(column="ts")}, count(*) FROM events
+            SELECT {_BIN.format(column="ts")}, count(*)
+            FROM {layout.events_of(" AND ".join(blocks))}
             WHERE {" AND ".join(where)} GROUP BY 1
         """
     cur = await conn.execute(query, [*params, start, end])

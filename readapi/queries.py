@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,7 @@ import orjson
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from pubsub import database, search
+from pubsub import database, layout, search
 
 # The pool waited in vain for a connection, or PostgreSQL is down: answer 503, retry later.
 UNAVAILABLE: tuple[type[Exception], ...] = (PoolTimeout, *database.UNAVAILABLE)
@@ -115,11 +116,7 @@ class Filters:
         return self.source is None and self.event_id is None and not self.words
 
     def sql(self, where: list[str], params: list[Any]) -> None:
-        """Add this filter's conditions and their parameters."""
-        if self.topic is None and self.event_id is not None:
-            # Without a topic, find an event id by one probe of the primary key per topic
-            # instead of a scan of the whole table.
-            where.append("topic = ANY(ARRAY(SELECT topic FROM topics))")
+        """Add this filter's conditions on events and their parameters."""
         for column, value in (
             ("topic", self.topic), ("event_id", self.event_id), ("source", self.source)
         ):  # fmt: skip
@@ -127,6 +124,24 @@ class Filters:
                 where.append(f"{column} = %s")
                 params.append(value)
         search.condition(list(self.words), where, params)
+
+    def blocks_sql(self, where: list[str], params: list[Any]) -> None:
+        """Add the conditions a block must meet to hold an event these filters pass."""
+        where.append(f"tenant = {layout.TENANT}")
+        if self.topic is not None:
+            where.append("topic = %s")
+            params.append(self.topic)
+        if self.event_id is not None:
+            # The blocks of the id's keys: one probe of the key table per topic.
+            where.append(
+                f"""id = ANY(ARRAY(SELECT k.block FROM keys k JOIN topics t ON k.topic = t.id
+                    WHERE k.tenant = {layout.TENANT} AND k.key = event_key(%s)
+                    {"AND t.topic = %s" if self.topic is not None else ""}))"""
+            )
+            params.append(self.event_id)
+            if self.topic is not None:
+                params.append(self.topic)
+        search.block_condition(list(self.words), where, params)
 
 
 @dataclass(frozen=True)
@@ -145,9 +160,15 @@ async def events_page(
 ) -> tuple[list[dict[str, Any]], Cursor | None]:
     """One page of events ordered by ``(timestamp, topic, event_id)`` (or the reverse, with
     ``q.descending``), and the next cursor: at most ``q.limit`` events, and no more payload
-    bytes than ``q.max_bytes`` (but one). The indexes serve both orders, read backwards for
-    the newest first."""
-    where = ["TRUE"]
+    bytes than ``q.max_bytes`` (but one). Only the blocks that can hold the page are opened
+    (see :func:`_page_blocks`)."""
+    cur = await conn.execute(*page_sql(q))
+    return _page_rows(q, await cur.fetchall())
+
+
+def page_sql(q: EventQuery) -> tuple[str, list[Any]]:
+    """The statement of the page ``q`` asks for, and its parameters."""
+    where: list[str] = ["TRUE"]
     params: list[Any] = []
     q.filters.sql(where, params)
     for condition, value in (("ts >= %s", q.since), ("ts < %s", q.until)):
@@ -158,27 +179,33 @@ async def events_page(
     beyond, direction = ("<", " DESC") if q.descending else (">", "")
     if q.after is not None:
         if topic is not None:
-            # Within one topic the index (topic, ts, event_id) orders the page.
             where.append(f"(ts, event_id) {beyond} (%s, %s)")
             params += [q.after.ts, q.after.event_id]
         else:
             where.append(f"(ts, topic, event_id) {beyond} (%s, %s, %s)")
             params += [q.after.ts, q.after.topic, q.after.event_id]
+    blocks, blocks_params = _page_blocks(q)
     columns = ("ts", "event_id") if topic is not None else ("ts", "topic", "event_id")
     order = ", ".join(column + direction for column in columns)
-    # The page's rows come by the index, at most limit + 1; of those only the ones that start
-    # within the byte budget leave the server (and one more, which tells that more follow).
+    # The page's rows come from the blocks it can hold, at most limit + 1; of those only the
+    # ones that start within the byte budget leave the server (and one more, which tells that
+    # more follow).
     query = f"""
         SELECT topic, event_id, ts, source, body FROM (
           SELECT *, sum(octet_length(body)) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING)
                     - octet_length(body) AS before
-          FROM (SELECT topic, event_id, ts, source, payload::text AS body FROM events
+          FROM (SELECT topic, event_id, ts, source, payload AS body
+                FROM {layout.events_of(" AND ".join(blocks))}
                 WHERE {" AND ".join(where)} ORDER BY {order} LIMIT %s) page
         ) sized WHERE before <= %s ORDER BY {order}
     """
-    params += [q.limit + 1, q.max_bytes]
-    cur = await conn.execute(query, params)
-    rows = await cur.fetchall()
+    return query, [*blocks_params, *params, q.limit + 1, q.max_bytes]
+
+
+def _page_rows(
+    q: EventQuery, rows: list[tuple[Any, ...]]
+) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """The events of a page's rows, cut to its byte budget, and the next cursor."""
     page: list[tuple[Any, ...]] = []
     total = 0
     for row in rows[: q.limit]:
@@ -193,6 +220,102 @@ async def events_page(
         topic, event_id, ts, _, _ = page[-1]
         after = Cursor(ts, topic, event_id, q.descending)
     return events, after
+
+
+def _page_blocks(q: EventQuery) -> tuple[list[str], list[Any]]:
+    """The conditions on the blocks that can hold events of the page ``q`` asks for.
+
+    A page is ordered by key, ``(ts, topic, event_id)`` (``(ts, event_id)`` within a topic). A
+    block's events lie between its first key, ``(min_ts, topic, first_id)``, and its last,
+    ``(max_ts, topic, last_id)``. So beyond the filters: the blocks that overlap the time range
+    and reach past the cursor, and, when every event of a block passes the filters that are
+    not about blocks (no ``source``, ``q`` or id), a bound that leaves out blocks too far on.
+    The first blocks in the page's order that lie wholly within the range and past the cursor
+    hold ``limit + 1`` events or more: the page ends by the last key among them (ascending;
+    the first, descending), and a block that starts after it is not opened."""
+    where: list[str] = []
+    params: list[Any] = []
+    q.filters.blocks_sql(where, params)
+    # Wholly within the range and past the cursor (for the bound): the same filters, and these.
+    wholly = list(where)
+    wholly_params = list(params)
+    by_topic = q.filters.topic is not None
+    first = "(min_ts, first_id)" if by_topic else "(min_ts, topic, first_id)"
+    last = "(max_ts, last_id)" if by_topic else "(max_ts, topic, last_id)"
+    # Each condition on one end of a block comes with the one it implies on the other (a
+    # block spans less than BLOCK_SPAN), so that an index on either column bounds the scan.
+    span = f"interval '{layout.BLOCK_SPAN}'"
+    if q.since is not None:
+        where += ["max_ts >= %s", f"min_ts > %s::timestamptz - {span}"]
+        params += [q.since, q.since]
+        wholly.append("min_ts >= %s")
+        wholly_params.append(q.since)
+    if q.until is not None:
+        where += ["min_ts < %s", f"max_ts < %s::timestamptz + {span}"]
+        params += [q.until, q.until]
+        wholly.append("max_ts < %s")
+        wholly_params.append(q.until)
+    if q.after is not None:
+        c = q.after
+        key = [c.ts, c.event_id] if by_topic else [c.ts, c.topic, c.event_id]
+        cursor = "(%s, %s)" if by_topic else "(%s, %s, %s)"
+        if q.descending:
+            where += [f"{first} < {cursor}", "min_ts <= %s", f"max_ts < %s::timestamptz + {span}"]
+            wholly.append(f"{last} < {cursor}")
+        else:
+            where += [f"{last} > {cursor}", "max_ts >= %s", f"min_ts > %s::timestamptz - {span}"]
+            wholly.append(f"{first} > {cursor}")
+        params += [*key, c.ts, c.ts]
+        wholly_params += key
+    f = q.filters
+    if f.source is None and f.event_id is None and not f.words:
+        bound = _page_bound(q, " AND ".join(wholly), by_topic=by_topic)
+        where += bound
+        params += wholly_params * len(bound)
+    return where, params
+
+
+def _row(columns: tuple[str, ...]) -> str:
+    return f"({', '.join(columns)})"
+
+
+def _page_bound(q: EventQuery, wholly: str, *, by_topic: bool) -> list[str]:
+    """The bound of :func:`_page_blocks`: two conditions, each with the parameters of
+    ``wholly`` once. Ascending, the first blocks by first key that hold ``limit + 1`` events
+    end the page by their greatest last key: a block whose first key is beyond it is left
+    out; descending, the reverse."""
+    wanted = q.limit + 1
+    first = ("min_ts", "first_id") if by_topic else ("min_ts", "topic", "first_id")
+    last = ("max_ts", "last_id") if by_topic else ("max_ts", "topic", "last_id")
+    span = f"interval '{layout.BLOCK_SPAN}'"
+    if q.descending:
+        near, edge, direction, compare = last, first, "DESC", ">="
+        far, implied = "'-infinity'::timestamptz", f"min_ts > coalesce(({{}}), {{}}) - {span}"
+    else:
+        near, edge, direction, compare = first, last, "ASC", "<="
+        far, implied = "'infinity'::timestamptz", f"max_ts < coalesce(({{}}), {{}}) + {span}"
+    filler = ", ''::text" * (len(first) - 1)
+    far_key = f"ROW({far}{filler})"
+    order = ", ".join(f"{c} {direction}" for c in (*near, "id"))
+    # The edge is the opposite end of the blocks found ahead: the greatest last key
+    # ascending, the least first key descending.
+    edge_order = ", ".join(f"{c} {'ASC' if q.descending else 'DESC'}" for c in edge)
+
+    def chosen(what: str) -> str:
+        """``what`` of the edge among the first blocks holding ``wanted`` events; no row when
+        they hold fewer."""
+        return f"""SELECT {what} FROM (
+                SELECT {", ".join(edge)}, sum(n) OVER (ORDER BY {order}) - n AS before,
+                       sum(n) OVER () AS total
+                FROM (SELECT n, min_ts, max_ts, topic, first_id, last_id, id FROM blocks
+                      WHERE {wholly} ORDER BY {order} LIMIT {wanted}) AS ahead
+            ) AS counted WHERE before < {wanted} AND total >= {wanted}
+            ORDER BY {edge_order} LIMIT 1"""
+
+    return [
+        f"ROW{_row(near)} {compare} coalesce(({chosen(f'ROW{_row(edge)}')}), {far_key})",
+        implied.format(chosen(edge[0]), far),
+    ]
 
 
 def _event(topic: str, event_id: str, ts: datetime, source: str, payload: str) -> dict[str, Any]:
@@ -224,22 +347,31 @@ def rfc3339(ts: datetime) -> str:
 # everything up to the horizon moves the position there, so the next one starts at the head.
 _STREAM_READ = """
 WITH horizon AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+-- The first blocks after the position that hold ``scan`` events or more end the scan at the
+-- last (transaction, topic) among them: later blocks are not opened.
+bound AS MATERIALIZED (
+  SELECT txid, topic FROM (
+    SELECT txid, topic, sum(n) OVER (ORDER BY txid, topic, id) AS upto
+    FROM (SELECT txid, topic, id, n FROM blocks
+          WHERE txid > %(txid)s::text::xid8 AND txid < (SELECT xmin FROM horizon) {blocks}
+          ORDER BY txid, topic, id LIMIT %(scan)s) AS first
+  ) AS counted WHERE upto >= %(scan)s ORDER BY txid, topic LIMIT 1
+),
 scanned AS MATERIALIZED (
-  SELECT txid, topic, event_id, ts, source, payload FROM events
-  WHERE txid < (SELECT xmin FROM horizon)
-    AND txid >= %s::text::xid8 AND (txid, topic, event_id) > (%s::text::xid8, %s, %s)
-  ORDER BY txid, topic, event_id LIMIT %s
+  SELECT txid, topic, event_id, ts, source, payload FROM {events}
+  WHERE (txid, topic, event_id) > (%(txid)s::text::xid8, %(topic)s, %(event_id)s)
+  ORDER BY txid, topic, event_id LIMIT %(scan)s
 ),
 matched AS (
-  SELECT txid, topic, event_id, ts, source, payload::text AS body FROM scanned
-  WHERE TRUE {filters} ORDER BY txid, topic, event_id LIMIT %s
+  SELECT txid, topic, event_id, ts, source, payload AS body FROM scanned
+  WHERE TRUE {filters} ORDER BY txid, topic, event_id LIMIT %(limit)s
 ),
 sized AS (
   SELECT *, sum(octet_length(body)) OVER (ORDER BY txid, topic, event_id
                                           ROWS UNBOUNDED PRECEDING) - octet_length(body) AS before
   FROM matched
 )
-SELECT 'e', txid::text, topic, event_id, ts, source, body FROM sized WHERE before <= %s
+SELECT 'e', txid::text, topic, event_id, ts, source, body FROM sized WHERE before <= %(bytes)s
 UNION ALL
 (SELECT 'l', txid::text, topic, event_id, NULL, NULL, NULL FROM scanned
  ORDER BY txid DESC, topic DESC, event_id DESC LIMIT 1)
@@ -248,12 +380,28 @@ SELECT 'h', xmin::text, (SELECT count(*) FROM scanned)::text, (SELECT count(*) F
        NULL, NULL, NULL
 FROM horizon
 """
+# The blocks a stream read opens: stored by transactions the horizon has passed, from the
+# position's transaction on, up to the bound.
+_STREAM_BLOCKS = """txid < (SELECT xmin FROM horizon) AND txid >= %(txid)s::text::xid8
+    AND (txid, topic) <= ALL (SELECT txid, topic FROM bound)"""
+
+
+def _named(text: str, values: list[Any], params: dict[str, Any], names: Iterator[int]) -> str:
+    """``text`` with its ``%s`` placeholders named, their values put in ``params``."""
+    parts = text.split("%s")
+    out = [parts[0]]
+    for part, value in zip(parts[1:], values, strict=True):
+        name = f"f{next(names)}"
+        params[name] = value
+        out.append(f"%({name})s{part}")
+    return "".join(out)
+
+
 # The live head: transactions from the oldest one still running on are still to be read.
 _STREAM_HEAD = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
 # The first transaction that stored an event received at or after a time.
 _STREAM_SINCE = """
-SELECT txid::text FROM events WHERE received_at >= %s AND txid IS NOT NULL
-ORDER BY received_at LIMIT 1
+SELECT txid::text FROM blocks WHERE received >= %s ORDER BY received LIMIT 1
 """
 
 
@@ -310,11 +458,26 @@ async def stream_read(
 ) -> StreamPage:
     """Events stored after ``after`` in the order they became visible: at most ``limit`` of
     them, of at most ``max_bytes`` together (or one event), found among ``scan`` rows."""
+    params: dict[str, Any] = {
+        "txid": str(after.txid), "topic": after.topic, "event_id": after.event_id,
+        "scan": scan, "limit": limit, "bytes": max_bytes,
+    }  # fmt: skip
     where: list[str] = []
-    params: list[Any] = [str(after.txid), str(after.txid), after.topic, after.event_id, scan]
-    filters.sql(where, params)
-    query = _STREAM_READ.format(filters="".join(f" AND {w}" for w in where))
-    cur = await conn.execute(query, [*params, limit, max_bytes])
+    values: list[Any] = []
+    filters.sql(where, values)
+    blocks: list[str] = []
+    blocks_values: list[Any] = []
+    filters.blocks_sql(blocks, blocks_values)
+    # Named parameters throughout: the filters' own become f0, f1, ...
+    names = iter(range(len(blocks_values) + len(values)))
+    blocks_sql = _named(" AND ".join(blocks), blocks_values, params, names)
+    filters_sql = _named("".join(f" AND {w}" for w in where), values, params, names)
+    query = _STREAM_READ.format(
+        blocks=f"AND {blocks_sql}",
+        events=layout.events_of(f"{_STREAM_BLOCKS} AND {blocks_sql}"),
+        filters=filters_sql,
+    )
+    cur = await conn.execute(query, params)
     found: list[StreamEvent] = []
     last: StreamCursor | None = None
     horizon, scanned, matched = 0, 0, 0

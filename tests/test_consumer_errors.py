@@ -48,6 +48,11 @@ def restricted(
             schema=own.db_schema,
             role=role,
         )
+        for grant in (
+            "GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+            "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} TO {role}",
+        ):
+            run(database_url, grant, schema=own.db_schema, role=role)
         run(database_url, "GRANT TEMP ON DATABASE {db} TO {role}", db=dbname, role=role)
         as_role = psycopg.conninfo.make_conninfo(database_url, user=role, password="consumer-pw")
         system = Supervisor(own, logdir=tmp_path, consumers=1)
@@ -66,14 +71,14 @@ async def test_a_revoked_privilege_is_waited_out_without_dead_letters(
 ) -> None:
     system, role = restricted
     settings = system.settings
-    events = f"{settings.db_schema}.events"
+    blocks = f"{settings.db_schema}.blocks"
     topic = f"grants-{uuid.uuid4().hex[:6]}"
     before = await stats(http, system.read_url)
     first = [event(topic, f"a{i}") for i in range(100)]
     assert (await post_json(http, system.ingest_url, first))[0] == 202
     await settled(http, system.read_url, before["received"] + 100)
 
-    run(settings.database_url, "REVOKE INSERT ON {events} FROM {role}", events=events, role=role)
+    run(settings.database_url, "REVOKE INSERT ON {blocks} FROM {role}", blocks=blocks, role=role)
     second = [event(topic, f"b{i}") for i in range(200)]
     assert (await post_json(http, system.ingest_url, second))[0] == 202
     consumer_metrics = [system.url("consumer-1")]
@@ -83,7 +88,7 @@ async def test_a_revoked_privilege_is_waited_out_without_dead_letters(
         timeout=30,
         what="the consumer retrying the refused inserts",
     )
-    run(settings.database_url, "GRANT INSERT ON {events} TO {role}", events=events, role=role)
+    run(settings.database_url, "GRANT INSERT ON {blocks} TO {role}", blocks=blocks, role=role)
 
     after = await settled(http, system.read_url, before["received"] + 300, timeout=60)
     assert after["unique_processed"] - before["unique_processed"] == 300

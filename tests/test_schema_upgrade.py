@@ -1,5 +1,5 @@
-"""A database made by the version before retention (schema 1) is upgraded in place on start,
-to the current version (json payloads, the stream's txid)."""
+"""Databases made by earlier versions are upgraded in place on start: schema 1 (before
+retention), 4 (before the volume rollup) and 5 (events as rows, before blocks)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,21 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pubsub import dbschema
+from bench.upgrade import SCHEMA_5
+from consumer.store import Store, copy_rows
+from pubsub import dbschema, search
 from pubsub.database import connect_kwargs
 from pubsub.settings import Settings
+from readapi import histogram, queries
 from tests.fix_services import private_settings
 from tests.support import assert_volume_counts_the_events, run_async
 
@@ -26,11 +32,11 @@ from tests.support import assert_volume_counts_the_events, run_async
 def schema_as(
     amqp_url: str, database_url: str, *, version: int, undo: list[str], rows: list[str]
 ) -> Iterator[Settings]:
-    """A current schema taken back to ``version`` by the ``undo`` statements, then given
-    ``rows`` (statements that insert them)."""
+    """A current schema taken back to version 5, then to ``version`` by the ``undo``
+    statements, then given ``rows`` (statements that insert them)."""
     with private_settings(amqp_url, database_url, prefix=f"upg{version}") as s:
         with psycopg.connect(s.database_url, autocommit=True, **connect_kwargs(s)) as c:
-            for statement in undo:
+            for statement in [*SCHEMA_5, *undo]:
                 c.execute(statement)
             c.execute("DELETE FROM schema_version")
             c.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
@@ -75,17 +81,19 @@ def test_a_version_1_schema_is_upgraded_with_its_topics_and_counters(old: Settin
             dbschema.SCHEMA_VERSION,
         )
         assert c.execute("SELECT fingerprint FROM ledger LIMIT 1").fetchall() == []
-        for index in ("events_received_at", "events_txid"):
-            assert c.execute("SELECT to_regclass(%s) IS NOT NULL", (index,)).fetchone() == (True,)
-        kind = "SELECT pg_typeof(payload)::text, payload::text, txid IS NULL FROM events LIMIT 1"
-        assert c.execute(kind).fetchone() == ("json", '{"n": 1.5}', True)
+        for table in ("blocks", "keys", "events_5"):
+            exists = table != "events_5"  # the old table is gone once its events moved
+            assert c.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (exists,)
+        # Events stored before version 3 have no transaction: the stream starts after them.
+        kind = "SELECT pg_typeof(payload)::text, payload::text, txid FROM events LIMIT 1"
+        assert c.execute(kind).fetchone() == ("json", '{"n": 1.5}', "0")
         assert_volume_counts_the_events(c)
         # Events stored from now on carry their transaction for the stream.
         c.execute(
             "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
             " VALUES ('t0', 'new', now(), 's', '{\"x\": -0.0}', now())"
         )
-        new = "SELECT txid IS NOT NULL, payload::text FROM events WHERE event_id = 'new'"
+        new = "SELECT txid::text::bigint > 0, payload::text FROM events WHERE event_id = 'new'"
         assert c.execute(new).fetchone() == (True, '{"x": -0.0}')
 
 
@@ -130,10 +138,9 @@ def test_the_search_index_follows_the_setting(version_4: Settings) -> None:
     with psycopg.connect(version_4.database_url, **connect_kwargs(version_4)) as c:
         c.execute("SET enable_seqscan = off")
         plan = c.execute(
-            "EXPLAIN SELECT * FROM events WHERE (topic || ' ' || source || ' ' || payload::text)"
-            " ILIKE '%needle%'"
+            f"EXPLAIN SELECT * FROM blocks WHERE {search.BLOCK_TEXT} ILIKE '%needle%'"
         ).fetchall()
-        assert "events_search" in str(plan)
+        assert "Bitmap Index Scan" in str(plan)  # the partitions have the index too
     run_async(dbschema.ensure(version_4))
     assert not indexed()
 
@@ -175,3 +182,128 @@ def test_a_role_that_may_not_create_tables_checks_a_current_schema_and_waits_for
     assert done.returncode == 2 and "as the schema's owner" in done.stderr, done.stderr
     run_async(dbschema.ensure(old))  # the owner upgrades it
     run_async(dbschema.ensure(app))  # now current: checked, nothing to create
+
+
+@pytest.fixture
+def version_5(amqp_url: str, database_url: str) -> Iterator[Settings]:
+    """A schema as version 5 left it: 3,000 events in three topics, received over five days,
+    with their topics, volume and counters."""
+    with schema_as(
+        amqp_url,
+        database_url,
+        version=5,
+        undo=[],
+        rows=[
+            "INSERT INTO events (topic, event_id, ts, source, payload, received_at)"
+            " SELECT 't' || (g % 3), 'e' || g,"
+            " '2026-01-01T10:00:00Z'::timestamptz + g * interval '1 minute', 's' || (g % 2),"
+            " json_build_object('n', g, 'word', CASE WHEN g = 1234 THEN 'needle' ELSE 'hay' END,"
+            " 'big', 1e308, 'zero', -0.0), now() - (g % 5) * interval '1 day'"
+            " FROM generate_series(1, 3000) g",
+            "INSERT INTO topics SELECT DISTINCT topic FROM events",
+            dbschema.FILL_VOLUME,
+            "INSERT INTO counters (shard, received, unique_processed) VALUES (1, 3000, 3000)",
+        ],
+    ) as s:
+        yield s
+
+
+ALL_EVENTS = (
+    "SELECT topic, event_id, ts, source, payload::text FROM events ORDER BY ts, topic, event_id"
+)
+
+
+async def pages(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]], filters: queries.Filters, *, descending: bool
+) -> list[tuple[str, str, datetime, str, str]]:
+    """Every event ``/events`` gives, page by page through the cursors."""
+    found: list[tuple[str, str, datetime, str, str]] = []
+    after: queries.Cursor | None = None
+    while True:
+        q = queries.EventQuery(filters, None, None, after, 100, 1 << 20, descending)
+        events, after = await queries.events_page(conn, q)
+        for e in events:
+            ts = datetime.fromisoformat(e["timestamp"])
+            payload = orjson.dumps(e["payload"]).decode()  # the text as stored
+            found.append((e["topic"], e["event_id"], ts, e["source"], payload))
+        if after is None:
+            return found
+
+
+def test_a_version_5_schema_moves_its_events_into_blocks_and_every_read_works(
+    version_5: Settings,
+) -> None:
+    s = version_5
+    with psycopg.connect(s.database_url, **connect_kwargs(s)) as c:
+        before = c.execute(ALL_EVENTS).fetchall()
+        # A block per topic, day of receipt and hour of timestamps.
+        origin = "'2000-01-01 00:00:00+00'"
+        row = c.execute(
+            f"SELECT count(DISTINCT (topic, date_bin('1 day', received_at, {origin}),"
+            f" date_bin('1 hour', ts, {origin}))) FROM events"
+        ).fetchone()
+        blocks = row[0] if row else 0
+    run_async(dbschema.ensure(s))
+    with psycopg.connect(s.database_url, **connect_kwargs(s)) as c:
+        assert c.execute("SELECT max(version) FROM schema_version").fetchone() == (
+            dbschema.SCHEMA_VERSION,
+        )
+        # The view shows the same events, byte for byte, and the blocks hold them by topic.
+        assert c.execute(ALL_EVENTS).fetchall() == before
+        assert c.execute("SELECT count(*), sum(n) FROM blocks").fetchone() == (blocks, 3000)
+        assert c.execute("SELECT count(*) FROM keys").fetchone() == (3000,)
+        assert c.execute("SELECT count(*) FROM partitions").fetchone() == (5,)
+        assert_volume_counts_the_events(c)
+
+    async def reads() -> None:
+        async with await psycopg.AsyncConnection.connect(
+            s.database_url, **connect_kwargs(s)
+        ) as conn:
+            expected = [(t, e, ts, src, p) for t, e, ts, src, p in before]
+            assert await pages(conn, queries.Filters(), descending=False) == expected
+            assert await pages(conn, queries.Filters(), descending=True) == expected[::-1]
+            in_t1 = [e for e in expected if e[0] == "t1"]
+            assert await pages(conn, queries.Filters(topic="t1"), descending=True) == in_t1[::-1]
+            (needle,) = [e for e in expected if e[1] == "e1234"]
+            for filters in (
+                queries.Filters(words=("needle",)),
+                queries.Filters(event_id="e1234"),
+                queries.Filters(topic="t1", event_id="e1234"),
+            ):
+                assert await pages(conn, filters, descending=False) == [needle], filters
+            assert await pages(conn, queries.Filters(topic="t0", event_id="e1234"),
+                               descending=False) == []  # fmt: skip
+            counts = await queries.counts(conn, max_topics=10)
+            assert (counts.unique_processed, counts.topics) == (3000, ["t0", "t1", "t2"])
+            by_source = await histogram.histogram(
+                conn, queries.Filters(source="s1"), since=None, until=None, width=3600
+            )
+            assert sum(by_source.counts) == 1500
+            # The stream gives every event once, from the first one received.
+            at = await queries.stream_start(conn, datetime.now(UTC) - timedelta(days=6))
+            streamed = []
+            while True:
+                page = await queries.stream_read(
+                    conn, at, queries.Filters(), limit=500, max_bytes=1 << 20, scan=700
+                )
+                streamed += [(e.at.topic, e.at.event_id) for e in page.events]
+                at = page.position
+                if page.caught_up:
+                    break
+            assert sorted(streamed) == sorted((e[0], e[1]) for e in expected)
+
+        # Keys decide as the table's primary key did: a known event is a duplicate.
+        store = Store(s, shard=1)
+        try:
+            known = orjson.loads(orjson.dumps([
+                {"topic": "t1", "event_id": "e1", "timestamp": "2026-01-01T10:01:00Z",
+                 "source": "s1", "payload": {}},
+                {"topic": "t1", "event_id": "new", "timestamp": "2026-01-01T10:01:00Z",
+                 "source": "s1", "payload": {}},
+            ]))  # fmt: skip
+            stored = await store.store([("u1", copy_rows(known, datetime.now(UTC).isoformat()))])
+            assert (stored.received, stored.inserted) == (2, 1)
+        finally:
+            await store.close()
+
+    run_async(reads())

@@ -142,13 +142,13 @@ def test_the_services_connect_as_roles_that_cannot_change_the_schema(compose: Co
         with pytest.raises(AssertionError, match=refused):
             as_role(role, "CREATE TABLE pubsub.intruder (i int)")
         with pytest.raises(AssertionError, match=refused):
-            as_role(role, "DROP TABLE pubsub.events")
+            as_role(role, "DROP TABLE pubsub.blocks")
     with pytest.raises(AssertionError, match="permission denied for schema pubsub"):
         compose.exec(pg, "psql", "-U", "pubsub_reader", "-d", "pubsub",
                      "-c", "SET default_transaction_read_only = off",
                      "-c", "CREATE TABLE pubsub.intruder (i int)")  # fmt: skip
     with pytest.raises(AssertionError, match="read-only transaction"):
-        as_role("pubsub_reader", "DELETE FROM pubsub.events")
+        as_role("pubsub_reader", "DELETE FROM pubsub.blocks")
     assert as_role("pubsub_reader", "SHOW statement_timeout").strip() == "10s"
     owner = compose.psql("SELECT nspowner::regrole FROM pg_namespace WHERE nspname = 'pubsub'")
     assert owner == "pubsub_owner"
@@ -420,7 +420,7 @@ def test_grafana_reads_events_through_its_read_only_role(compose: Compose) -> No
 
     assert len(as_reader(query).strip().splitlines()) == 1000  # the panel's limit
     with pytest.raises(AssertionError, match="read-only transaction"):
-        as_reader("DELETE FROM events")
+        as_reader("DELETE FROM blocks")
 
 
 async def test_events_and_counters_persist_across_down_and_up(compose: Compose) -> None:
