@@ -51,13 +51,13 @@ SCHEMA_5 = [
 
 _FILL = """
 INSERT INTO events (topic, event_id, ts, source, payload, received_at)
-SELECT 'topic-' || (g % 100), md5(g::text)::uuid::text,
+SELECT 'topic-' || (g %% 100), md5(g::text)::uuid::text,
        '2026-01-01T00:00:00Z'::timestamptz + g * interval '250 milliseconds',
-       'host-' || (g % 20),
+       'host-' || (g %% 20),
        json_build_object('level', 'info',
-                         'msg', 'GET /api/orders/' || (g * 7919 % 100000) || ' 200',
-                         'user', 'u' || (g % 50000), 'duration_ms', g % 2000),
-       now() - (g % 3) * interval '1 day'
+                         'msg', 'GET /api/orders/' || (g::bigint * 7919 %% 100000) || ' 200',
+                         'user', 'u' || (g %% 50000), 'duration_ms', g %% 2000),
+       now() - (g %% 3) * interval '1 day'
 FROM generate_series(%(first)s, %(last)s) AS g
 """
 _BYTES = """
