@@ -66,3 +66,35 @@ def test_the_readme_commands_are_the_scripts() -> None:
 def test_the_slugs_follow_github() -> None:
     assert slug("`GET /events/stream`: live tail") == "get-eventsstream-live-tail"
     assert slug("Dead letters, backpressure and memory") == "dead-letters-backpressure-and-memory"
+
+
+# A figure: digits, with thousands separated by commas and a decimal part or not, standing
+# alone (not part of a word such as p99, 2-core or a commit hash).
+FIGURE = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![\w])")
+
+
+def figures(text: str) -> set[float]:
+    return {float(f"{m[1].replace(',', '')}.{m[2] or '0'}") for m in FIGURE.finditer(text)}
+
+
+def test_every_figure_on_the_performance_page_is_in_what_its_section_cites() -> None:
+    """docs/performance.md states figures only from the measurements the tools wrote: every
+    number of a section is, to the precision it is quoted, in a measurement file the section
+    links, or in a source file it names (a constant of the code, such as the soak's bounds).
+    Numbers inside inline code (commands, settings) are what a reader types, not figures."""
+    page = ROOT / "docs" / "performance.md"
+    wrong = []
+    for section in re.split(r"\n(?=## )", FENCE.sub("", page.read_text())):
+        cited = [page.parent / target for target in re.findall(r"\]\(([^)#\s]+\.md)", section)]
+        named = [ROOT / path for path in re.findall(r"`([\w/.-]+\.py)`", section)]
+        known = set()
+        for source in [*cited, *named]:
+            if source.is_file():
+                known |= figures(source.read_text())
+        prose = re.sub(r"`[^`]*`", "", re.sub(r"\]\([^)]*\)", "]", section))
+        for m in FIGURE.finditer(prose):
+            value = float(f"{m[1].replace(',', '')}.{m[2] or '0'}")
+            if not any(round(k, len(m[2] or "")) == value for k in known):
+                heading = section.splitlines()[0]
+                wrong.append(f"{heading}: {m[0]} (…{prose[max(0, m.start() - 40) : m.end()]})")
+    assert not wrong, "figures no cited file holds:\n" + "\n".join(wrong)
