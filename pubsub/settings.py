@@ -309,7 +309,7 @@ class Settings(BaseSettings):
         "finds a rare word among millions of events in milliseconds but slows every insert "
         "(docs/design.md has the measurements). Applied by the process that creates or upgrades "
         "the schema (consumers, `python -m pubsub.dbschema`): it builds or drops the index, "
-        "locking the events table while it builds.",
+        "locking the blocks against inserts while it builds.",
     )
     stats_max_topics: Count = Field(1000, description="Most topic names listed by `GET /stats`.")
     stream_max_clients: Count = Field(
