@@ -205,8 +205,7 @@ class Sweeper:
                 counts = await self._detach(conn, name)
                 removed += sum(n for _, n in counts)
                 touched.update(t for t, _ in counts)
-            keys = await self._unkey(conn, name, stop)
-            if keys is None:
+            if await self._unkey(conn, name, stop) is None:
                 break  # stopped: the next sweep goes on
             await conn.execute("SELECT drop_partition(%s)", (name,))
             log.info("dropped partition %s", name)

@@ -48,7 +48,7 @@ BLOCK_BYTES = 64 * 1024
 # A block's timestamps lie within one aligned span of this length (see BLOCK_BIN): so
 # ``min_ts > max_ts - BLOCK_SPAN`` always, which bounds an index scan by either column.
 BLOCK_SPAN = "1 hour"
-BLOCK_BIN = "date_bin('1 hour', {column}, '2000-01-01 00:00:00+00')"
+BLOCK_BIN = f"date_bin('{BLOCK_SPAN}', {{column}}, '2000-01-01 00:00:00+00')"
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
