@@ -44,16 +44,31 @@ class Sources:
             },
             timeout=5.0,
             # A database restart leaves dead connections in the pool: check before lending.
-            check=AsyncConnectionPool.check_connection,
+            check=self._check,
             open=False,
         )
         self.queues = QueueMonitor(settings)
+        self._sweep: asyncio.Task[None] | None = None
+
+    async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            # One dead connection means the database restarted or the link dropped: the other
+            # idle ones are dead too. The pool would find them one by one, a second apart and
+            # then two and four (its backoff), past a request's timeout; swept now, the request
+            # that found this one gets a new connection at its next try, a second later.
+            if self._sweep is None or self._sweep.done():
+                self._sweep = asyncio.create_task(self.pool.check())
+            raise
 
     async def start(self, stop: asyncio.Event) -> None:
         await self.pool.open(wait=False)
         await self.queues.start(stop)
 
     async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
         await self.pool.close()
         await self.queues.close()
 

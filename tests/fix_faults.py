@@ -33,6 +33,20 @@ def proxied_ingest(
         own.stop("ingest")
 
 
+@pytest.fixture
+def proxied_read_api(
+    settings: Settings, own_stack: StackFactory
+) -> Iterator[tuple[Supervisor, TCPProxy]]:
+    """A second read API whose database connections run through a TCP proxy."""
+    db = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+    with proxy(str(db.get("host", "127.0.0.1")), int(str(db.get("port", 5432)))) as p:
+        via = psycopg.conninfo.make_conninfo(settings.database_url, host="127.0.0.1", port=p.port)
+        own = own_stack(database_url=via)
+        own.start("readapi")
+        yield own, p
+        own.stop("readapi")
+
+
 @dataclass
 class FaultStack:
     stack: Supervisor

@@ -19,6 +19,7 @@ class TCPProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
         self._accepting = True
+        self.connections = 0  # forwarded since the start
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def start(self) -> TCPProxy:
@@ -43,6 +44,7 @@ class TCPProxy:
         except OSError:
             writer.close()
             return
+        self.connections += 1
         self._writers |= {writer, up_writer}
         await asyncio.gather(
             self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True

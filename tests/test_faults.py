@@ -23,7 +23,16 @@ from pubsub.settings import Settings
 from pubsub.topology import ROUTING_KEY, Names
 from stack.supervisor import ChildFailed, Supervisor
 from tests.fix_stack import StackFactory
-from tests.support import event, eventually, post_json, publish_raw, queue_depth, settled, stats
+from tests.support import (
+    event,
+    eventually,
+    get_json,
+    post_json,
+    publish_raw,
+    queue_depth,
+    settled,
+    stats,
+)
 from tests.tcpproxy import TCPProxy, proxy
 
 
@@ -71,6 +80,31 @@ async def test_ingest_answers_503_while_the_broker_is_unreachable_then_recovers(
     )
     assert "down" not in got
     assert after["received"] >= before["received"] + 2
+
+
+async def test_the_read_api_answers_at_once_after_its_database_connections_died(
+    proxied_read_api: tuple[Supervisor, TCPProxy], http: aiohttp.ClientSession
+) -> None:
+    """A database restart kills every pooled connection. The first request after it must not
+    walk through them one by one with the pool's backoff (1 + 2 + 4 s, past its 5 s timeout,
+    answered 503) while the database is up again."""
+    own, p = proxied_read_api
+    # Enough concurrent reads to grow the pool to several connections.
+    await asyncio.gather(
+        *(stats(http, own.read_url) for _ in range(64)),
+        *(get_json(http, f"{own.read_url}/events?limit=1000") for _ in range(64)),
+    )
+    opened = p.connections
+    assert opened >= 3, f"the pool held {opened} connection(s), too few to tell"
+    p.cut()  # every connection dropped by the far end, as a restart does
+    p.restore()
+    started = time.monotonic()
+    async with http.get(f"{own.read_url}/stats") as resp:
+        status, body = resp.status, await resp.text()
+    took = time.monotonic() - started
+    assert status == 200, (status, body)
+    assert took < 3, f"the first /stats after the restart took {took:.1f} s"
+    assert p.connections > opened
 
 
 async def _event_ids(settings: Settings, topic: str) -> set[str]:
