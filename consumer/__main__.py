@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
+from consumer.merge import Merger
 from consumer.retention import Sweeper
 from consumer.worker import Worker
 from pubsub import dbschema, health, http, service
@@ -26,19 +27,21 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     health.add_health(app, ready, settings)
     host, port = settings.http_host, settings.consumer_port
     # The health endpoints answer until the worker has stored what it held.
-    sweeping = None
+    tasks = []
     if settings.retention_seconds is not None:
-        sweeping = asyncio.create_task(Sweeper(settings).run(stop))
+        tasks.append(asyncio.create_task(Sweeper(settings).run(stop)))
+    if settings.merge_interval > 0:
+        tasks.append(asyncio.create_task(Merger(settings).run(stop)))
     async with http.serving(app, host, port, what="consumer (metrics, health)"):
         try:
             await worker.run(stop)
         finally:
             log.info("consumer stopping")
-            if sweeping is not None:
-                # Each batch of a sweep is a transaction of its own: cancelling one rolls
-                # back at most that batch, which the next sweep removes.
-                sweeping.cancel()
-                await asyncio.gather(sweeping, return_exceptions=True)
+            # Each batch of a sweep, and each merge, is a transaction of its own: cancelling
+            # one rolls back at most that, which the next round does again.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await worker.close()
 
 

@@ -25,6 +25,10 @@ EVENTS_EXPIRED = Counter(
     "pubsub_consumer_events_expired",
     "Events removed by this consumer's retention sweeps (older than PUBSUB_RETENTION).",
 )
+BLOCKS_MERGED = Counter(
+    "pubsub_consumer_blocks_merged",
+    "Small blocks this consumer's merges joined into larger ones (see consumer/merge.py).",
+)
 DEAD_LETTERED = Counter(
     "pubsub_consumer_messages_dead_lettered", "Messages rejected to the dead-letter queue."
 )

@@ -1,7 +1,7 @@
 """Retention: drop the partitions of blocks past ``PUBSUB_RETENTION``, with their events' keys.
 
-Every consumer runs a :class:`Sweeper` when a retention is set; a session advisory lock lets
-one of them sweep at a time, and the others skip that round. Blocks lie in partitions by
+Every consumer runs a :class:`Sweeper` when a retention is set; one of them sweeps at a time
+(see :mod:`consumer.rounds`). Blocks lie in partitions by
 receive time (see :mod:`pubsub.layout`); a sweep takes each partition whose end is past the
 horizon through three steps:
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,8 @@ import psycopg
 from psycopg import sql
 
 from consumer import metrics
-from pubsub import database, dbschema, layout, service
+from consumer.rounds import Rounds
+from pubsub import dbschema, layout, service
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer.retention")
@@ -146,51 +146,27 @@ class Swept:
     seconds: float
 
 
-class Sweeper:
-    """Removes expired events from one consumer's own connection (not the store's, so a sweep
-    never delays a batch in hand)."""
+class Sweeper(Rounds[Swept]):
+    """Removes expired events (see :mod:`consumer.rounds`)."""
+
+    lock_key = _LOCK_KEY
+    what = "retention sweep"
+    log = log
 
     def __init__(self, settings: Settings) -> None:
         horizon = settings.retention_seconds
         if horizon is None:
             raise ValueError("no retention is set (PUBSUB_RETENTION)")
-        self.settings, self.horizon = settings, horizon
+        super().__init__(settings, interval=settings.retention_interval)
+        self.horizon = horizon
         self.span = layout.span(horizon)
-        self._conn: psycopg.AsyncConnection[Any] | None = None
         self._removed_since_vacuum = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Sweep every ``PUBSUB_RETENTION_INTERVAL`` seconds until ``stop`` is set; a database
-        that does not answer is tried again next round."""
-        interval = self.settings.retention_interval
-        # Consumers started together should not all try at the same moment.
-        delay = random.uniform(0, min(interval, 5.0))
-        try:
-            while not await service.stopped_within(stop, delay):
-                delay = interval
-                try:
-                    await self.sweep(stop)
-                except (psycopg.Error, OSError) as exc:
-                    log.warning("retention sweep interrupted, next in %.0fs: %s", interval, exc)
-                    await self.close()
-        finally:
-            await self.close()
 
     async def sweep(self, stop: asyncio.Event | None = None) -> Swept | None:
         """Remove what is past the horizon now; ``None`` if another process is sweeping."""
-        stop = stop or asyncio.Event()
-        conn = await self._connection()
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,))
-        row = await cur.fetchone()
-        if not row or not row[0]:
-            return None
-        try:
-            return await self._sweep(conn, stop)
-        finally:
-            if not conn.closed:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+        return await self.once(stop)
 
-    async def _sweep(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> Swept:
+    async def round(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> Swept:
         started = time.monotonic()
         removed, touched = 0, set[str]()
         # The next partition is made before the consumers need it.
@@ -280,14 +256,14 @@ class Sweeper:
 
     async def compact_volume(self) -> None:
         """Remove the volume rows of the minutes left without events."""
-        conn = await self._connection()
+        conn = await self.connection()
         for statement in (_COMPACT_VOLUME, _COMPACT_VOLUME_TOTAL):
             async with conn.transaction():
                 await conn.execute(statement, {"shard": SHARD})
 
     async def forget_empty_topics(self, topics: list[str]) -> int:
         """Remove those of ``topics`` that have no events left; return how many."""
-        conn = await self._connection()
+        conn = await self.connection()
         # A look without the lock first: most topics still have events, and the consumers
         # should wait only for the few that look empty.
         async with conn.transaction():
@@ -301,13 +277,3 @@ class Sweeper:
             await conn.execute("LOCK TABLE topics IN SHARE ROW EXCLUSIVE MODE")
             cur = await conn.execute(_FORGET_TOPICS, (empty,))
             return cur.rowcount
-
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await database.connect(self.settings, autocommit=True)
-        return self._conn
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.close()

@@ -1,14 +1,15 @@
-"""How events lie in PostgreSQL (schema 6): blocks in time partitions, and one key per event.
+"""How events lie in PostgreSQL (schema 7): blocks in time partitions, and one key per event.
 
-- **A block** holds the events of one topic from one consumer batch whose timestamps lie in
+- **A block** holds the events of one topic from one consumer batch (or several, once merged:
+  see :mod:`consumer.merge`) whose timestamps lie in
   one hour (``BLOCK_SPAN``, aligned), at most ``BLOCK_EVENTS`` events and about
   ``BLOCK_BYTES`` of text, one line per event, sorted by ``(ts, event_id)``. The hour bounds
   what a block can overlap: a batch of events with timestamps scattered over years makes blocks
   of one event, not one block that every page must open. The lines are one ``text`` value,
   which TOAST compresses with lz4 once it passes about 2 kB. Beside it, what reads need to
-  skip the block without opening it: the topic, the first and last timestamps, the storing
-  transaction (the live stream's order), the event count, and the latest receive time (the
-  partition key).
+  skip the block without opening it: the topic, the first and last timestamps, the first and
+  last storing transactions (the live stream's order), the event count, and the latest
+  receive time (the partition key).
 - **A key** per event, ``(tenant, topic id, event_key(event_id))``, decides deduplication
   (``event_key``: a UUID in canonical text as its 16 bytes, any other id as its text, a leading
   byte telling them apart, so that no two ids share a key): consumers insert the keys of a
@@ -49,6 +50,9 @@ BLOCK_BYTES = 64 * 1024
 # ``min_ts > max_ts - BLOCK_SPAN`` always, which bounds an index scan by either column.
 BLOCK_SPAN = "1 hour"
 BLOCK_BIN = f"date_bin('{BLOCK_SPAN}', {{column}}, '2000-01-01 00:00:00+00')"
+# Blocks of fewer events are merged with their neighbours (see consumer.merge). Merged blocks
+# of this size or more are left alone, which bounds how often merges rewrite an event.
+SMALL_BLOCK = BLOCK_EVENTS // 4
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -111,9 +115,12 @@ CREATE TABLE IF NOT EXISTS blocks (
     first_id  text        NOT NULL,
     last_id   text        NOT NULL,
     n         integer     NOT NULL,
+    -- The first and last transactions that stored its events: one, until a merge (see
+    -- consumer.merge) joins blocks of several.
     txid      xid8        NOT NULL DEFAULT pg_current_xact_id(),
     stored_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    events    text        COMPRESSION lz4 NOT NULL
+    events    text        COMPRESSION lz4 NOT NULL,
+    last_txid xid8        NOT NULL DEFAULT pg_current_xact_id()
 ) PARTITION BY RANGE (received);
 CREATE INDEX IF NOT EXISTS blocks_id ON blocks (id);
 CREATE INDEX IF NOT EXISTS blocks_topic_min_ts ON blocks (tenant, topic, min_ts);
@@ -121,6 +128,11 @@ CREATE INDEX IF NOT EXISTS blocks_topic_max_ts ON blocks (tenant, topic, max_ts)
 CREATE INDEX IF NOT EXISTS blocks_min_ts ON blocks (tenant, min_ts);
 CREATE INDEX IF NOT EXISTS blocks_max_ts ON blocks (tenant, max_ts);
 CREATE INDEX IF NOT EXISTS blocks_txid ON blocks (txid);
+-- Merged blocks by their last transaction: a stream positioned inside a merged block's range
+-- finds it here (the others, by txid).
+CREATE INDEX IF NOT EXISTS blocks_merged ON blocks (last_txid) WHERE last_txid <> txid;
+-- Blocks small enough to merge, by when they were stored: the merge looks only at recent ones.
+CREATE INDEX IF NOT EXISTS blocks_small ON blocks (stored_at) WHERE n < SMALL_BLOCK;
 CREATE INDEX IF NOT EXISTS blocks_received ON blocks (received);
 
 -- An event id as its key: a UUID in its canonical text (what most publishers send) as its
@@ -293,12 +305,12 @@ INSERT INTO keys (tenant, topic, block, key)
 SELECT 0, t.id, d.block, event_key(m.event_id)
 FROM moving m JOIN moved d USING (topic, part, hour, chunk) JOIN topics t ON t.topic = m.topic;
 INSERT INTO blocks (tenant, topic, id, received, min_ts, max_ts, first_id, last_id, n, txid,
-                    stored_at, events)
+                    last_txid, stored_at, events)
 SELECT 0, m.topic, d.block, max(m.received_at), min(m.ts), max(m.ts),
        (array_agg(m.event_id ORDER BY m.ts, m.event_id))[1],
        (array_agg(m.event_id ORDER BY m.ts DESC, m.event_id DESC))[1], count(*),
        -- Events stored before schema 3 have no transaction: the stream starts after them.
-       coalesce(max(m.txid), '0'::xid8), max(m.stored_at),
+       coalesce(min(m.txid), '0'::xid8), coalesce(max(m.txid), '0'::xid8), max(m.stored_at),
        string_agg(concat_ws(E'\\t', m.event_id,
                             to_char(m.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                             m.source,
@@ -316,6 +328,19 @@ def move(source: str) -> str:
     return _MOVE.replace("{source}", source)
 
 
+# Schema 6 to 7: a block's last transaction (schema 6 blocks held one each). Before DDL.
+UPGRADE_6 = """
+ALTER TABLE blocks ADD COLUMN IF NOT EXISTS last_txid xid8;
+UPDATE blocks SET last_txid = txid WHERE last_txid IS NULL;
+ALTER TABLE blocks ALTER COLUMN last_txid SET DEFAULT pg_current_xact_id(),
+                   ALTER COLUMN last_txid SET NOT NULL;
+"""
+
+
 def ddl(schema: str) -> str:
     """:data:`DDL` for ``schema`` (a quoted identifier)."""
-    return DDL.replace("{schema}", schema).replace("{split}", _SPLIT)
+    return (
+        DDL.replace("{schema}", schema)
+        .replace("{split}", _SPLIT)
+        .replace("SMALL_BLOCK", str(SMALL_BLOCK))
+    )

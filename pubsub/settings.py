@@ -54,6 +54,7 @@ def _horizon(value: Any) -> timedelta | None:
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
 Count = Annotated[int, Field(ge=1)]
+Interval = Annotated[float, Field(ge=0)]  # seconds; 0 turns a periodic task off
 Horizon = Annotated[timedelta | None, BeforeValidator(_horizon)]
 
 
@@ -278,6 +279,16 @@ class Settings(BaseSettings):
         2000,
         description="Most events whose keys one retention transaction removes (whole blocks: "
         "one block's more at most); sweeps pause between them.",
+    )
+    merge_interval: Interval = Field(
+        30.0,
+        description="Seconds between two merges of small blocks into larger ones (one consumer "
+        "merges at a time); 0 turns merges off.",
+    )
+    merge_after: Seconds = Field(
+        60.0,
+        description="Age in seconds, since it was stored, at which a small block may be merged: "
+        "the batches of a minute together make fewer, larger blocks than they would one by one.",
     )
     retry_first_delay: Seconds = Field(
         0.1,

@@ -345,10 +345,15 @@ def rfc3339(ts: datetime) -> str:
 # ``scan`` rows per read, never a scan from the position to the head; a read that took fewer
 # than matched goes on after the last it took next time; and a read that scanned
 # everything up to the horizon moves the position there, so the next one starts at the head.
+#
+# A block's events were stored by transactions from its ``txid`` to its ``last_txid`` (more
+# than one once merged, see consumer.merge). The blocks whose first transaction comes after
+# the position, taken in that order until they hold ``scan`` events, end the scan at the
+# (transaction, topic) of the last of them: the bound. Every event up to the bound lies in a
+# block that starts at or before it and ends at or after the position, so opening those blocks
+# and keeping their events up to the bound misses none.
 _STREAM_READ = """
 WITH horizon AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
--- The first blocks after the position that hold ``scan`` events or more end the scan at the
--- last (transaction, topic) among them: later blocks are not opened.
 bound AS MATERIALIZED (
   SELECT txid, topic FROM (
     SELECT txid, topic, sum(n) OVER (ORDER BY txid, topic, id) AS upto
@@ -360,6 +365,8 @@ bound AS MATERIALIZED (
 scanned AS MATERIALIZED (
   SELECT txid, topic, event_id, ts, source, payload FROM {events}
   WHERE (txid, topic, event_id) > (%(txid)s::text::xid8, %(topic)s, %(event_id)s)
+    AND txid < (SELECT xmin FROM horizon)
+    AND (txid, topic) <= ALL (SELECT txid, topic FROM bound)
   ORDER BY txid, topic, event_id LIMIT %(scan)s
 ),
 matched AS (
@@ -377,12 +384,15 @@ UNION ALL
  ORDER BY txid DESC, topic DESC, event_id DESC LIMIT 1)
 UNION ALL
 SELECT 'h', xmin::text, (SELECT count(*) FROM scanned)::text, (SELECT count(*) FROM matched)::text,
-       NULL, NULL, NULL
+       NULL, (SELECT count(*) FROM bound)::text, NULL
 FROM horizon
 """
-# The blocks a stream read opens: stored by transactions the horizon has passed, from the
-# position's transaction on, up to the bound.
-_STREAM_BLOCKS = """txid < (SELECT xmin FROM horizon) AND txid >= %(txid)s::text::xid8
+# The blocks a stream read opens: begun before the horizon and before the bound, and ending at
+# or after the position's transaction. Two index ranges: the blocks that begin from the
+# position on (``blocks_txid``), and the merged ones that began before it (``blocks_merged``).
+_STREAM_BLOCKS = """txid < (SELECT xmin FROM horizon)
+    AND (txid >= %(txid)s::text::xid8
+         OR (last_txid <> txid AND last_txid >= %(txid)s::text::xid8))
     AND (txid, topic) <= ALL (SELECT txid, topic FROM bound)"""
 
 
@@ -480,7 +490,7 @@ async def stream_read(
     cur = await conn.execute(query, params)
     found: list[StreamEvent] = []
     last: StreamCursor | None = None
-    horizon, scanned, matched = 0, 0, 0
+    horizon, scanned, matched, bounded = 0, 0, 0, False
     for kind, txid, topic, event_id, ts, source, body in await cur.fetchall():
         if kind == "e":
             at = StreamCursor(int(txid), topic, event_id)
@@ -489,7 +499,7 @@ async def stream_read(
         elif kind == "l":
             last = StreamCursor(int(txid), topic, event_id)
         else:
-            horizon, scanned, matched = int(txid), int(topic), int(event_id)
+            horizon, scanned, matched, bounded = int(txid), int(topic), int(event_id), source != "0"
     found.sort(key=lambda e: e.at)
     events: list[StreamEvent] = []
     total = 0
@@ -501,8 +511,10 @@ async def stream_read(
     if len(events) < matched or len(events) == limit:
         # Cut by count or bytes: more may match; go on right after what was taken.
         return StreamPage(events, events[-1].at, caught_up=False)
-    if scanned == scan and last is not None:
-        return StreamPage(events, last, caught_up=False)  # the scan ended before the head
+    if (scanned == scan or bounded) and last is not None:
+        # The scan ended before the head: at its count, or at the bound (merged blocks may
+        # hold fewer events up to it than their counts say, never none: see _STREAM_READ).
+        return StreamPage(events, last, caught_up=False)
     return StreamPage(events, max(after, StreamCursor.at(horizon)), caught_up=True)
 
 

@@ -16,9 +16,17 @@ import psycopg
 from publisher.load import EventSource, LoadConfig, Report, send_load
 from publisher.watch import stats_if_up, wait_stored
 from pubsub import dbschema, failover, message, topology
+from pubsub.database import connect_kwargs
 from pubsub.settings import Settings
 
 T = TypeVar("T")
+
+
+async def db_connection(settings: Settings) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+    """An autocommit connection to ``settings``' database, in its schema."""
+    return await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True, **connect_kwargs(settings)
+    )
 
 
 def run_async(coro: Awaitable[T]) -> T:

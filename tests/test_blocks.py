@@ -22,10 +22,10 @@ import pytest_asyncio
 
 from consumer.store import Store, copy_rows
 from pubsub import layout
-from pubsub.database import connect_kwargs
 from pubsub.settings import Settings
 from readapi import queries
 from tests.fix_services import private_settings
+from tests.support import db_connection
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 Key = tuple[str, str]  # (topic, event_id)
@@ -41,9 +41,7 @@ def own(amqp_url: str, database_url: str) -> Iterator[Settings]:
 
 @pytest_asyncio.fixture
 async def conn(own: Settings) -> AsyncIterator[Conn]:
-    async with await psycopg.AsyncConnection.connect(
-        own.database_url, autocommit=True, **connect_kwargs(own)
-    ) as c:
+    async with await db_connection(own) as c:
         yield c
 
 

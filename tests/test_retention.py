@@ -181,9 +181,9 @@ async def test_storage_settles_at_one_horizon_of_events_instead_of_growing(
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
     peaks = [grown for grown, _ in sizes]
     # Every round's blocks are the same size, and none is left after its sweep but the empty
-    # partitions made ahead (a few pages each).
+    # partitions made ahead (a page for each of their ten indexes).
     assert max(peaks) < 1.2 * min(peaks), sizes
-    assert max(after for _, after in sizes) < 0.1 * min(peaks), sizes
+    assert max(after for _, after in sizes) < 0.15 * min(peaks), sizes
 
 
 async def test_where_autovacuum_is_off_the_sweep_vacuums_by_itself(

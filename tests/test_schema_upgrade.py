@@ -19,13 +19,14 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from bench.upgrade import SCHEMA_5
+from consumer.merge import Merger
 from consumer.store import Store, copy_rows
 from pubsub import dbschema, search
 from pubsub.database import connect_kwargs
 from pubsub.settings import Settings
 from readapi import histogram, queries
 from tests.fix_services import private_settings
-from tests.support import assert_volume_counts_the_events, run_async
+from tests.support import assert_volume_counts_the_events, db_connection, run_async
 
 
 @contextlib.contextmanager
@@ -307,3 +308,78 @@ def test_a_version_5_schema_moves_its_events_into_blocks_and_every_read_works(
             await store.close()
 
     run_async(reads())
+
+
+def test_a_version_6_schema_gets_each_blocks_last_transaction(
+    amqp_url: str, database_url: str
+) -> None:
+    """Schema 6's blocks held the events of one transaction; schema 7 gives each block its
+    last one too (what merges need), and the indexes that find merged and small blocks."""
+    with private_settings(amqp_url, database_url, prefix="upg6", merge_after=0.001) as s:
+        with psycopg.connect(s.database_url, autocommit=True, **connect_kwargs(s)) as c:
+            c.execute("ALTER TABLE blocks DROP COLUMN last_txid")  # and blocks_merged with it
+            c.execute("DROP INDEX blocks_small")
+            c.execute("DELETE FROM schema_version")
+            c.execute("INSERT INTO schema_version (version) VALUES (6)")
+
+        async def store() -> None:
+            store = Store(s, shard=1)
+            try:
+                for n in range(40):
+                    batch = orjson.loads(orjson.dumps([
+                        {"topic": f"t{n % 2}", "event_id": f"e{n}-{i}", "source": "s",
+                         "timestamp": "2026-01-01T10:01:00Z", "payload": {"n": n}}
+                        for i in range(3)
+                    ]))  # fmt: skip
+                    await store.store([(f"u{n}", copy_rows(batch, datetime.now(UTC).isoformat()))])
+            finally:
+                await store.close()
+
+        run_async(store())
+        with psycopg.connect(s.database_url, **connect_kwargs(s)) as c:
+            # The stream's order, as schema 6 kept it.
+            streamed = [
+                (int(txid), topic, event_id)
+                for txid, topic, event_id in c.execute(
+                    "SELECT txid::text, topic, event_id FROM events ORDER BY txid, topic, event_id"
+                )
+            ]
+        assert len(streamed) == 120
+        run_async(dbschema.ensure(s))
+        with psycopg.connect(s.database_url, **connect_kwargs(s)) as c:
+            assert c.execute("SELECT max(version) FROM schema_version").fetchone() == (
+                dbschema.SCHEMA_VERSION,
+            )
+            assert c.execute(
+                "SELECT count(*), count(*) FILTER (WHERE last_txid = txid) FROM blocks"
+            ).fetchone() == (40, 40)
+            assert {r[0] for r in c.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'blocks'"
+            )} >= {"blocks_merged", "blocks_small"}  # fmt: skip
+
+        async def merged_stream() -> list[Any]:
+            merger = Merger(s)
+            try:
+                assert (await merger.merge()) is not None
+            finally:
+                await merger.close()
+            async with await db_connection(s) as conn:
+                cur = await conn.execute("SELECT count(*) FROM blocks")
+                assert await cur.fetchone() == (2,)
+                return await stream_events(conn, queries.StreamCursor.at(0))
+
+        assert [(c.txid, c.topic, c.event_id) for c in run_async(merged_stream())] == streamed
+
+
+async def stream_events(
+    conn: psycopg.AsyncConnection[Any], at: queries.StreamCursor
+) -> list[queries.StreamCursor]:
+    seen: list[queries.StreamCursor] = []
+    while True:
+        page = await queries.stream_read(
+            conn, at, queries.Filters(), limit=7, max_bytes=1 << 20, scan=9
+        )
+        seen += [e.at for e in page.events]
+        at = page.position
+        if page.caught_up:
+            return seen

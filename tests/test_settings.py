@@ -52,8 +52,9 @@ def test_the_docs_configuration_table_matches_the_code() -> None:
     )
 
 
-# The numeric settings for which 0 has a meaning: a free port, and "store what has arrived".
-ZERO_MEANS_SOMETHING = {"consumer_port", "batch_max_wait"}
+# The numeric settings for which 0 has a meaning: a free port, "store what has arrived", and
+# "no merges".
+ZERO_MEANS_SOMETHING = {"consumer_port", "batch_max_wait", "merge_interval"}
 NUMERIC = [name for name, info in Settings.model_fields.items() if info.annotation in (int, float)]
 
 
