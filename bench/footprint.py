@@ -110,8 +110,24 @@ def _postgres_cpu() -> float:
     return total
 
 
-async def _measure(count: int, topics: int) -> dict[str, Any]:
-    """One run, in the child: the commit on the path is the one measured."""
+async def _merge_all(settings: Any) -> None:
+    """Merge small blocks until none is left to merge (a head with merges only)."""
+    from consumer.merge import Merger
+
+    merger = Merger(settings.replace(merge_after=0.001))
+    try:
+        while True:
+            done = await merger.merge()
+            if done is None or done.blocks == 0:
+                return
+    finally:
+        await merger.close()
+
+
+async def _measure(count: int, topics: int, small: int | None = None) -> dict[str, Any]:
+    """One run, in the child: the commit on the path is the one measured. With ``small`` (a
+    commit with merges), transactions of that many events, merged and vacuumed every tenth of
+    the run, as autovacuum would, so that later blocks reuse what merges freed."""
     from psycopg import AsyncConnection, sql
 
     from consumer.store import Store, copy_rows
@@ -121,28 +137,38 @@ async def _measure(count: int, topics: int) -> dict[str, Any]:
     settings = Settings.from_env(db_schema=f"footprint_{uuid.uuid4().hex[:8]}", log_level="WARNING")
     events = _events(count, topics)
     received = datetime.now(UTC).isoformat()
+    unit = min(_UNIT, small) if small else _UNIT
+    per_store = max(small // unit, 1) if small else _PER_STORE
     units = [
-        (f"footprint-{n}", copy_rows(events[n : n + _UNIT], received))
-        for n in range(0, count, _UNIT)
+        (f"footprint-{n}", copy_rows(events[n : n + unit], received)) for n in range(0, count, unit)
     ]
     await dbschema.ensure(settings)
     store = Store(settings, shard=0)
     await store.connect()
     try:
-        cpu, started = _postgres_cpu(), time.perf_counter()
-        for n in range(0, len(units), _PER_STORE):
-            await store.store(units[n : n + _PER_STORE])
-        elapsed, cpu = time.perf_counter() - started, _postgres_cpu() - cpu
         async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
             await conn.execute(
                 sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.db_schema))
             )
-            cur = await conn.execute(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
-            )
-            for (table,) in await cur.fetchall():
-                await conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(str(table))))
+
+            async def vacuum() -> None:
+                cur = await conn.execute(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n"
+                    " ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+                )
+                for (table,) in await cur.fetchall():
+                    await conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(str(table))))
+
+            cpu, started = _postgres_cpu(), time.perf_counter()
+            stores = range(0, len(units), per_store)
+            for i, n in enumerate(stores):
+                await store.store(units[n : n + per_store])
+                if small and (i + 1) % max(len(stores) // 10, 1) == 0:
+                    await _merge_all(settings)
+                    await vacuum()
+            elapsed, cpu = time.perf_counter() - started, _postgres_cpu() - cpu
+            await vacuum()
             cur = await conn.execute("SELECT count(*) FROM events")
             row = await cur.fetchone()
             stored = int(row[0]) if row else 0
@@ -171,6 +197,11 @@ async def _measure(count: int, topics: int) -> dict[str, Any]:
                 (per_event,),
             )
             reindexed = {str(name): int(size) for name, size in await cur.fetchall()}
+            per_block = 0.0  # no blocks before schema 6
+            cur = await conn.execute("SELECT to_regclass('blocks') IS NOT NULL")
+            if (await cur.fetchone() or (False,))[0]:
+                cur = await conn.execute("SELECT avg(n)::float FROM blocks")
+                per_block = float((await cur.fetchone() or (0.0,))[0] or 0.0)
     finally:
         await store.close()
         await dbschema.drop(settings)
@@ -180,14 +211,17 @@ async def _measure(count: int, topics: int) -> dict[str, Any]:
         "cpu_us": cpu / max(stored, 1) * 1e6,
         "bytes": {name: size / max(stored, 1) for name, size in sizes.items()},
         "reindexed": {name: size / max(stored, 1) for name, size in reindexed.items()},
+        "per_block": per_block,
     }
 
 
-def run_one(tree: Path, *, events: int, topics: int) -> dict[str, Any]:
+def run_one(tree: Path, *, events: int, topics: int, small: int | None = None) -> dict[str, Any]:
     """One run of the commit checked out in ``tree``."""
     # By path, not ``-m``: the base's tree has no bench.footprint. Through runpy, so that the
     # tree (the working directory) and not this file's directory leads the path.
     argv = [__file__, "--child", "--events", str(events), "--topics", str(topics)]
+    if small:
+        argv += ["--small", str(small)]
     script = (
         f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')"
     )
@@ -204,17 +238,29 @@ def run_one(tree: Path, *, events: int, topics: int) -> dict[str, Any]:
 
 
 def compare(
-    base: str, head: str, *, rounds: int, events: int = EVENTS, topics: int = TOPICS
+    base: str,
+    head: str,
+    *,
+    rounds: int,
+    events: int = EVENTS,
+    topics: int = TOPICS,
+    small: int | None = None,
 ) -> list[str]:
-    """The comparison's lines (markdown), base and head alternated ``rounds`` times."""
+    """The comparison's lines (markdown), base and head alternated ``rounds`` times; with
+    ``small``, the head stored in transactions of that many events too."""
     from bench.ab import _short, worktree
 
-    runs: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
+    runs: dict[str, list[dict[str, Any]]] = {"base": [], "head": [], "small": []}
     with worktree(base) as base_tree, worktree(head) as head_tree:
         for r in range(rounds):
-            for which, tree in (("base", base_tree), ("head", head_tree)):
+            for which, tree in (("base", base_tree), ("head", head_tree), ("small", head_tree)):
+                if which == "small" and not small:
+                    continue
                 print(f"footprint round {r + 1}: {which} ...", file=sys.stderr)
-                runs[which].append(run_one(tree, events=events, topics=topics))
+                runs[which].append(
+                    run_one(tree, events=events, topics=topics,
+                            small=small if which == "small" else None)
+                )  # fmt: skip
 
     def median(which: str, pick: Callable[[dict[str, Any]], float]) -> float:
         return float(statistics.median(pick(run) for run in runs[which]))
@@ -256,18 +302,32 @@ def compare(
         ("**PostgreSQL CPU µs per stored event**", lambda run: float(run["cpu_us"]), None),
         ("events stored per second", lambda run: float(run["rate"]), None),
     ]
+    rows.append(("events per block", lambda run: float(run.get("per_block", 0.0)), None))
     lines = [
         f"{events:,} events a run ({topics} topics, 20% repeated, random event ids), "
-        f"{rounds} rounds; base {_short(base)}, head {_short(head)}:",
+        f"{rounds} rounds; base {_short(base)}, head {_short(head)}; transactions of "
+        f"{_UNIT * _PER_STORE:,} events"
+        + (
+            f", and the head's in transactions of {small} (units of {min(_UNIT, small)}), "
+            'merged and vacuumed every tenth of the run ("small")'
+            if small
+            else ""
+        )
+        + ":",
         "",
-        "| per stored event | base | head | head / base | head after `REINDEX` |",
-        "| --- | --- | --- | --- | --- |",
+        "| per stored event | base | head | head / base | head after `REINDEX` |"
+        + (" small | small / head |" if small else ""),
+        "| --- | --- | --- | --- | --- |" + (" --- | --- |" if small else ""),
     ]
     for label, pick, after in rows:
         b, h = median("base", pick), median("head", pick)
         ratio = f"{h / b:.2f}" if b else "new"
         again = f"{median('head', after):,.1f}" if after else ""
-        lines.append(f"| {label} | {b:,.1f} | {h:,.1f} | {ratio} | {again} |")
+        line = f"| {label} | {b:,.1f} | {h:,.1f} | {ratio} | {again} |"
+        if small:
+            m = median("small", pick)
+            line += f" {m:,.1f} | {m / h:.2f} |" if h else f" {m:,.1f} | |"
+        lines.append(line)
     return lines
 
 
@@ -278,10 +338,15 @@ def cli() -> None:
     p.add_argument("--rounds", type=int, default=3, help="runs of each, alternated")
     p.add_argument("--events", type=int, default=EVENTS, help="events stored per run")
     p.add_argument("--topics", type=int, default=TOPICS, help="topics of those events")
+    p.add_argument(
+        "--small",
+        type=int,
+        help="also store the head's events in transactions of this many, merged (a low rate)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(_measure(args.events, args.topics))))
+        print(json.dumps(asyncio.run(_measure(args.events, args.topics, args.small))))
         return
     if not args.base:
         p.error("--base is required")
@@ -289,7 +354,12 @@ def cli() -> None:
 
     out = record.Output()
     for line in compare(
-        args.base, args.head, rounds=args.rounds, events=args.events, topics=args.topics
+        args.base,
+        args.head,
+        rounds=args.rounds,
+        events=args.events,
+        topics=args.topics,
+        small=args.small,
     ):
         out(line)
     out.write("footprint", title="Bytes and PostgreSQL CPU per stored event, base and head")
