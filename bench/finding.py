@@ -1,16 +1,18 @@
-"""Search and histogram latency on the big table of ``bench.storage``, and what each stored
-event costs in bytes.
+"""Page, lookup, search and histogram latency on the big table of ``bench.storage``, and what
+each stored event costs in bytes.
 
 After the fill, :data:`NEEDLES` events carrying one rare word are planted at random times, and
 the per-minute rollup is counted from the table as the upgrade to schema 5 counts it (its
 duration per million rows is the upgrade's). Each request below is then sent ``requests``
 times in a row on one connection, first without a search index (``PUBSUB_SEARCH=scan``), then
 again after the trigram index was built (``PUBSUB_SEARCH=trigram``): its build time and bytes
-per event are printed too.
+per event are printed too. Before them, the same for the newest page in ``order=desc``, a page
+half-way through the range by its cursor, and one event by topic and id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 import uuid
@@ -22,6 +24,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 import psycopg
+import yarl
 
 from pubsub import database, dbschema, search
 from pubsub.settings import Settings
@@ -36,6 +39,10 @@ GOALS_MS = {
     "histogram, 24 h": 100.0,
     "histogram, 24 h, one topic": 100.0,
     "histogram with q, 1 hour": 1000.0,
+    # Issue 31: pages and a lookup by id, on blocks.
+    "newest page, order=desc": 15.0,
+    "a page deep in the range, by cursor": 15.0,
+    "one event by topic and id": 5.0,
 }
 
 _PLANT = """
@@ -189,6 +196,25 @@ async def measure(
             shown = f"{path}?" + ", ".join(f"{k}" for k in params)
             timings.append(Timing(name, mechanism, shown, p50, p99, n, failures))
 
+    # The bench's fill names event g of topic ``prefix + g % topics`` md5(g).
+    g = 4_242_424
+    lookup = {
+        "topic": f"{prefix}{g % topics}",
+        "event_id": hashlib.md5(str(g).encode()).hexdigest(),
+    }
+    since = (now - timedelta(days=15)).isoformat()
+    async with http.get(f"{read_url}/events", params={"limit": 100, "since": since}) as resp:
+        link = resp.links.get("next")
+        deep = link.get("url") if link is not None else None
+    pages: dict[str, tuple[str, dict[str, Any]]] = {
+        "newest page, order=desc": ("/events", {"limit": 100, "order": "desc"}),
+        "one event by topic and id": ("/events", lookup),
+    }
+    if deep is not None:
+        pages["a page deep in the range, by cursor"] = (
+            "/events", dict(yarl.URL(str(deep)).query)
+        )  # fmt: skip
+    await run("blocks", pages)
     await run("rollup", rollup)
     await run("scan", searches)
     index_seconds, index_bytes = await build_index(settings)
