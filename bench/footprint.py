@@ -114,7 +114,7 @@ async def _merge_all(settings: Any) -> None:
     """Merge small blocks until none is left to merge (a head with merges only)."""
     from consumer.merge import Merger
 
-    merger = Merger(settings.replace(merge_after=0.001))
+    merger = Merger(settings.replace(merge_after=0.001), duty=1.0)
     try:
         while True:
             done = await merger.merge()

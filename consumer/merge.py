@@ -2,7 +2,8 @@
 
 Every consumer runs a :class:`Merger` (unless ``PUBSUB_MERGE_INTERVAL`` is 0); one of them
 merges at a time (see :mod:`consumer.rounds`). Each round takes the blocks of fewer than
-``SMALL_BLOCK`` events stored between an hour and ``PUBSUB_MERGE_AFTER`` seconds ago, groups
+``SMALL_BLOCK`` events stored between an hour and ``PUBSUB_MERGE_AFTER`` seconds ago (a slice
+of them, the next one each round), groups
 those that may share a block (one tenant, topic, partition and hour of timestamps, see
 :mod:`pubsub.layout`), and packs each group, in the order the blocks were stored, into blocks of
 at most ``BLOCK_EVENTS`` events and ``BLOCK_BYTES`` of text. Each new block is one transaction:
@@ -29,32 +30,43 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from consumer import metrics
-from consumer.rounds import Rounds
-from pubsub import layout, service
+from consumer.rounds import DUTY, Rounds
+from pubsub import layout
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer.merge")
 
 _LOCK_KEY = 0x6D657267  # one merger at a time in a database, whichever consumer runs it
+_START = datetime.min.replace(tzinfo=UTC)
 
-# Small blocks old enough to merge, among those stored in the last hour (``blocks_small``),
-# with what decides where they may go. ``last_txid`` before the oldest running transaction:
-# their storing transactions all ended.
+# Small blocks old enough to merge, among those stored in the last hour (``blocks_small``, by
+# storing time): ``scan`` of them from ``from`` on, with how many share each one's place (one
+# alone, a sparse topic's hour, has nothing to merge with). The merger walks the hour in such
+# slices, round by round, so that each round's work is bounded and no slice holds back the
+# rest. ``last_txid`` before the oldest running transaction: their storing transactions all
+# ended.
 _CANDIDATES = f"""
-SELECT b.tableoid::bigint, b.tenant, b.topic, {layout.BLOCK_BIN.format(column="b.min_ts")},
-       b.id, b.n, octet_length(b.events)
-FROM blocks b
-WHERE b.n < {layout.SMALL_BLOCK}
-  AND b.stored_at < now() - make_interval(secs => %(after)s)
-  AND b.stored_at >= now() - make_interval(secs => %(after)s) - interval '1 hour'
-  AND b.last_txid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY 1, 2, 3, 4, b.id
-LIMIT %(limit)s
+WITH small AS MATERIALIZED (
+    SELECT b.tableoid::bigint AS part, b.tenant, b.topic,
+           {layout.BLOCK_BIN.format(column="b.min_ts")} AS hour, b.id, b.n,
+           octet_length(b.events) AS size, b.stored_at
+    FROM blocks b
+    WHERE b.n < {layout.SMALL_BLOCK}
+      AND b.stored_at < now() - make_interval(secs => %(after)s)
+      AND b.stored_at >= now() - make_interval(secs => %(after)s) - interval '1 hour'
+      AND b.stored_at > %(from)s
+      AND b.last_txid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY b.stored_at LIMIT %(scan)s
+)
+SELECT part, tenant, topic, hour, id, n, size,
+       count(*) OVER (PARTITION BY part, tenant, topic, hour), stored_at
+FROM small ORDER BY part, tenant, topic, hour, id
 """
 # One new block from ``ids``: its events sorted as a consumer sorts them, the first and last
 # of their transactions, the latest receive and storing times (so the block stays in the
@@ -144,9 +156,10 @@ class Merger(Rounds[Merged]):
     what = "merge"
     log = log
 
-    def __init__(self, settings: Settings, *, limit: int = 10_000) -> None:
-        super().__init__(settings, interval=settings.merge_interval)
-        self.limit = limit  # candidates per round
+    def __init__(self, settings: Settings, *, scan: int = 20_000, duty: float = DUTY) -> None:
+        super().__init__(settings, interval=settings.merge_interval, duty=duty)
+        self.scan = scan  # small blocks looked at per round
+        self._from = _START
 
     async def merge(self, stop: asyncio.Event | None = None) -> Merged | None:
         """One round now; ``None`` if another process is merging."""
@@ -155,9 +168,13 @@ class Merger(Rounds[Merged]):
     async def round(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> Merged:
         started = time.monotonic()
         cur = await conn.execute(
-            _CANDIDATES, {"after": self.settings.merge_after, "limit": self.limit}
+            _CANDIDATES,
+            {"after": self.settings.merge_after, "scan": self.scan, "from": self._from},
         )
-        small = [Small(*row) for row in await cur.fetchall()]
+        rows = await cur.fetchall()
+        # The next round goes on after this slice, or from the start once the hour is walked.
+        self._from = max(row[8] for row in rows) if len(rows) == self.scan else _START
+        small = [Small(*row[:7]) for row in rows if row[7] > 1]
         taken = made = events = 0
         for run in pack(small):
             if stop.is_set():
@@ -185,8 +202,7 @@ class Merger(Rounds[Merged]):
             if done:
                 taken, made, events = taken + len(run), made + 1, events + n
                 metrics.BLOCKS_MERGED.inc(len(run))
-            # Pausing as long as the merge took leaves the consumers at least half the time.
-            if await service.stopped_within(stop, time.monotonic() - t0):
+            if await self.pause(stop, time.monotonic() - t0):
                 break
         merged = Merged(taken, made, events, time.monotonic() - started)
         if taken:

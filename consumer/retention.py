@@ -8,8 +8,8 @@ horizon through three steps:
 1. In one transaction: subtract its events from the counters (``expired``) and the volume
    per minute, and detach it. Its events leave every read at once, and the counts with them.
 2. Delete the keys of its events, ``PUBSUB_RETENTION_BATCH`` events per transaction, pausing
-   between transactions as long as the last one took, so that the sweep never holds more than
-   half of one connection's time against the consumers' inserts.
+   between transactions (see :data:`consumer.rounds.DUTY`), so that the sweep never holds more
+   than a tenth of one connection's time against the consumers' inserts.
 3. Drop it.
 
 Nothing is deleted event by event but the keys; the blocks go with their partition. An event is
@@ -36,7 +36,7 @@ from psycopg import sql
 
 from consumer import metrics
 from consumer.rounds import Rounds
-from pubsub import dbschema, layout, service
+from pubsub import dbschema, layout
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.consumer.retention")
@@ -229,8 +229,7 @@ class Sweeper(Rounds[Swept]):
                 async with conn.cursor() as deleting:
                     await deleting.executemany(_UNKEY, taken)
             after, blocks = int(taken[-1][2]), blocks + len(taken)
-            # Pausing as long as the batch took leaves the consumers at least half the time.
-            if await service.stopped_within(stop, time.monotonic() - t0):
+            if await self.pause(stop, time.monotonic() - t0):
                 return None
 
     async def _vacuum_if_no_autovacuum(

@@ -88,10 +88,10 @@ async def mergeable(conn: Conn) -> int:
     return len(list(pack([Small(*row) for row in await cur.fetchall()])))
 
 
-async def merge_all(settings: Settings, conn: Conn) -> None:
+async def merge_all(settings: Settings, conn: Conn, *, scan: int = 20_000) -> None:
     """Merge until nothing is left to merge (a round skips blocks whose storing transaction
-    another running transaction may still hide)."""
-    merger = Merger(settings)
+    another running transaction may still hide), without the pauses that keep merges gentle."""
+    merger = Merger(settings, scan=scan, duty=1.0)
     try:
 
         async def round_() -> int:
@@ -217,7 +217,7 @@ async def test_the_stream_stays_exact_while_blocks_merge_and_arrive(
     """Stores, merges and stream reads interleaved: the stream gives every event once, in its
     order, whichever blocks it finds them in."""
     start = await queries.stream_start(conn, None)
-    merger = Merger(own)
+    merger = Merger(own, duty=1.0)
     at, seen = start, []
     try:
         for round_ in range(12):
@@ -248,6 +248,26 @@ async def test_events_sent_again_after_a_merge_are_duplicates(own: Settings, con
         "SELECT count(*) FROM keys k WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = k.block)"
     )
     assert await cur.fetchone() == (0,)
+
+
+async def test_rounds_walk_past_blocks_that_have_nothing_to_merge_with(
+    own: Settings, conn: Conn
+) -> None:
+    """Each round looks at a slice of the small blocks, the next one each round: blocks alone
+    in their place (one per sparse topic) stored first do not keep the others from merging."""
+    alone = [[dict(e, topic=f"sparse-{n}")] for n, e in enumerate(trickle(5, 12)[0] * 12)]
+    await store(own, alone)
+    await store(own, [[dict(e, topic="busy") for e in b] for b in trickle(6, 30)])
+    assert await mergeable(conn) > 0
+    await merge_all(own, conn, scan=4)
+    # One block per hour of the busy topic's timestamps.
+    cur = await conn.execute(
+        f"SELECT (SELECT count(*) FROM blocks WHERE topic = 'busy'),"
+        f" (SELECT count(DISTINCT {layout.BLOCK_BIN.format(column='ts')}) FROM events"
+        f"  WHERE topic = 'busy')"
+    )
+    row = await cur.fetchone()
+    assert row is not None and row[0] == row[1]
 
 
 def test_pack_joins_runs_of_one_place_within_a_blocks_bounds() -> None:
