@@ -20,9 +20,8 @@ from pubsub.settings import Settings
 
 T = TypeVar("T")
 
-# The share of one connection's time a round's transactions take at most: between two, it
-# pauses nine times as long as the last took. Consumers store in the time left; on a machine
-# PostgreSQL keeps busy, a round at half (the earlier pace) cost the load a quarter of its rate.
+# The share of one connection's time a round's paced transactions take at most: between two,
+# it pauses nine times as long as the last took, and consumers store in the time left.
 DUTY = 0.1
 
 
