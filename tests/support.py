@@ -18,8 +18,26 @@ from publisher.watch import stats_if_up, wait_stored
 from pubsub import dbschema, failover, message, topology
 from pubsub.database import connect_kwargs
 from pubsub.settings import Settings
+from readapi import queries
 
 T = TypeVar("T")
+
+
+async def stream_to_head(
+    conn: psycopg.AsyncConnection[Any], at: queries.StreamCursor, *, scan: int, limit: int = 11
+) -> list[queries.StreamCursor]:
+    """The positions of every event the live stream gives after ``at``, read in pages of
+    ``limit`` from scans of ``scan`` rows, until it reaches the head."""
+    seen: list[queries.StreamCursor] = []
+    for _ in range(10_000):
+        page = await queries.stream_read(
+            conn, at, queries.Filters(), limit=limit, max_bytes=1 << 20, scan=scan
+        )
+        seen += [e.at for e in page.events]
+        at = page.position
+        if page.caught_up:
+            return seen
+    raise AssertionError("the stream did not catch up")
 
 
 async def db_connection(settings: Settings) -> psycopg.AsyncConnection[tuple[Any, ...]]:

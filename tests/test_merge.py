@@ -20,7 +20,7 @@ from pubsub import layout
 from pubsub.settings import Settings
 from readapi import queries
 from tests.fix_services import private_settings
-from tests.support import db_connection, eventually
+from tests.support import db_connection, eventually, stream_to_head
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -103,21 +103,6 @@ async def merge_all(settings: Settings, conn: Conn, *, scan: int = 20_000) -> No
         await merger.close()
 
 
-async def stream_all(
-    conn: Conn, at: queries.StreamCursor, *, scan: int, limit: int = 11
-) -> list[queries.StreamCursor]:
-    seen: list[queries.StreamCursor] = []
-    for _ in range(10_000):
-        page = await queries.stream_read(
-            conn, at, queries.Filters(), limit=limit, max_bytes=1 << 20, scan=scan
-        )
-        seen += [e.at for e in page.events]
-        at = page.position
-        if page.caught_up:
-            return seen
-    raise AssertionError("the stream did not catch up")
-
-
 async def reads(conn: Conn) -> dict[str, Any]:
     """What readers see: pages both ways and by topic, lookups, the view's rows."""
     out: dict[str, Any] = {}
@@ -161,7 +146,7 @@ async def test_a_merge_changes_no_read(own: Settings, conn: Conn) -> None:
     start = await queries.stream_start(conn, None)
     await store(own, trickle(1, 150))
     before = await reads(conn)
-    streamed = await stream_all(conn, start, scan=13)
+    streamed = await stream_to_head(conn, start, scan=13)
     count, events, _ = await blocks(conn)
 
     await merge_all(own, conn)
@@ -173,10 +158,10 @@ async def test_a_merge_changes_no_read(own: Settings, conn: Conn) -> None:
     assert await reads(conn) == before
     # A stream resumed from any position it held before the merge goes on exactly as it would
     # have: the merged blocks hold events of many transactions.
-    assert await stream_all(conn, start, scan=13) == streamed
+    assert await stream_to_head(conn, start, scan=13) == streamed
     for k in range(0, len(streamed), 17):
         for scan in (1, 5, 300):
-            assert await stream_all(conn, streamed[k], scan=scan) == streamed[k + 1 :]
+            assert await stream_to_head(conn, streamed[k], scan=scan) == streamed[k + 1 :]
     # Every key points to the block that holds its event.
     cur = await conn.execute(
         "SELECT count(*) FROM events e JOIN topics t ON t.topic = e.topic"
@@ -231,7 +216,7 @@ async def test_the_stream_stays_exact_while_blocks_merge_and_arrive(
                 at = page.position
     finally:
         await merger.close()
-    seen += await stream_all(conn, at, scan=7)
+    seen += await stream_to_head(conn, at, scan=7)
     assert seen == sorted(seen)
     cur = await conn.execute("SELECT topic, event_id FROM events")
     assert sorted((c.topic, c.event_id) for c in seen) == sorted(await cur.fetchall())

@@ -26,7 +26,12 @@ from pubsub.database import connect_kwargs
 from pubsub.settings import Settings
 from readapi import histogram, queries
 from tests.fix_services import private_settings
-from tests.support import assert_volume_counts_the_events, db_connection, run_async
+from tests.support import (
+    assert_volume_counts_the_events,
+    db_connection,
+    run_async,
+    stream_to_head,
+)
 
 
 @contextlib.contextmanager
@@ -366,20 +371,6 @@ def test_a_version_6_schema_gets_each_blocks_last_transaction(
             async with await db_connection(s) as conn:
                 cur = await conn.execute("SELECT count(*) FROM blocks")
                 assert await cur.fetchone() == (2,)
-                return await stream_events(conn, queries.StreamCursor.at(0))
+                return await stream_to_head(conn, queries.StreamCursor.at(0), scan=9, limit=7)
 
         assert [(c.txid, c.topic, c.event_id) for c in run_async(merged_stream())] == streamed
-
-
-async def stream_events(
-    conn: psycopg.AsyncConnection[Any], at: queries.StreamCursor
-) -> list[queries.StreamCursor]:
-    seen: list[queries.StreamCursor] = []
-    while True:
-        page = await queries.stream_read(
-            conn, at, queries.Filters(), limit=7, max_bytes=1 << 20, scan=9
-        )
-        seen += [e.at for e in page.events]
-        at = page.position
-        if page.caught_up:
-            return seen
