@@ -37,7 +37,7 @@ _LOCK_KEY = 0x70756273  # any constant shared by every process of the project
 # 6: events in blocks, in time partitions, with a key table (see pubsub.layout); ``events`` is
 #    a view.
 # 7: blocks.last_txid, the last of the transactions a merged block's events were stored by.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -206,6 +206,7 @@ async def ensure(settings: Settings) -> None:
         cur = await conn.execute("SELECT to_regclass('blocks') IS NOT NULL")
         if (await cur.fetchone() or (False,))[0]:
             await conn.execute(layout.UPGRADE_6)
+            await conn.execute(layout.UPGRADE_7)
         await conn.execute(layout.ddl(sql.Identifier(settings.db_schema).as_string(conn)))
         if old:
             started = time.monotonic()

@@ -359,7 +359,8 @@ def test_a_version_6_schema_gets_each_blocks_last_transaction(
                 "SELECT count(*), count(*) FILTER (WHERE last_txid = txid) FROM blocks"
             ).fetchone() == (40, 40)
             assert {r[0] for r in c.execute(
-                "SELECT indexname FROM pg_indexes WHERE tablename = 'blocks'"
+                "SELECT indexname FROM pg_indexes"
+                " WHERE schemaname = current_schema() AND tablename = 'blocks'"
             )} >= {"blocks_merged", "blocks_small"}  # fmt: skip
 
         async def merged_stream() -> list[Any]:
@@ -374,3 +375,29 @@ def test_a_version_6_schema_gets_each_blocks_last_transaction(
                 return await stream_to_head(conn, queries.StreamCursor.at(0), scan=9, limit=7)
 
         assert [(c.txid, c.topic, c.event_id) for c in run_async(merged_stream())] == streamed
+
+
+def test_a_version_7_schema_gets_the_indexes_by_both_ends_of_a_block(
+    amqp_url: str, database_url: str
+) -> None:
+    """Schema 7 indexed blocks by their last timestamp alone; schema 8 by both ends, in place
+    of those indexes."""
+    with private_settings(amqp_url, database_url, prefix="upg7") as s:
+        with psycopg.connect(s.database_url, autocommit=True, **connect_kwargs(s)) as c:
+            c.execute("DROP INDEX blocks_ends, blocks_topic_ends")
+            c.execute("CREATE INDEX blocks_max_ts ON blocks (tenant, max_ts)")
+            c.execute("CREATE INDEX blocks_topic_max_ts ON blocks (tenant, topic, max_ts)")
+            c.execute("DELETE FROM schema_version")
+            c.execute("INSERT INTO schema_version (version) VALUES (7)")
+        run_async(dbschema.ensure(s))
+        with psycopg.connect(s.database_url, **connect_kwargs(s)) as c:
+            indexes = {
+                name: definition
+                for name, definition in c.execute(
+                    "SELECT indexname, indexdef FROM pg_indexes"
+                    " WHERE schemaname = current_schema() AND tablename = 'blocks'"
+                )
+            }
+        assert "blocks_max_ts" not in indexes and "blocks_topic_max_ts" not in indexes
+        assert indexes["blocks_ends"].endswith("(tenant, max_ts, min_ts)")
+        assert indexes["blocks_topic_ends"].endswith("(tenant, topic, max_ts, min_ts)")
