@@ -133,10 +133,14 @@ async def build_index(settings: Settings) -> tuple[float, int]:
         await conn.execute("SET maintenance_work_mem = '256MB'")
         await search.build(conn, settings.db_schema)
         seconds = time.perf_counter() - started
-        cur = await conn.execute("SELECT pg_relation_size(%s)", (search.INDEX,))
+        # A partitioned index has no bytes of its own: its partitions' indexes hold them.
+        cur = await conn.execute(
+            "SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree(%s::regclass)",
+            (search.INDEX,),
+        )
         row = await cur.fetchone()
         await conn.execute("ANALYZE blocks")
-    return seconds, int(str(row[0])) if row else 0
+    return seconds, int(str(row[0] or 0)) if row else 0
 
 
 async def timed(

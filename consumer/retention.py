@@ -5,8 +5,10 @@ Every consumer runs a :class:`Sweeper` when a retention is set; one of them swee
 receive time (see :mod:`pubsub.layout`); a sweep takes each partition whose end is past the
 horizon through three steps:
 
-1. In one transaction: subtract its events from the counters (``expired``) and the volume
-   per minute, and detach it. Its events leave every read at once, and the counts with them.
+1. Tally its events by topic and minute, a bounded batch per transaction, paced as step 2
+   is. Then, in one transaction, subtract the tally from the counters (``expired``) and the
+   volume per minute, and detach it. Its events leave every read at once, and the counts with
+   them.
 2. Delete the keys of its events, ``PUBSUB_RETENTION_BATCH`` events per transaction, pausing
    between transactions (see :data:`consumer.rounds.DUTY`), so that the sweep never holds more
    than a tenth of one connection's time against the consumers' inserts.
@@ -50,27 +52,45 @@ SELECT name, detached FROM partitions
 WHERE detached OR hi <= now() - make_interval(secs => %(horizon)s)
 ORDER BY lo
 """
-# Step 1: the partition's events leave the counts.
+# Step 1, first the tally: the next blocks (by id) of a partition, about ``batch`` events, are
+# counted by topic and minute into the session's table ``gone``; the statement gives their
+# count, the sum of their ids (to tell later whether the partition changed) and the last id.
+_GONE = "CREATE TEMP TABLE IF NOT EXISTS gone (topic text, minute timestamptz, n bigint)"
+_TALLY = """
+WITH taken AS MATERIALIZED (
+    SELECT id, topic, events FROM (
+        SELECT id, topic, events, sum(n) OVER (ORDER BY id) - n AS before
+        FROM (SELECT * FROM PARTITION WHERE id > %(after)s ORDER BY id LIMIT %(batch)s) AS b
+    ) AS t WHERE before < %(batch)s
+), tallied AS (
+    INSERT INTO gone (topic, minute, n)
+    SELECT topic, MINUTE_OF_TS, count(*)
+    FROM (SELECT b.topic, split_part(line, E'\\t', 2)::timestamptz AS ts
+          FROM taken b, string_to_table(b.events, E'\\n') AS line) AS e
+    GROUP BY 1, 2
+)
+SELECT count(*), coalesce(sum(id), 0), max(id) FROM taken
+""".replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="ts"))
+_SUMMARY = "SELECT count(*), coalesce(sum(id), 0) FROM PARTITION"
+# ... then, in the transaction that detaches the partition, the tally leaves the counts.
 _UNCOUNT = """
-WITH gone AS MATERIALIZED (
-    SELECT b.topic, split_part(line, E'\\t', 2)::timestamptz AS ts
-    FROM PARTITION b, string_to_table(b.events, E'\\n') AS line
+WITH totals AS MATERIALIZED (
+    SELECT topic, minute, sum(n) AS n FROM gone GROUP BY 1, 2
 ), counted AS (
     INSERT INTO counters AS c (shard, expired)
-    SELECT %(shard)s, count(*) FROM gone
+    SELECT %(shard)s, coalesce(sum(n), 0) FROM totals
     ON CONFLICT (shard) DO UPDATE SET expired = c.expired + excluded.expired
 ), by_topic AS (
     INSERT INTO volume AS v (topic, minute, shard, n)
-    SELECT topic COLLATE "C", MINUTE_OF_TS, %(shard)s, -count(*) FROM gone
-    GROUP BY 1, 2 ORDER BY 1, 2
+    SELECT topic COLLATE "C", minute, %(shard)s, -n FROM totals ORDER BY 1, 2
     ON CONFLICT (topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
 ), in_all AS (
     INSERT INTO volume_total AS v (minute, shard, n)
-    SELECT MINUTE_OF_TS, %(shard)s, -count(*) FROM gone GROUP BY 1 ORDER BY 1
+    SELECT minute, %(shard)s, -sum(n) FROM totals GROUP BY 1 ORDER BY 1
     ON CONFLICT (minute, shard) DO UPDATE SET n = v.n + excluded.n
 )
-SELECT topic, count(*) FROM gone GROUP BY topic
-""".replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="ts"))
+SELECT topic, sum(n) FROM totals GROUP BY topic
+"""
 # Step 2: the next blocks (by id) of a detached partition, about ``batch`` events, with the
 # ids of their events...
 _NEXT_BLOCKS = """
@@ -178,7 +198,9 @@ class Sweeper(Rounds[Swept]):
             if stop.is_set():
                 break
             if not detached:
-                counts = await self._detach(conn, name)
+                counts = await self._detach(conn, name, stop)
+                if counts is None:
+                    break  # stopped: the next sweep tallies it again
                 removed += sum(n for _, n in counts)
                 touched.update(t for t, _ in counts)
             if await self._unkey(conn, name, stop) is None:
@@ -197,17 +219,43 @@ class Sweeper(Rounds[Swept]):
             )  # fmt: skip
         return swept
 
-    async def _detach(self, conn: psycopg.AsyncConnection[Any], name: str) -> list[tuple[str, int]]:
-        """Step 1: uncount and detach partition ``name``; what it held, by topic."""
+    async def _detach(
+        self, conn: psycopg.AsyncConnection[Any], name: str, stop: asyncio.Event
+    ) -> list[tuple[str, int]] | None:
+        """Step 1: uncount and detach partition ``name``; what it held, by topic, or ``None``
+        if ``stop`` came first.
+
+        The tally reads every event of the partition: it is paced, in transactions of its own,
+        and only its sum is applied in the detach's transaction. A partition that changed
+        meanwhile (a merge of its blocks, a late import into it) is tallied again there."""
         partition = sql.Identifier(name).as_string(conn)
+        tally = _TALLY.replace("PARTITION", partition)
+        await conn.execute(_GONE)
+        await conn.execute("TRUNCATE gone")
+        after, blocks, ids = -1, 0, 0
+        while True:
+            t0 = time.monotonic()
+            async with conn.transaction():
+                cur = await conn.execute(
+                    tally, {"after": after, "batch": self.settings.retention_batch}
+                )
+                taken, id_sum, last = await cur.fetchone() or (0, 0, None)
+            if not taken or last is None:
+                break
+            after, blocks, ids = int(last), blocks + int(taken), ids + int(id_sum)
+            if await self.pause(stop, time.monotonic() - t0):
+                return None
         async with conn.transaction():
-            cur = await conn.execute(
-                _UNCOUNT.replace("PARTITION", partition),
-                {"shard": SHARD},
-            )
+            cur = await conn.execute(_SUMMARY.replace("PARTITION", partition))
+            if tuple(map(int, await cur.fetchone() or (0, 0))) != (blocks, ids):
+                log.info("partition %s changed while it was tallied: tallying it again", name)
+                await conn.execute("TRUNCATE gone")
+                await conn.execute(tally, {"after": -1, "batch": 2**62})
+            cur = await conn.execute(_UNCOUNT, {"shard": SHARD})
             counts = [(str(t), int(n)) for t, n in await cur.fetchall()]
-            metrics.EVENTS_EXPIRED.inc(sum(n for _, n in counts))
             await conn.execute("SELECT detach_partition(%s)", (name,))
+        metrics.EVENTS_EXPIRED.inc(sum(n for _, n in counts))
+        await conn.execute("TRUNCATE gone")
         return counts
 
     async def _unkey(

@@ -124,7 +124,9 @@ async def get_events(request: web.Request) -> web.Response:
     )
     try:
         async with sources.pool.connection() as conn:
-            events, next_cursor = await queries.events_page(conn, query)
+            events, next_cursor = await queries.events_page(
+                conn, query, timeout=settings.read_statement_timeout
+            )
     except queries.UNAVAILABLE as exc:
         raise sources.unavailable(exc) from None
     headers = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -125,8 +126,9 @@ class Filters:
                 params.append(value)
         search.condition(list(self.words), where, params)
 
-    def blocks_sql(self, where: list[str], params: list[Any]) -> None:
-        """Add the conditions a block must meet to hold an event these filters pass."""
+    def blocks_sql(self, where: list[str], params: list[Any], *, words: bool = True) -> None:
+        """Add the conditions a block must meet to hold an event these filters pass (but for
+        the words of a search, which need the block's text, unless ``words``)."""
         where.append(f"tenant = {layout.TENANT}")
         if self.topic is not None:
             where.append("topic = %s")
@@ -141,7 +143,8 @@ class Filters:
             params.append(self.event_id)
             if self.topic is not None:
                 params.append(self.topic)
-        search.block_condition(list(self.words), where, params)
+        if words:
+            search.block_condition(list(self.words), where, params)
 
 
 @dataclass(frozen=True)
@@ -156,30 +159,36 @@ class EventQuery:
 
 
 async def events_page(
-    conn: psycopg.AsyncConnection[Any], q: EventQuery
+    conn: psycopg.AsyncConnection[Any], q: EventQuery, *, timeout: float | None = None
 ) -> tuple[list[dict[str, Any]], Cursor | None]:
     """One page of events ordered by ``(timestamp, topic, event_id)`` (or the reverse, with
     ``q.descending``), and the next cursor: at most ``q.limit`` events, and no more payload
     bytes than ``q.max_bytes`` (but one). Only the blocks that can hold the page are opened
-    (see :func:`_page_blocks`).
+    (see :func:`_page_blocks` and :func:`_walk`).
 
-    ``conn`` is in autocommit mode. A page bounded by its blocks reads the bound and then the
-    page in one snapshot, so that both see the same blocks."""
-    if _page_bound(q) is None:
+    ``conn`` is in autocommit mode. A page of several statements reads them in one snapshot,
+    so that all see the same blocks; ``timeout`` (seconds) bounds them all together, as the
+    connection's statement timeout bounds one."""
+    f = q.filters
+    if f.event_id is not None:  # the blocks of the id's keys: a few
         cur = await conn.execute(*await page_sql(conn, q))
         return _page_rows(q, await cur.fetchall())
     async with conn.transaction():
-        await conn.execute(_ONE_SNAPSHOT)
-        cur = await conn.execute(*await page_sql(conn, q))
-        rows = await cur.fetchall()
+        if f.exact:
+            await conn.execute(_ONE_SNAPSHOT)
+            cur = await conn.execute(*await page_sql(conn, q))
+            rows = await cur.fetchall()
+        else:
+            await conn.execute(_SNAPSHOT)
+            rows = await _walk(conn, q, timeout=timeout)
     return _page_rows(q, rows)
 
 
+_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 # A bounded page opens few blocks, but the planner takes every block for a thousand events (a
 # set-returning function's default) and may start parallel workers, which cost more than the
 # page (3 ms against 0.5 on a partition of a million one-event blocks).
-_ONE_SNAPSHOT = """SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
-                   SET LOCAL max_parallel_workers_per_gather = 0"""
+_ONE_SNAPSHOT = f"{_SNAPSHOT}; SET LOCAL max_parallel_workers_per_gather = 0"
 
 
 async def page_sql(conn: psycopg.AsyncConnection[Any], q: EventQuery) -> tuple[str, list[Any]]:
@@ -191,38 +200,167 @@ async def page_sql(conn: psycopg.AsyncConnection[Any], q: EventQuery) -> tuple[s
     bound = _page_bound(q)
     if bound is not None:
         edge = await (await conn.execute(*bound)).fetchone()
-    where: list[str] = ["TRUE"]
-    params: list[Any] = []
-    q.filters.sql(where, params)
+    blocks, blocks_params = _page_blocks(q, edge)
+    return _page_statement(q, blocks, blocks_params, limit=q.limit + 1, max_bytes=q.max_bytes)
+
+
+def _page_statement(
+    q: EventQuery,
+    blocks: list[str],
+    blocks_params: list[Any],
+    *,
+    limit: int,
+    max_bytes: int,
+    where: tuple[list[str], list[Any]] = ([], []),
+) -> tuple[str, list[Any]]:
+    """The statement of the first ``limit`` events of ``q``'s page in the blocks that meet
+    ``blocks`` (and the events that meet ``where``), cut to ``max_bytes`` (but one)."""
+    conditions: list[str] = ["TRUE", *where[0]]
+    params: list[Any] = list(where[1])
+    q.filters.sql(conditions, params)
     for condition, value in (("ts >= %s", q.since), ("ts < %s", q.until)):
         if value is not None:
-            where.append(condition)
+            conditions.append(condition)
             params.append(value)
     topic = q.filters.topic
     beyond, direction = ("<", " DESC") if q.descending else (">", "")
     if q.after is not None:
         if topic is not None:
-            where.append(f"(ts, event_id) {beyond} (%s, %s)")
+            conditions.append(f"(ts, event_id) {beyond} (%s, %s)")
             params += [q.after.ts, q.after.event_id]
         else:
-            where.append(f"(ts, topic, event_id) {beyond} (%s, %s, %s)")
+            conditions.append(f"(ts, topic, event_id) {beyond} (%s, %s, %s)")
             params += [q.after.ts, q.after.topic, q.after.event_id]
-    blocks, blocks_params = _page_blocks(q, edge)
-    columns = ("ts", "event_id") if topic is not None else ("ts", "topic", "event_id")
-    order = ", ".join(column + direction for column in columns)
-    # The page's rows come from the blocks it can hold, at most limit + 1; of those only the
-    # ones that start within the byte budget leave the server (and one more, which tells that
-    # more follow).
+    order = ", ".join(column + direction for column in _event_key(q))
+    # The page's rows come from the blocks it can hold, at most limit; of those only the ones
+    # that start within the byte budget leave the server (and one more, which tells that more
+    # follow).
     query = f"""
         SELECT topic, event_id, ts, source, body FROM (
           SELECT *, sum(octet_length(body)) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING)
                     - octet_length(body) AS before
           FROM (SELECT topic, event_id, ts, source, payload AS body
                 FROM {layout.events_of(" AND ".join(blocks))}
-                WHERE {" AND ".join(where)} ORDER BY {order} LIMIT %s) page
+                WHERE {" AND ".join(conditions)} ORDER BY {order} LIMIT %s) page
         ) sized WHERE before <= %s ORDER BY {order}
     """
-    return query, [*blocks_params, *params, q.limit + 1, q.max_bytes]
+    return query, [*blocks_params, *params, limit, max_bytes]
+
+
+def _event_key(q: EventQuery) -> tuple[str, ...]:
+    """The columns of an event's key in a page's order."""
+    return ("ts", "event_id") if q.filters.topic is not None else ("ts", "topic", "event_id")
+
+
+# How much farther each stretch of a walk looks than the one before, and how many stretches
+# are counted before the rest is read in one (see _walk).
+_WALK_GROWTH = 8
+_WALK_STRETCHES = 4
+
+
+async def _walk(
+    conn: psycopg.AsyncConnection[Any], q: EventQuery, *, timeout: float | None
+) -> list[tuple[Any, ...]]:
+    """The rows of a page whose filters some events of a block may fail (``source``, ``q``):
+    no bound on its blocks is known ahead, and reading every block the range holds would
+    read millions for a word that the first of them hold.
+
+    So the page is read in stretches of its order. The blocks ahead in the page's order are
+    counted until they hold ``limit + 1`` events; the first block beyond them begins at a key
+    that ends the stretch: an event before it lies in a block that begins before it. The
+    stretch's events that pass the filters are the page's next ones. The next stretch begins
+    at that key and looks eight times as far, until the page is full or the range ends. After
+    four stretches (about 60,000 events) the rest is one stretch: counting the blocks ahead
+    walks an index and the table in key order, which over millions of blocks costs more than
+    the search. So a search for a rare word reads the range about once, and one for a common
+    word a few blocks."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wanted, ahead, spent = q.limit + 1, q.limit + 1, 0
+    found: list[tuple[Any, ...]] = []
+    start: tuple[Any, ...] | None = None
+    for stretch in range(_WALK_STRETCHES + 1):
+        stop = None
+        if stretch < _WALK_STRETCHES:
+            await _statement_budget(conn, deadline)
+            stop = await (await conn.execute(*_walk_stop(q, start, ahead))).fetchone()
+        await _statement_budget(conn, deadline)
+        blocks, blocks_params, where = _stretch(q, start, stop)
+        statement = _page_statement(
+            q, blocks, blocks_params, limit=wanted - len(found),
+            max_bytes=max(q.max_bytes - spent, 0), where=where,
+        )  # fmt: skip
+        rows = await (await conn.execute(*statement)).fetchall()
+        found += rows
+        spent += sum(len(row[4].encode()) for row in rows)
+        if len(found) >= wanted or stop is None or spent > q.max_bytes:
+            break
+        start, ahead = tuple(stop), ahead * _WALK_GROWTH
+    return found
+
+
+async def _statement_budget(conn: psycopg.AsyncConnection[Any], deadline: float | None) -> None:
+    """Give the next statement what is left of the page's time; none left cancels the page
+    as PostgreSQL cancels a statement that ran out of it."""
+    if deadline is not None:
+        left = round((deadline - time.monotonic()) * 1000)
+        if left < 1:
+            raise psycopg.errors.QueryCanceled("canceling the page: its time ran out")
+        await conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(left),))
+
+
+def _walk_stop(q: EventQuery, start: tuple[Any, ...] | None, ahead: int) -> tuple[str, list[Any]]:
+    """The statement of the first key of the first block in the page's order (beginning after
+    ``start``) that the blocks before it hold ``ahead`` events ahead of; no row when they hold
+    fewer. Only the blocks' columns are read, not their text."""
+    where, params, _, _ = _page_ranges(q, words=False)
+    first, last = _keys(q)
+    near = last if q.descending else first
+    direction = " DESC" if q.descending else ""
+    if start is not None:
+        where.append(f"{_row(near)} {'<' if q.descending else '>'} ({_holes(start)})")
+        params += start
+    order = ", ".join(c + direction for c in near)
+    statement = f"""SELECT {", ".join(near)} FROM (
+            SELECT {", ".join(near)}, sum(n) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING)
+                   - n AS before
+            FROM (SELECT n, {", ".join(near)} FROM blocks WHERE {" AND ".join(where)}
+                  ORDER BY {order} LIMIT {ahead + 1}) AS ahead
+        ) AS counted WHERE before >= {ahead} ORDER BY {order} LIMIT 1"""
+    return statement, params
+
+
+def _stretch(
+    q: EventQuery, start: tuple[Any, ...] | None, stop: tuple[Any, ...] | None
+) -> tuple[list[str], list[Any], tuple[list[str], list[Any]]]:
+    """The conditions on the blocks and on the events of the stretch of ``q``'s order from the
+    key ``start`` (on) to ``stop`` (before), each end open when ``None``."""
+    blocks, params, _, _ = _page_ranges(q)
+    events: list[str] = []
+    events_params: list[Any] = []
+    first, last = _keys(q)
+    key = _row(_event_key(q))
+    span = f"interval '{layout.BLOCK_SPAN}'"
+    for bound, at_start in ((start, True), (stop, False)):
+        if bound is None:
+            continue
+        holes = f"({_holes(bound)})"
+        # Ascending, a stretch holds the blocks that end at or after its start and begin
+        # before its stop; descending, the reverse.
+        if at_start != q.descending:
+            blocks += [f"{_row(last)} {'>=' if at_start else '>'} {holes}", "max_ts >= %s",
+                       f"min_ts > %s::timestamptz - {span}"]  # fmt: skip
+            events.append(f"{key} {'>=' if at_start else '>'} {holes}")
+        else:
+            blocks += [f"{_row(first)} {'<=' if at_start else '<'} {holes}", "min_ts <= %s",
+                       f"max_ts < %s::timestamptz + {span}"]  # fmt: skip
+            events.append(f"{key} {'<=' if at_start else '<'} {holes}")
+        params += [*bound, bound[0], bound[0]]
+        events_params += bound
+    return blocks, params, (events, events_params)
+
+
+def _holes(values: tuple[Any, ...]) -> str:
+    return ", ".join(["%s"] * len(values))
 
 
 def _page_rows(
@@ -274,13 +412,15 @@ def _page_blocks(q: EventQuery, edge: tuple[Any, ...] | None) -> tuple[list[str]
     return where, params
 
 
-def _page_ranges(q: EventQuery) -> tuple[list[str], list[Any], list[str], list[Any]]:
+def _page_ranges(
+    q: EventQuery, *, words: bool = True
+) -> tuple[list[str], list[Any], list[str], list[Any]]:
     """The conditions on the blocks that overlap the page's range and reach past its cursor,
     and those on the blocks that lie wholly within the range and past the cursor, each with
-    their parameters."""
+    their parameters (with the words of a search unless ``words`` is false)."""
     where: list[str] = []
     params: list[Any] = []
-    q.filters.blocks_sql(where, params)
+    q.filters.blocks_sql(where, params, words=words)
     wholly = list(where)
     wholly_params = list(params)
     first, last = (_row(columns) for columns in _keys(q))

@@ -27,7 +27,9 @@ async def stream_to_head(
     conn: psycopg.AsyncConnection[Any], at: queries.StreamCursor, *, scan: int, limit: int = 11
 ) -> list[queries.StreamCursor]:
     """The positions of every event the live stream gives after ``at``, read in pages of
-    ``limit`` from scans of ``scan`` rows, until it reaches the head."""
+    ``limit`` from scans of ``scan`` rows, until it reaches the head (once every transaction
+    that committed before the call is behind it, see :func:`horizon_passed`)."""
+    await horizon_passed(conn)
     seen: list[queries.StreamCursor] = []
     for _ in range(10_000):
         page = await queries.stream_read(
@@ -38,6 +40,21 @@ async def stream_to_head(
         if page.caught_up:
             return seen
     raise AssertionError("the stream did not catch up")
+
+
+async def horizon_passed(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Wait until the live stream's horizon (the oldest transaction still running, in the
+    whole database cluster) is past every transaction committed so far: until then, the
+    stream is caught up without the events a transaction after that one stored. Another
+    session's long transaction (a bench's fill, an ANALYZE) holds the horizon back."""
+    cur = await conn.execute("SELECT pg_current_xact_id()::text")
+    mark = int((await cur.fetchone() or ("0",))[0])
+
+    async def horizon() -> int:
+        cur = await conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        return int((await cur.fetchone() or ("0",))[0])
+
+    await eventually(horizon, lambda xmin: xmin > mark, what="the stream's horizon")
 
 
 async def db_connection(settings: Settings) -> psycopg.AsyncConnection[tuple[Any, ...]]:

@@ -25,7 +25,7 @@ from pubsub import layout
 from pubsub.settings import Settings
 from readapi import queries
 from tests.fix_services import private_settings
-from tests.support import db_connection
+from tests.support import db_connection, stream_to_head
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 Key = tuple[str, str]  # (topic, event_id)
@@ -210,11 +210,7 @@ async def blocks_read(conn: Conn, q: queries.EventQuery) -> int:
 async def blocks_opened(conn: Conn, q: queries.EventQuery) -> int:
     """How many blocks a page's query decodes: the rows ``string_to_table`` was called for."""
 
-    def loops(node: dict[str, Any]) -> int:
-        own = int(node["Actual Loops"]) if node.get("Function Name") == "string_to_table" else 0
-        return own + sum(loops(child) for child in node.get("Plans", []))
-
-    return loops(await page_plan(conn, q))
+    return decoded(await page_plan(conn, q))
 
 
 async def page_plan(conn: Conn, q: queries.EventQuery) -> dict[str, Any]:
@@ -226,6 +222,103 @@ async def page_plan(conn: Conn, q: queries.EventQuery) -> dict[str, Any]:
     plan = row[0] if isinstance(row[0], list) else orjson.loads(row[0])
     node: dict[str, Any] = plan[0]["Plan"]
     return node
+
+
+@pytest.mark.parametrize("limit", [1, 7, 100])
+@pytest.mark.parametrize("descending", [False, True])
+async def test_search_and_source_pages_give_every_match_once_in_order(
+    own: Settings, conn: Conn, ties: list[list[dict[str, Any]]], limit: int, descending: bool
+) -> None:
+    """Filters that some events of a block fail are read in stretches (queries._walk): every
+    match comes once, in order, whatever the page size, both ways, with or without a window."""
+    for n, e in enumerate(e for b in ties for e in b):
+        e["source"] = "odd" if n % 2 else "even"
+    await store(own, ties)
+    events = sorted_events(ties)
+    window = {"since": T0 - timedelta(seconds=1), "until": T0 + timedelta(hours=2)}
+    for filters, passes in (
+        (queries.Filters(source="odd"), lambda e: e["source"] == "odd"),
+        (queries.Filters(words=("7",)), lambda e: "7" in e["event_id"]),
+        (queries.Filters(topic="t1", words=("e",), source="even"),
+         lambda e: e["topic"] == "t1" and e["source"] == "even"),
+    ):  # fmt: skip
+        for bounds in ({}, window):
+            expected = [
+                (e["topic"], e["event_id"])
+                for e in events
+                if passes(e)
+                and bounds.get("since", T0 - timedelta(days=1))
+                <= datetime.fromisoformat(e["timestamp"])
+                < bounds.get("until", T0 + timedelta(days=1))
+            ]
+            if descending:
+                expected.reverse()
+            assert 0 < len(expected) < 600
+            found = await walk(conn, filters, limit=limit, descending=descending, **bounds)
+            assert found == expected, (filters, bounds, limit, descending)
+
+
+async def test_a_search_page_opens_the_blocks_of_its_stretch_once(
+    own: Settings, conn: Conn
+) -> None:
+    """2,000 one-event blocks: a page of 10 of a source every event has opens about its own
+    blocks, not all 2,000; one whose only event comes last opens each block once, not once per
+    stretch."""
+    batch = [
+        event(f"t{i:04d}", f"id-{i:04d}", T0 + timedelta(seconds=i * 1.5)) for i in range(2000)
+    ]
+    batch[-1]["source"] = "rare"
+    await store(own, [batch])
+    await conn.execute("ANALYZE blocks")
+    for source, most in (("blocks", 30), ("rare", 2100)):
+        q = queries.EventQuery(queries.Filters(source=source), None, None, None, 10, 1 << 20)
+        events, opened = await opening(conn, q)
+        assert len(events) == (10 if source == "blocks" else 1)
+        assert opened <= most, (source, opened)
+
+
+async def test_a_search_page_is_cancelled_when_its_statements_ran_out_of_time(
+    own: Settings, conn: Conn
+) -> None:
+    """The statements of a page share one timeout: what is left of it bounds the next one."""
+    await store(own, [[event("t", f"id-{i}", T0) for i in range(20)]])
+    q = queries.EventQuery(queries.Filters(source="none"), None, None, None, 10, 1 << 20)
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        await queries.events_page(conn, q, timeout=0)
+    await conn.execute("SELECT pg_sleep(0.02)")  # not cancelled: the timeout was the page's
+    assert await queries.events_page(conn, q, timeout=5) == ([], None)
+
+
+async def opening(conn: Conn, q: queries.EventQuery) -> tuple[list[dict[str, Any]], int]:
+    """A page's events, and how many blocks all of its statements decoded together (their
+    plans as they ran, sent back by auto_explain)."""
+    plans: list[dict[str, Any]] = []
+
+    def notice(diag: psycopg.errors.Diagnostic) -> None:
+        text = diag.message_primary or ""
+        if '"Plan"' in text:
+            plans.append(orjson.loads(text[text.index("{") :]))
+
+    await conn.execute("LOAD 'auto_explain'")
+    for setting, value in (
+        ("log_min_duration", "0"), ("log_analyze", "on"), ("log_timing", "off"),
+        ("log_format", "json"), ("log_level", "notice"),
+    ):  # fmt: skip
+        await conn.execute(f"SET auto_explain.{setting} = {value}")
+    conn.add_notice_handler(notice)
+    try:
+        events, _ = await queries.events_page(conn, q)
+    finally:
+        conn.remove_notice_handler(notice)
+        await conn.execute("SET auto_explain.log_min_duration = -1")
+    assert plans
+    return events, sum(decoded(plan["Plan"]) for plan in plans)
+
+
+def decoded(node: dict[str, Any]) -> int:
+    """How many blocks a plan's node and those under it split into events."""
+    own = int(node["Actual Loops"]) if node.get("Function Name") == "string_to_table" else 0
+    return own + sum(decoded(child) for child in node.get("Plans", []))
 
 
 async def test_lookups_by_id_find_the_one_block(own: Settings, conn: Conn) -> None:
@@ -258,15 +351,7 @@ async def test_the_stream_gives_every_event_once_in_storing_order(
 ) -> None:
     start = await queries.stream_start(conn, None)
     await store(own, ties)
-    at, streamed = start, []
-    for _ in range(1000):
-        page = await queries.stream_read(
-            conn, at, queries.Filters(), limit=37, max_bytes=1 << 20, scan=61
-        )
-        streamed += [e.at for e in page.events]
-        at = page.position
-        if page.caught_up:
-            break
+    streamed = await stream_to_head(conn, start, scan=61, limit=37)
     assert streamed == sorted(streamed)
     assert sorted((c.topic, c.event_id) for c in streamed) == sorted(order(ties, topic=None))
 

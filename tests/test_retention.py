@@ -19,6 +19,7 @@ import orjson
 import psycopg
 import pytest
 
+from consumer.merge import Merger
 from consumer.retention import Sweeper
 from consumer.store import Row, Store, copy_rows
 from publisher import watch
@@ -115,6 +116,56 @@ async def test_a_sweep_removes_what_is_past_the_horizon_and_keeps_the_rest(
     for table in ("volume", "volume_total"):
         empty = f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY minute HAVING sum(n) = 0) e"
         assert conn.execute(empty).fetchone() == (0,)
+
+
+@pytest.fixture
+def merging(amqp_url: str, database_url: str) -> Iterator[Settings]:
+    """As ``retained``, and small blocks merge as soon as they are stored."""
+    with private_settings(
+        amqp_url, database_url, prefix="retm", retention="30d", retention_batch=100,
+        merge_after=0.001,
+    ) as s:  # fmt: skip
+        yield s
+
+
+async def test_a_partition_merged_while_it_was_tallied_is_uncounted_exactly(
+    merging: Settings,
+) -> None:
+    """The tally runs in paced transactions of its own; blocks merged between two of them
+    change the partition's block ids, and the detach's transaction tallies it again."""
+
+    class MergingMidway(Sweeper):
+        merged = 0
+
+        async def pause(self, stop: asyncio.Event, took: float) -> bool:
+            if not self.merged:
+                merger = Merger(self.settings)
+
+                async def merge() -> int:
+                    done = await merger.merge()
+                    return 0 if done is None else done.blocks
+
+                try:  # merges wait for the transactions older than the blocks to end
+                    self.merged = await eventually(merge, bool, what="a merge")
+                finally:
+                    await merger.close()
+            return await super().pause(stop, took)
+
+    store, sweeper = Store(merging, shard=1), MergingMidway(merging)
+    try:
+        for n in range(40):  # 40 small blocks of one topic and one hour
+            await store.store([(f"old-{n}", rows("a", ids(f"old{n}", 5), days_ago=40))])
+        await store.store([("new", rows("a", ids("new", 5), days_ago=1))])
+        swept = await sweeper.sweep()
+    finally:
+        await store.close()
+        await sweeper.close()
+    assert sweeper.merged > 1
+    assert swept is not None and swept.events == 200
+    c = await counts(merging)
+    assert (c.received, c.unique_processed, c.expired, c.stored) == (205, 205, 200, 5)
+    with psycopg.connect(merging.database_url, autocommit=True, **connect_kwargs(merging)) as c2:
+        assert_volume_counts_the_events(c2)
 
 
 async def test_an_event_is_deduplicated_until_it_expires_and_stored_anew_after(

@@ -20,7 +20,7 @@ from pubsub.settings import Settings
 from readapi import queries
 from stack.supervisor import Supervisor
 from tests.fix_stack import StackFactory
-from tests.support import delete_topology, event, eventually, post_json
+from tests.support import delete_topology, event, eventually, horizon_passed, post_json
 from tests.test_store import rows
 from tests.test_stream import DEADLINE, opened, take
 
@@ -84,6 +84,7 @@ async def test_a_read_that_matches_nothing_moves_its_position_in_bounded_scans(
     assert behind is not None
     conn = await database.connect(settings, autocommit=True)
     try:
+        await horizon_passed(conn)
         nobody = queries.Filters(source="nobody")
         position, reads = start, 0
         while True:
