@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -37,6 +39,7 @@ from bench.workloads import LUA, Bench, Result, launch, run_wrk, table
 from consumer.retention import Sweeper
 from pubsub import database, layout
 from pubsub.settings import Settings
+from stack.supervisor import Supervisor
 
 SWEEP_RATIO_GOAL = 0.95
 P99_GOAL_MS = {"stats": 25.0, "events": 15.0, "topic": 15.0}
@@ -162,22 +165,35 @@ async def reads(args: argparse.Namespace, settings: Settings, read_url: str) -> 
     return out
 
 
-async def main(args: argparse.Namespace) -> int:
-    out = record.Output()
-    problems: list[str] = []
+@contextlib.asynccontextmanager
+async def system() -> AsyncIterator[tuple[Supervisor, aiohttp.ClientSession]]:
+    """A private system with every service started, and an HTTP session."""
     async with (
         # A search without an index over all events is measured, not cut off at 10 s.
         private_system("storage", consumers=2, read_statement_timeout=120) as stack,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http,
     ):
         stack.start_all(["readapi", "ingest", "consumer-1", "consumer-2"])
-        bench = Bench(stack.settings, stack, http)
-        results: list[Result] = []
-        if args.expired:
+        yield stack, http
+
+
+async def main(args: argparse.Namespace) -> int:
+    out = record.Output()
+    problems: list[str] = []
+    results: list[Result] = []
+    if args.expired:
+        async with system() as (stack, http):
+            bench = Bench(stack.settings, stack, http)
             results, problems = await retention(args, bench, out)
-        read_rows = await reads(args, stack.settings, stack.read_url) if args.rows else []
-        blocks = 0
-        if args.rows:
+            bench.db.close()
+    read_rows: list[Read] = []
+    blocks = 0
+    found = None
+    if args.rows:
+        # A system of its own: the sweep's load leaves millions of events of one topic and
+        # one timestamp, which the reads would find first.
+        async with system() as (stack, http):
+            read_rows = await reads(args, stack.settings, stack.read_url)
             with psycopg.connect(
                 stack.settings.database_url, **database.connect_kwargs(stack.settings)
             ) as conn:
@@ -185,14 +201,12 @@ async def main(args: argparse.Namespace) -> int:
                     "SELECT count(*) FROM blocks WHERE topic LIKE 'topic-%'"
                 ).fetchone()
                 blocks = int(row[0]) if row else 0
-        found = None
-        if args.rows and args.search_requests:
-            print("search and histogram ...", file=sys.stderr)
-            found = await finding.measure(
-                http, stack.settings, stack.read_url, topics=args.topics, prefix="topic-",
-                requests=args.search_requests, budget=args.search_seconds,
-            )  # fmt: skip
-        bench.db.close()
+            if args.search_requests:
+                print("search and histogram ...", file=sys.stderr)
+                found = await finding.measure(
+                    http, stack.settings, stack.read_url, topics=args.topics, prefix="topic-",
+                    requests=args.search_requests, budget=args.search_seconds,
+                )  # fmt: skip
     if results:
         out()
         out(table(results))

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import pq
 from psycopg_pool import PoolTimeout
 
 from pubsub import database, layout, search
@@ -166,20 +167,23 @@ async def events_page(
     bytes than ``q.max_bytes`` (but one). Only the blocks that can hold the page are opened
     (see :func:`_page_blocks` and :func:`_walk`).
 
-    ``conn`` is in autocommit mode. A page of several statements reads them in one snapshot,
-    so that all see the same blocks; ``timeout`` (seconds) bounds them all together, as the
-    connection's statement timeout bounds one."""
+    A page of several statements reads them in one snapshot (a transaction of their own, on a
+    connection in autocommit mode), so that all see the same blocks; ``timeout`` (seconds)
+    bounds them all together, as the connection's statement timeout bounds one."""
     f = q.filters
     if f.event_id is not None:  # the blocks of the id's keys: a few
         cur = await conn.execute(*await page_sql(conn, q))
         return _page_rows(q, await cur.fetchall())
+    # In a transaction of its caller's, the page reads in the caller's snapshot (a savepoint).
+    own = conn.info.transaction_status == pq.TransactionStatus.IDLE
     async with conn.transaction():
+        setup = ([_SNAPSHOT] if own else []) + ([_NO_WORKERS] if f.exact else [])
+        if setup:
+            await conn.execute("; ".join(setup))
         if f.exact:
-            await conn.execute(_ONE_SNAPSHOT)
             cur = await conn.execute(*await page_sql(conn, q))
             rows = await cur.fetchall()
         else:
-            await conn.execute(_SNAPSHOT)
             rows = await _walk(conn, q, timeout=timeout)
     return _page_rows(q, rows)
 
@@ -188,7 +192,7 @@ _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 # A bounded page opens few blocks, but the planner takes every block for a thousand events (a
 # set-returning function's default) and may start parallel workers, which cost more than the
 # page (3 ms against 0.5 on a partition of a million one-event blocks).
-_ONE_SNAPSHOT = f"{_SNAPSHOT}; SET LOCAL max_parallel_workers_per_gather = 0"
+_NO_WORKERS = "SET LOCAL max_parallel_workers_per_gather = 0"
 
 
 async def page_sql(conn: psycopg.AsyncConnection[Any], q: EventQuery) -> tuple[str, list[Any]]:
@@ -252,10 +256,8 @@ def _event_key(q: EventQuery) -> tuple[str, ...]:
     return ("ts", "event_id") if q.filters.topic is not None else ("ts", "topic", "event_id")
 
 
-# How much farther each stretch of a walk looks than the one before, and how many stretches
-# are counted before the rest is read in one (see _walk).
-_WALK_GROWTH = 8
-_WALK_STRETCHES = 4
+# The most events the second stretch of a walk counts ahead (see _walk).
+_WALK_MOST = 100_000
 
 
 async def _walk(
@@ -265,22 +267,25 @@ async def _walk(
     no bound on its blocks is known ahead, and reading every block the range holds would
     read millions for a word that the first of them hold.
 
-    So the page is read in stretches of its order. The blocks ahead in the page's order are
-    counted until they hold ``limit + 1`` events; the first block beyond them begins at a key
-    that ends the stretch: an event before it lies in a block that begins before it. The
-    stretch's events that pass the filters are the page's next ones. The next stretch begins
-    at that key and looks eight times as far, until the page is full or the range ends. After
-    four stretches (about 60,000 events) the rest is one stretch: counting the blocks ahead
-    walks an index and the table in key order, which over millions of blocks costs more than
-    the search. So a search for a rare word reads the range about once, and one for a common
-    word a few blocks."""
+    So the page is read in stretches of its order, three at most. The blocks ahead in the
+    page's order are counted until they hold ``limit + 1`` events; the first block beyond them
+    begins at a key that ends the stretch: an event before it lies in a block that begins
+    before it. The stretch's events that pass the filters are the page's next ones. When they
+    do not fill it, the share of events that passed sizes the second stretch (twice what it
+    predicts the page needs, at most ``_WALK_MOST`` events); none passing, or the second
+    stretch not filling it either, the rest of the range is the last stretch.
+
+    A block that overlaps a stretch's start is read again in that stretch; where thousands of
+    blocks share one timestamp, each stretch reads them all. Three stretches bound that to
+    three readings of them, and a common word's first page still costs a few blocks."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    wanted, ahead, spent = q.limit + 1, q.limit + 1, 0
+    wanted, spent = q.limit + 1, 0
+    ahead: int | None = wanted
     found: list[tuple[Any, ...]] = []
     start: tuple[Any, ...] | None = None
-    for stretch in range(_WALK_STRETCHES + 1):
+    while True:
         stop = None
-        if stretch < _WALK_STRETCHES:
+        if ahead is not None:
             await _statement_budget(conn, deadline)
             stop = await (await conn.execute(*_walk_stop(q, start, ahead))).fetchone()
         await _statement_budget(conn, deadline)
@@ -290,12 +295,15 @@ async def _walk(
             max_bytes=max(q.max_bytes - spent, 0), where=where,
         )  # fmt: skip
         rows = await (await conn.execute(*statement)).fetchall()
+        if rows and start is None:  # the first stretch: its share sizes the second
+            ahead = min(_WALK_MOST, 2 * wanted * (wanted - len(rows)) // len(rows) + 1)
+        else:
+            ahead = None
         found += rows
         spent += sum(len(row[4].encode()) for row in rows)
         if len(found) >= wanted or stop is None or spent > q.max_bytes:
-            break
-        start, ahead = tuple(stop), ahead * _WALK_GROWTH
-    return found
+            return found
+        start = tuple(stop)
 
 
 async def _statement_budget(conn: psycopg.AsyncConnection[Any], deadline: float | None) -> None:

@@ -47,14 +47,16 @@ async def horizon_passed(conn: psycopg.AsyncConnection[Any]) -> None:
     whole database cluster) is past every transaction committed so far: until then, the
     stream is caught up without the events a transaction after that one stored. Another
     session's long transaction (a bench's fill, an ANALYZE) holds the horizon back."""
-    cur = await conn.execute("SELECT pg_current_xact_id()::text")
+    # The first transaction id not yet given out, taken without one: a transaction of the
+    # caller's that this gave an id to would hold the horizon back itself.
+    cur = await conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
     mark = int((await cur.fetchone() or ("0",))[0])
 
     async def horizon() -> int:
         cur = await conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
         return int((await cur.fetchone() or ("0",))[0])
 
-    await eventually(horizon, lambda xmin: xmin > mark, what="the stream's horizon")
+    await eventually(horizon, lambda xmin: xmin >= mark, what="the stream's horizon")
 
 
 async def db_connection(settings: Settings) -> psycopg.AsyncConnection[tuple[Any, ...]]:
