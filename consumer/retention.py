@@ -52,17 +52,20 @@ SELECT name, detached FROM partitions
 WHERE detached OR hi <= now() - make_interval(secs => %(horizon)s)
 ORDER BY lo
 """
+# The next blocks (by id) of a partition after ``after``, about ``batch`` events (whole blocks:
+# one block's more at most), for both paced steps below.
+_BATCH = """(
+    SELECT id, tenant, topic, events FROM (
+        SELECT id, tenant, topic, events, sum(n) OVER (ORDER BY id) - n AS before
+        FROM (SELECT * FROM PARTITION WHERE id > %(after)s ORDER BY id LIMIT %(batch)s) AS b
+    ) AS t WHERE before < %(batch)s
+)"""
 # Step 1, first the tally: the next blocks (by id) of a partition, about ``batch`` events, are
 # counted by topic and minute into the session's table ``gone``; the statement gives their
 # count, the sum of their ids (to tell later whether the partition changed) and the last id.
 _GONE = "CREATE TEMP TABLE IF NOT EXISTS gone (topic text, minute timestamptz, n bigint)"
-_TALLY = """
-WITH taken AS MATERIALIZED (
-    SELECT id, topic, events FROM (
-        SELECT id, topic, events, sum(n) OVER (ORDER BY id) - n AS before
-        FROM (SELECT * FROM PARTITION WHERE id > %(after)s ORDER BY id LIMIT %(batch)s) AS b
-    ) AS t WHERE before < %(batch)s
-), tallied AS (
+_TALLY = f"""
+WITH taken AS MATERIALIZED {_BATCH}, tallied AS (
     INSERT INTO gone (topic, minute, n)
     SELECT topic, MINUTE_OF_TS, count(*)
     FROM (SELECT b.topic, split_part(line, E'\\t', 2)::timestamptz AS ts
@@ -93,15 +96,12 @@ SELECT topic, sum(n) FROM totals GROUP BY topic
 """
 # Step 2: the next blocks (by id) of a detached partition, about ``batch`` events, with the
 # ids of their events...
-_NEXT_BLOCKS = """
+_NEXT_BLOCKS = f"""
 SELECT t.tenant, topics.id, t.id,
        ARRAY(SELECT event_key(split_part(line, E'\\t', 1))
              FROM string_to_table(t.events, E'\\n') AS line)
-FROM (
-    SELECT id, tenant, topic, events, sum(n) OVER (ORDER BY id) - n AS before
-    FROM (SELECT * FROM PARTITION WHERE id > %(after)s ORDER BY id LIMIT %(batch)s) AS b
-) AS t JOIN topics ON topics.topic = t.topic
-WHERE before < %(batch)s ORDER BY t.id
+FROM {_BATCH} AS t JOIN topics ON topics.topic = t.topic
+ORDER BY t.id
 """
 # ... whose keys go, a block at a time: one scan of the keys' index each, whatever the planner
 # would guess of a join with rows that string_to_table makes. A key that points elsewhere is

@@ -411,7 +411,7 @@ def _page_blocks(q: EventQuery, edge: tuple[Any, ...] | None) -> tuple[list[str]
     if edge is not None:
         first, last = _keys(q)
         span = f"interval '{layout.BLOCK_SPAN}'"
-        holes = ", ".join(["%s"] * len(edge))
+        holes = _holes(edge)
         if q.descending:
             where += [f"{_row(last)} >= ({holes})", f"min_ts > %s::timestamptz - {span}"]
         else:
@@ -475,8 +475,7 @@ def _page_bound(q: EventQuery) -> tuple[str, list[Any]] | None:
     last key among them; descending, the least first key. A block that starts beyond it is
     not opened. The statement gives the edge's columns, or no row when there are fewer such
     events."""
-    f = q.filters
-    if f.source is not None or f.event_id is not None or f.words:
+    if not q.filters.exact:
         return None
     _, _, wholly, params = _page_ranges(q)
     wanted = q.limit + 1
