@@ -176,15 +176,19 @@ async def events_page(
         return _page_rows(q, await cur.fetchall())
     # In a transaction of its caller's, the page reads in the caller's snapshot (a savepoint).
     own = conn.info.transaction_status == pq.TransactionStatus.IDLE
-    async with conn.transaction():
-        setup = ([_SNAPSHOT] if own else []) + ([_NO_WORKERS] if f.exact else [])
-        if setup:
-            await conn.execute("; ".join(setup))
-        if f.exact:
+    if f.exact:
+        # Pipelined: BEGIN and the setup leave with the bound, COMMIT with the page, so a
+        # page holds its pooled connection for two round trips, not five (a burst of pages
+        # on a small pool waited past the pool's timeout).
+        async with conn.pipeline(), conn.transaction():
+            for setup in [_SNAPSHOT, _NO_WORKERS] if own else [_NO_WORKERS]:
+                await conn.execute(setup)
             cur = await conn.execute(*await page_sql(conn, q))
-            rows = await cur.fetchall()
-        else:
-            rows = await _walk(conn, q, timeout=timeout)
+        return _page_rows(q, await cur.fetchall())
+    async with conn.transaction():
+        if own:
+            await conn.execute(_SNAPSHOT)
+        rows = await _walk(conn, q, timeout=timeout)
     return _page_rows(q, rows)
 
 
