@@ -11,7 +11,7 @@ from ingest import elastic, inflate, loki, native, otlp
 from ingest.broker import BrokerClient
 from ingest.budget import Budget
 from ingest.intake import BROKER, BUDGET, INFLATING, SETTINGS
-from pubsub import api, health, http, openapi, routes
+from pubsub import access, api, health, http, openapi, routes
 from pubsub.settings import Settings
 
 TITLE = "pubsub ingest"
@@ -20,10 +20,12 @@ TITLE = "pubsub ingest"
 def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
     # aiohttp itself refuses chunked bodies past client_max_size with 413; bodies arrive as
     # sent, and ingest.receiver inflates them off the event loop.
-    app = http.new_app(
-        max_body_bytes=settings.max_body_bytes,
-        guarded=routes.guarded_paths(api.INGEST, routes.tokens(settings)),
-        raw_bodies=True,
+    app = http.new_app(max_body_bytes=settings.max_body_bytes, raw_bodies=True)
+    access.guard(
+        app,
+        api.INGEST,
+        access.tenancy(settings),
+        reload_interval=settings.tenants_reload_interval,
     )
     app[SETTINGS] = settings
     app[BROKER] = broker

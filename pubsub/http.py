@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -99,30 +98,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return Refusal(500, "internal error; the request was not processed").response()
 
 
-def bearer(guarded: Mapping[str, str]) -> Any:
-    """A middleware requiring ``Authorization: Bearer <token>`` on each path of ``guarded``,
-    with that path's token.
-
-    Compared in constant time; the token is never logged nor echoed."""
-    expected = {path: f"Bearer {token}".encode() for path, token in guarded.items()}
-
-    @web.middleware
-    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # A route with a variable part (/{index}/_bulk) is guarded by its declared path.
-        resource = request.match_info.route.resource
-        want = expected.get(resource.canonical if resource is not None else request.path)
-        if want is not None:
-            # The header as it came: bytes that are not UTF-8 are a wrong token, not an error.
-            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(given, want):
-                raise Refusal(
-                    401, "missing or wrong bearer token", headers=(("WWW-Authenticate", "Bearer"),)
-                )
-        return await handler(request)
-
-    return check
-
-
 # Pages load only what their own service serves (no CDN, no inline script), and no other site
 # may frame them; no answer is sniffed into another type or leaks its URL as a referrer.
 CONTENT_SECURITY_POLICY = "default-src 'self'; frame-ancestors 'none'"
@@ -139,16 +114,13 @@ async def _security_headers(_: web.Request, response: web.StreamResponse) -> Non
 def new_app(
     *,
     max_body_bytes: int = 1024 * 1024,
-    guarded: Mapping[str, str] | None = None,
     raw_bodies: bool = False,
 ) -> web.Application:
-    """An application answering errors in JSON; ``guarded`` maps paths to the bearer token
-    they require (see ``pubsub.routes.guarded_paths``). With ``raw_bodies`` request bodies
+    """An application answering errors in JSON (its routes guarded by
+    :func:`pubsub.access.guard`). With ``raw_bodies`` request bodies
     arrive as sent, their ``Content-Encoding`` left for the handlers to undo (aiohttp would
     inflate them on the event loop)."""
     middlewares: list[Any] = [json_errors]
-    if guarded:
-        middlewares.append(bearer(guarded))
     app = web.Application(
         client_max_size=max_body_bytes,
         middlewares=middlewares,

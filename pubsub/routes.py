@@ -4,7 +4,7 @@ A :class:`Route` is data. From the declarations (``pubsub.api`` holds every rout
 system) derive what would otherwise be written by hand in several places each:
 
 - the router: :func:`mount` binds each declared route to its handler;
-- the token check: :func:`guarded_paths` says which paths need which token;
+- the token check: :func:`pubsub.access.guard` asks each route's kind of token;
 - the query parsing: a route's ``query`` model parses and checks ``request.query`` before the
   handler runs (unknown parameters refused), and the handler reads the result with
   :func:`params`;
@@ -27,10 +27,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
 from pydantic_core import core_schema
 
+from pubsub import tenants
 from pubsub.http import ErrorReply, Refusal
 from pubsub.settings import Settings
 
-Auth = Literal["publish", "read", "open"]
+Auth = Literal["publish", "read", "admin", "open"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Q = TypeVar("Q", bound="Query")
 
@@ -40,6 +41,7 @@ REF = "#/components/schemas/{model}"
 ERRORS: dict[int, str] = {
     400: "Malformed JSON, bad parameter or header.",
     401: "Missing or wrong bearer token.",
+    403: "The token may not do this, or not as the tenant `X-Scope-OrgID` names.",
     408: "The body did not arrive within `PUBSUB_BODY_READ_TIMEOUT`.",
     413: "Body or batch over the limit.",
     415: "Not application/json (UTF-8).",
@@ -195,11 +197,6 @@ def _bind(route: Route, handler: Handler, settings: Settings) -> Handler:
     return parsed
 
 
-def guarded_paths(routes: Iterable[Route], tokens: Mapping[Auth, str]) -> dict[str, str]:
-    """Path -> the bearer token it requires, for the routes whose kind of token is set."""
-    return {r.path: tokens[r.auth] for r in routes if r.auth != "open" and tokens.get(r.auth)}
-
-
 def tokens(settings: Settings) -> dict[Auth, str]:
     return {"publish": settings.publish_token, "read": settings.read_token}
 
@@ -275,6 +272,8 @@ def _operation(route: Route, settings: Settings) -> dict[str, Any]:
          "description": h.description}
         for h in route.headers
     ]  # fmt: skip
+    if route.auth not in ("open", "admin"):
+        parameters.append(_SCOPE_HEADER)
     if parameters:
         op["parameters"] = parameters
     if route.body is not None:
@@ -289,7 +288,9 @@ def _operation(route: Route, settings: Settings) -> dict[str, Any]:
             kinds = (reply.media,) if isinstance(reply.media, str) else reply.media
             answer["content"] = {k: v for m in kinds for k, v in _content(reply.schema, m).items()}
         responses[str(status)] = answer
-    for status in route.errors:
+    # Every guarded route: a token that may not, or a tenant it does not hold.
+    errors = sorted({*route.errors, 403} if route.auth != "open" else set(route.errors))
+    for status in errors:
         error: dict[str, Any] = {}
         for media in route.error_media:
             schema = ErrorReply if media == "application/json" else {"type": "string"}
@@ -297,6 +298,16 @@ def _operation(route: Route, settings: Settings) -> dict[str, Any]:
         responses[str(status)] = {"description": ERRORS[status], "content": error}
     op["responses"] = responses
     return op
+
+
+_SCOPE_HEADER = {
+    "name": tenants.HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": tenants.ID_PATTERN},
+    "description": "The tenant to act as, among those the token holds; without it, the "
+    "token's first.",
+}
 
 
 def _query_parameters(query: type[Query], settings: Settings) -> list[dict[str, Any]]:

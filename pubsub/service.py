@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractRobustConnection
 
-from pubsub import logs, routes, tokens, topology
+from pubsub import logs, routes, tenants, tokens, topology
 from pubsub.backoff import Backoff
 from pubsub.errors import Unusable
 from pubsub.routes import Route
@@ -81,11 +81,27 @@ def setup(name: str, *, serves: Sequence[Route] = ()) -> Settings:
     except ValueError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         raise SystemExit(2) from None
-    refusal = tokens.open_doors(
-        serves,
-        routes.tokens(settings),
-        host=settings.http_host,
-        allow_anonymous=settings.allow_anonymous,
+    if settings.tenants_file and serves:
+        # Read once here, so that a file that cannot be used stops the start in one line.
+        try:
+            tenants.Tenancy(
+                path=settings.tenants_file,
+                publish_token=settings.publish_token,
+                read_token=settings.read_token,
+            )
+        except tenants.TenantsError as exc:
+            sys.stderr.write(f"configuration error: PUBSUB_TENANTS_FILE={exc}\n")
+            raise SystemExit(2) from None
+    # With a tenants file every guarded route asks for a token of it: no door is open.
+    refusal = (
+        None
+        if settings.tenants_file
+        else tokens.open_doors(
+            serves,
+            routes.tokens(settings),
+            host=settings.http_host,
+            allow_anonymous=settings.allow_anonymous,
+        )
     )
     if refusal:
         sys.stderr.write(f"configuration error: {name}: {refusal}\n")

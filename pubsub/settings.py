@@ -384,6 +384,17 @@ class Settings(BaseSettings):
         "loopback. Without it, a service listening beyond loopback refuses to start when its "
         "routes' token is not set.",
     )
+    tenants_file: str = Field(
+        "",
+        description="TOML file declaring the tenants, their tokens and limits (see "
+        "docs/security.md); empty: one tenant, `default`, with `PUBSUB_PUBLISH_TOKEN` and "
+        "`PUBSUB_READ_TOKEN`.",
+    )
+    tenants_reload_interval: Interval = Field(
+        5.0,
+        description="Seconds between looks at the tenants file for a change (it is also read "
+        "again on SIGHUP); 0: on SIGHUP only.",
+    )
 
     # --- rules that span fields or need more than a bound --------------------------------------
 

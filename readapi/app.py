@@ -13,7 +13,7 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from pubsub import api, database, health, http, openapi, routes, search
+from pubsub import access, api, database, health, http, openapi, routes, search
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 from readapi import histogram, page, queries, stream
@@ -202,7 +202,10 @@ async def get_stats(request: web.Request) -> web.Response:
 def make_app(sources: Sources, stop: asyncio.Event | None = None) -> web.Application:
     """The read API; ``stop`` ends its live streams (a fresh event when not given)."""
     settings = sources.settings
-    app = http.new_app(guarded=routes.guarded_paths(api.READ, routes.tokens(settings)))
+    app = http.new_app()
+    access.guard(
+        app, api.READ, access.tenancy(settings), reload_interval=settings.tenants_reload_interval
+    )
     app[SOURCES] = sources
     streams = stream.Streams(settings, stop or asyncio.Event(), sources.pool)
     app[stream.STREAMS] = streams

@@ -52,9 +52,14 @@ def test_the_docs_configuration_table_matches_the_code() -> None:
     )
 
 
-# The numeric settings for which 0 has a meaning: a free port, "store what has arrived", and
-# "no merges".
-ZERO_MEANS_SOMETHING = {"consumer_port", "batch_max_wait", "merge_interval"}
+# The numeric settings for which 0 has a meaning: a free port, "store what has arrived", "no
+# merges" and "on SIGHUP only".
+ZERO_MEANS_SOMETHING = {
+    "consumer_port",
+    "batch_max_wait",
+    "merge_interval",
+    "tenants_reload_interval",
+}
 NUMERIC = [name for name, info in Settings.model_fields.items() if info.annotation in (int, float)]
 
 

@@ -153,3 +153,16 @@ def test_the_publisher_reads_its_tokens_from_files(
         parse_args([])
     assert exited.value.code == 2
     assert "PUBSUB_READ_TOKEN_FILE: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["ingest", "readapi", "stack"])
+def test_a_tenants_file_that_cannot_be_used_stops_the_start_naming_the_entry(
+    module: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text("[tenants.default]\nstreams = -1\n")
+    done = _start(module, PUBSUB_HTTP_HOST="0.0.0.0", PUBSUB_TENANTS_FILE=str(path))
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"configuration error: PUBSUB_TENANTS_FILE={path}: ")
+    assert "tenants.default.streams: Input should be greater than or equal to 0" in line
