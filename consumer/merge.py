@@ -93,7 +93,8 @@ WITH old AS MATERIALIZED (
     RETURNING n
 ), moved AS (
     UPDATE keys SET block = %(block)s
-    WHERE tenant = %(tenant)s AND topic = (SELECT id FROM topics WHERE topic = %(topic)s)
+    WHERE tenant = %(tenant)s
+      AND topic = (SELECT id FROM topics WHERE tenant = %(tenant)s AND topic = %(topic)s)
       AND key = ANY (ARRAY(SELECT event_key(event_id) FROM lines))
     RETURNING 1
 )

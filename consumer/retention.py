@@ -63,14 +63,16 @@ _BATCH = """(
 # Step 1, first the tally: the next blocks (by id) of a partition, about ``batch`` events, are
 # counted by topic and minute into the session's table ``gone``; the statement gives their
 # count, the sum of their ids (to tell later whether the partition changed) and the last id.
-_GONE = "CREATE TEMP TABLE IF NOT EXISTS gone (topic text, minute timestamptz, n bigint)"
+_GONE = """
+CREATE TEMP TABLE IF NOT EXISTS gone (tenant integer, topic text, minute timestamptz, n bigint)
+"""
 _TALLY = f"""
 WITH taken AS MATERIALIZED {_BATCH}, tallied AS (
-    INSERT INTO gone (topic, minute, n)
-    SELECT topic, MINUTE_OF_TS, count(*)
-    FROM (SELECT b.topic, split_part(line, E'\\t', 2)::timestamptz AS ts
+    INSERT INTO gone (tenant, topic, minute, n)
+    SELECT tenant, topic, MINUTE_OF_TS, count(*)
+    FROM (SELECT b.tenant, b.topic, split_part(line, E'\\t', 2)::timestamptz AS ts
           FROM taken b, string_to_table(b.events, E'\\n') AS line) AS e
-    GROUP BY 1, 2
+    GROUP BY 1, 2, 3
 )
 SELECT count(*), coalesce(sum(id), 0), max(id) FROM taken
 """.replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="ts"))
@@ -78,21 +80,21 @@ _SUMMARY = "SELECT count(*), coalesce(sum(id), 0) FROM PARTITION"
 # ... then, in the transaction that detaches the partition, the tally leaves the counts.
 _UNCOUNT = """
 WITH totals AS MATERIALIZED (
-    SELECT topic, minute, sum(n) AS n FROM gone GROUP BY 1, 2
+    SELECT tenant, topic, minute, sum(n) AS n FROM gone GROUP BY 1, 2, 3
 ), counted AS (
-    INSERT INTO counters AS c (shard, expired)
-    SELECT %(shard)s, coalesce(sum(n), 0) FROM totals
-    ON CONFLICT (shard) DO UPDATE SET expired = c.expired + excluded.expired
+    INSERT INTO counters AS c (tenant, shard, expired)
+    SELECT tenant, %(shard)s, sum(n) FROM totals GROUP BY 1 ORDER BY 1
+    ON CONFLICT (tenant, shard) DO UPDATE SET expired = c.expired + excluded.expired
 ), by_topic AS (
-    INSERT INTO volume AS v (topic, minute, shard, n)
-    SELECT topic COLLATE "C", minute, %(shard)s, -n FROM totals ORDER BY 1, 2
-    ON CONFLICT (topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
+    INSERT INTO volume AS v (tenant, topic, minute, shard, n)
+    SELECT tenant, topic COLLATE "C", minute, %(shard)s, -n FROM totals ORDER BY 1, 2, 3
+    ON CONFLICT (tenant, topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
 ), in_all AS (
-    INSERT INTO volume_total AS v (minute, shard, n)
-    SELECT minute, %(shard)s, -sum(n) FROM totals GROUP BY 1 ORDER BY 1
-    ON CONFLICT (minute, shard) DO UPDATE SET n = v.n + excluded.n
+    INSERT INTO volume_total AS v (tenant, minute, shard, n)
+    SELECT tenant, minute, %(shard)s, -sum(n) FROM totals GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (tenant, minute, shard) DO UPDATE SET n = v.n + excluded.n
 )
-SELECT topic, sum(n) FROM totals GROUP BY topic
+SELECT tenant, topic, sum(n) FROM totals GROUP BY tenant, topic
 """
 # Step 2: the next blocks (by id) of a detached partition, about ``batch`` events, with the
 # ids of their events...
@@ -100,7 +102,7 @@ _NEXT_BLOCKS = f"""
 SELECT t.tenant, topics.id, t.id,
        ARRAY(SELECT event_key(split_part(line, E'\\t', 1))
              FROM string_to_table(t.events, E'\\n') AS line)
-FROM {_BATCH} AS t JOIN topics ON topics.topic = t.topic
+FROM {_BATCH} AS t JOIN topics ON topics.tenant = t.tenant AND topics.topic = t.topic
 ORDER BY t.id
 """
 # ... whose keys go, a block at a time: one scan of the keys' index each, whatever the planner
@@ -118,24 +120,26 @@ WHERE tenant = %s AND topic = %s AND block = %s AND key = ANY (%s::bytea[])
 # removed.
 _COMPACT_VOLUME = """
 WITH locked AS MATERIALIZED (
-    SELECT ctid AS row, topic, minute, n FROM volume
-    WHERE (topic, minute) IN (SELECT topic, minute FROM volume WHERE shard = %(shard)s)
-    ORDER BY topic COLLATE "C", minute, shard FOR UPDATE
+    SELECT ctid AS row, tenant, topic, minute, n FROM volume
+    WHERE (tenant, topic, minute) IN (SELECT tenant, topic, minute FROM volume
+                                      WHERE shard = %(shard)s)
+    ORDER BY tenant, topic COLLATE "C", minute, shard FOR UPDATE
 ), empty AS (
-    SELECT topic, minute FROM locked GROUP BY 1, 2 HAVING sum(n) <= 0
+    SELECT tenant, topic, minute FROM locked GROUP BY 1, 2, 3 HAVING sum(n) <= 0
 )
-DELETE FROM volume WHERE ctid = ANY (ARRAY(SELECT row FROM locked JOIN empty USING (topic, minute)))
+DELETE FROM volume
+WHERE ctid = ANY (ARRAY(SELECT row FROM locked JOIN empty USING (tenant, topic, minute)))
 """
 _COMPACT_VOLUME_TOTAL = """
 WITH locked AS MATERIALIZED (
-    SELECT ctid AS row, minute, n FROM volume_total
-    WHERE minute IN (SELECT minute FROM volume_total WHERE shard = %(shard)s)
-    ORDER BY minute, shard FOR UPDATE
+    SELECT ctid AS row, tenant, minute, n FROM volume_total
+    WHERE (tenant, minute) IN (SELECT tenant, minute FROM volume_total WHERE shard = %(shard)s)
+    ORDER BY tenant, minute, shard FOR UPDATE
 ), empty AS (
-    SELECT minute FROM locked GROUP BY 1 HAVING sum(n) <= 0
+    SELECT tenant, minute FROM locked GROUP BY 1, 2 HAVING sum(n) <= 0
 )
 DELETE FROM volume_total
-WHERE ctid = ANY (ARRAY(SELECT row FROM locked JOIN empty USING (minute)))
+WHERE ctid = ANY (ARRAY(SELECT row FROM locked JOIN empty USING (tenant, minute)))
 """
 # Whether autovacuum looks after ``keys`` (server setting and table option), and the live
 # rows the last vacuum or analyze counted.
@@ -145,16 +149,18 @@ SELECT current_setting('autovacuum')::boolean
        greatest(c.reltuples, 0)
 FROM pg_class c WHERE c.oid = 'keys'::regclass
 """
-_EMPTY = f"""
-SELECT t FROM unnest(%s::text[]) AS t
-WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.tenant = {layout.TENANT} AND b.topic = t)
+_EMPTY = """
+SELECT g.tenant, g.topic FROM unnest(%s::integer[], %s::text[]) AS g(tenant, topic)
+WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.tenant = g.tenant AND b.topic = g.topic)
 """
-_FORGET_TOPICS = f"""
+_FORGET_TOPICS = """
 DELETE FROM topics
-WHERE topic = ANY (%s::text[])
+WHERE (tenant, topic) IN (SELECT * FROM unnest(%s::integer[], %s::text[]))
   AND NOT EXISTS (SELECT 1 FROM blocks b
-                  WHERE b.tenant = {layout.TENANT} AND b.topic = topics.topic)
+                  WHERE b.tenant = topics.tenant AND b.topic = topics.topic)
 """
+# A topic of a tenant, by the tenant's id.
+Place = tuple[int, str]
 
 
 @dataclass(frozen=True)
@@ -188,7 +194,7 @@ class Sweeper(Rounds[Swept]):
 
     async def round(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> Swept:
         started = time.monotonic()
-        removed, touched = 0, set[str]()
+        removed, touched = 0, set[Place]()
         # The next partition is made before the consumers need it.
         await conn.execute(
             "SELECT add_partition(now() + %s::interval, %s::interval)", (self.span, self.span)
@@ -202,7 +208,7 @@ class Sweeper(Rounds[Swept]):
                 if counts is None:
                     break  # stopped: the next sweep tallies it again
                 removed += sum(n for _, n in counts)
-                touched.update(t for t, _ in counts)
+                touched.update(place for place, _ in counts)
             if await self._unkey(conn, name, stop) is None:
                 break  # stopped: the next sweep goes on
             await conn.execute("SELECT drop_partition(%s)", (name,))
@@ -221,8 +227,9 @@ class Sweeper(Rounds[Swept]):
 
     async def _detach(
         self, conn: psycopg.AsyncConnection[Any], name: str, stop: asyncio.Event
-    ) -> list[tuple[str, int]] | None:
-        """Step 1: uncount and detach partition ``name``; what it held, by topic, or ``None``
+    ) -> list[tuple[Place, int]] | None:
+        """Step 1: uncount and detach partition ``name``; what it held, by tenant and topic,
+        or ``None``
         if ``stop`` came first.
 
         The tally reads every event of the partition: it is paced, in transactions of its own,
@@ -252,7 +259,7 @@ class Sweeper(Rounds[Swept]):
                 await conn.execute("TRUNCATE gone")
                 await conn.execute(tally, {"after": -1, "batch": 2**62})
             cur = await conn.execute(_UNCOUNT, {"shard": SHARD})
-            counts = [(str(t), int(n)) for t, n in await cur.fetchall()]
+            counts = [((int(t), str(p)), int(n)) for t, p, n in await cur.fetchall()]
             await conn.execute("SELECT detach_partition(%s)", (name,))
         metrics.EVENTS_EXPIRED.inc(sum(n for _, n in counts))
         await conn.execute("TRUNCATE gone")
@@ -308,19 +315,24 @@ class Sweeper(Rounds[Swept]):
             async with conn.transaction():
                 await conn.execute(statement, {"shard": SHARD})
 
-    async def forget_empty_topics(self, topics: list[str]) -> int:
+    async def forget_empty_topics(self, topics: list[Place]) -> int:
         """Remove those of ``topics`` that have no events left; return how many."""
         conn = await self.connection()
         # A look without the lock first: most topics still have events, and the consumers
         # should wait only for the few that look empty.
         async with conn.transaction():
-            cur = await conn.execute(_EMPTY, (topics,))
-            empty = [t for (t,) in await cur.fetchall()]
+            cur = await conn.execute(_EMPTY, _columns(topics))
+            empty = [(int(t), str(p)) for t, p in await cur.fetchall()]
         if not empty:
             return 0
         async with conn.transaction():
             # Waits for consumers storing events now, and holds back new ones for this
             # statement: a topic whose first events are in flight is not taken for empty.
             await conn.execute("LOCK TABLE topics IN SHARE ROW EXCLUSIVE MODE")
-            cur = await conn.execute(_FORGET_TOPICS, (empty,))
+            cur = await conn.execute(_FORGET_TOPICS, _columns(empty))
             return cur.rowcount
+
+
+def _columns(places: list[Place]) -> tuple[list[int], list[str]]:
+    """``places`` as the two arrays of unnest(tenants, topics)."""
+    return [tenant for tenant, _ in places], [topic for _, topic in places]

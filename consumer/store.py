@@ -21,7 +21,7 @@ import orjson
 import psycopg
 
 from consumer.partitions import Partitions
-from pubsub import database, dbschema, layout
+from pubsub import database, dbschema, layout, tenants
 from pubsub.errors import Unusable
 from pubsub.message import Claim, Undecodable
 from pubsub.settings import Settings
@@ -32,7 +32,8 @@ log = logging.getLogger("pubsub.consumer.store")
 # the event's key, see pubsub.layout.event_key).
 _CREATE_INCOMING = """
 CREATE TEMP TABLE IF NOT EXISTS incoming (
-    topic text, event_id text, key text, ts text, source text, payload text, received_at text
+    topic text, event_id text, key text, ts text, source text, payload text, received_at text,
+    tenant text
 ) ON COMMIT DELETE ROWS
 """
 # The units' keys, and the claims of Idempotency-Keys with their bodies' fingerprints, in one
@@ -55,77 +56,92 @@ SELECT ARRAY(SELECT key FROM added), (SELECT n FROM reused)
 # Topics first, in a statement of their own: the events' statement then sees them (and their
 # ids) in its snapshot, including those another consumer added a moment ago. Sorted, as every
 # consumer locks them in one order. Naming ``topics`` here also locks it before any event is
-# stored, which the retention sweep relies on (see consumer.retention).
+# stored, which the retention sweep relies on (see consumer.retention). A tenant met for the
+# first time is added before its topics (default, always there, is not looked for).
+_ADD_TENANTS = """
+INSERT INTO tenants (name) SELECT DISTINCT t COLLATE "C" FROM unnest(%s::text[]) AS t ORDER BY 1
+ON CONFLICT DO NOTHING
+"""
 _ADD_TOPICS = """
-INSERT INTO topics (topic) SELECT DISTINCT t COLLATE "C" FROM unnest(%s::text[]) AS t ORDER BY 1
+INSERT INTO topics (tenant, topic)
+SELECT DISTINCT n.id, g.topic COLLATE "C"
+FROM unnest(%s::text[], %s::text[]) AS g(tenant, topic) JOIN tenants n ON n.name = g.tenant
+ORDER BY 1, 2
 ON CONFLICT DO NOTHING
 """
 # The events' keys decide which events are new (competing consumers insert them in one global
-# order, or overlapping batches deadlock); the new ones go into blocks of one topic and one
-# partition and one hour of timestamps, sorted by (ts, event_id) and cut at BLOCK_EVENTS
-# events or about BLOCK_BYTES (see pubsub.layout). A topic missing from ``topics`` fails the
-# keys' NOT NULL, a receive time without a partition the blocks' insert: neither is ever
-# dropped quietly. The counters, the
-# volume per minute and the blocks move in the same statement (fewer round trips per batch).
+# order, or overlapping batches deadlock); the new ones go into blocks of one tenant, topic,
+# partition and hour of timestamps, sorted by (ts, event_id) and cut at BLOCK_EVENTS
+# events or about BLOCK_BYTES (see pubsub.layout). A tenant or topic missing from its table
+# fails the keys' NOT NULL, a receive time without a partition the blocks' insert: none is
+# ever dropped quietly. The counters (``received``: the events of the batch's new units, by
+# tenant), the volume per minute and the blocks move in the same statement (fewer round trips
+# per batch).
 _INSERT_EVENTS = (
     """
 WITH given AS MATERIALIZED (
     SELECT topic, event_id, decode(key, 'hex') AS key, ts, source, payload, received_at,
-           ts::timestamptz AS at, received_at::timestamptz AS received
+           ts::timestamptz AS at, received_at::timestamptz AS received, tenant AS tenant_name
     FROM (GIVEN_ROWS) AS rows
 ), placed AS MATERIALIZED (
-    SELECT g.*, t.id AS topic_id, BLOCK_BIN AS hour, coalesce(p.lo, '-infinity') AS part
-    FROM given g LEFT JOIN topics t ON t.topic = g.topic
+    SELECT g.*, n.id AS tenant, t.id AS topic_id, BLOCK_BIN AS hour,
+           coalesce(p.lo, '-infinity') AS part
+    FROM given g LEFT JOIN tenants n ON n.name = g.tenant_name
+    LEFT JOIN topics t ON t.tenant = n.id AND t.topic = g.topic
     LEFT JOIN partitions p ON g.received >= p.lo AND g.received < p.hi AND NOT p.detached
 ), chunked AS MATERIALIZED (
     SELECT *, (row_number() OVER w - 1) / BLOCK_EVENTS AS by_count,
               sum(octet_length(payload) + 64) OVER w / BLOCK_BYTES AS by_bytes
-    FROM placed WINDOW w AS (PARTITION BY topic, part, hour ORDER BY at, event_id COLLATE "C")
+    FROM placed
+    WINDOW w AS (PARTITION BY tenant, topic, part, hour ORDER BY at, event_id COLLATE "C")
 ), numbered AS MATERIALIZED (
-    SELECT topic, part, hour, by_count, by_bytes, nextval('block_ids') AS block
-    FROM (SELECT DISTINCT topic, part, hour, by_count, by_bytes FROM chunked) AS chunks
+    SELECT tenant, topic, part, hour, by_count, by_bytes, nextval('block_ids') AS block
+    FROM (SELECT DISTINCT tenant, topic, part, hour, by_count, by_bytes FROM chunked) AS chunks
 ), keyed AS (
     INSERT INTO keys (tenant, topic, block, key)
-    SELECT TENANT, c.topic_id, n.block, c.key
-    FROM chunked c JOIN numbered n USING (topic, part, hour, by_count, by_bytes)
-    ORDER BY c.topic_id, c.key
+    SELECT c.tenant, c.topic_id, n.block, c.key
+    FROM chunked c JOIN numbered n USING (tenant, topic, part, hour, by_count, by_bytes)
+    ORDER BY c.tenant, c.topic_id, c.key
     ON CONFLICT DO NOTHING
-    RETURNING topic, key, block
+    RETURNING tenant, topic, key, block
 ), inserted AS MATERIALIZED (
     SELECT c.*, k.block FROM chunked c
-    JOIN keyed k ON k.topic = c.topic_id AND k.key = c.key
+    JOIN keyed k ON k.tenant = c.tenant AND k.topic = c.topic_id AND k.key = c.key
 ), blocked AS (
     INSERT INTO blocks (tenant, topic, id, received, min_ts, max_ts, first_id, last_id, n, events)
-    SELECT TENANT, min(topic), block, max(received), min(at), max(at),
+    SELECT min(tenant), min(topic), block, max(received), min(at), max(at),
            (array_agg(event_id ORDER BY at, event_id))[1],
            (array_agg(event_id ORDER BY at DESC, event_id DESC))[1], count(*),
            string_agg(concat_ws(E'\\t', event_id, ts, source, received_at,
                                 pg_current_xact_id()::text, payload),
                       E'\\n' ORDER BY at, event_id COLLATE "C")
     FROM inserted GROUP BY block
-), n AS (
-    SELECT count(*) AS n FROM inserted
+), stored AS (
+    SELECT tenant, count(*) AS n FROM inserted GROUP BY tenant
 ), by_topic AS (
-    INSERT INTO volume AS v (topic, minute, shard, n)
-    SELECT topic COLLATE "C", MINUTE_OF_TS, %(shard)s, count(*) FROM inserted
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
+    INSERT INTO volume AS v (tenant, topic, minute, shard, n)
+    SELECT tenant, topic COLLATE "C", MINUTE_OF_TS, %(shard)s, count(*) FROM inserted
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (tenant, topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
 ), in_all AS (
-    INSERT INTO volume_total AS v (minute, shard, n)
-    SELECT MINUTE_OF_TS, %(shard)s, count(*) FROM inserted GROUP BY 1 ORDER BY 1
-    ON CONFLICT (minute, shard) DO UPDATE SET n = v.n + excluded.n
+    INSERT INTO volume_total AS v (tenant, minute, shard, n)
+    SELECT tenant, MINUTE_OF_TS, %(shard)s, count(*) FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (tenant, minute, shard) DO UPDATE SET n = v.n + excluded.n
+), received AS (
+    SELECT t.id AS tenant, r.n AS received, coalesce(s.n, 0) AS n
+    FROM unnest(%(tenants)s::text[], %(received)s::bigint[]) AS r(tenant, n)
+    JOIN tenants t ON t.name = r.tenant LEFT JOIN stored s ON s.tenant = t.id
 )
-INSERT INTO counters AS c (shard, received, unique_processed, duplicate_dropped)
-SELECT %(shard)s, %(received)s, n, %(received)s - n FROM n
-ON CONFLICT (shard) DO UPDATE SET
+INSERT INTO counters AS c (tenant, shard, received, unique_processed, duplicate_dropped)
+SELECT tenant, %(shard)s, received, n, received - n FROM received ORDER BY tenant
+ON CONFLICT (tenant, shard) DO UPDATE SET
     received = c.received + excluded.received,
     unique_processed = c.unique_processed + excluded.unique_processed,
     duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped
-RETURNING (SELECT n FROM n)
+RETURNING (SELECT coalesce(sum(s.n), 0)::bigint FROM stored s)
 """.replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="at"))
     .replace("BLOCK_EVENTS", str(layout.BLOCK_EVENTS))
     .replace("BLOCK_BYTES", str(layout.BLOCK_BYTES))
-    .replace("TENANT", str(layout.TENANT))
     .replace("BLOCK_BIN", layout.BLOCK_BIN.format(column="g.at"))
 )
 # Where the rows come from: the COPY into ``incoming``, or, for a small batch, the lines
@@ -137,7 +153,7 @@ _FROM_COPY = _INSERT_EVENTS.replace("GIVEN_ROWS", "SELECT * FROM incoming")
 _FROM_LINES = _INSERT_EVENTS.replace(
     "GIVEN_ROWS",
     """SELECT f[1] AS topic, f[2] AS event_id, f[3] AS key, f[4] AS ts, f[5] AS source,
-           f[6] AS payload, f[7] AS received_at
+           f[6] AS payload, f[7] AS received_at, f[8] AS tenant
     FROM (SELECT string_to_array(line, E'\\t') AS f
           FROM string_to_table(%(lines)s, E'\\n') AS line) AS split""",
 )
@@ -152,10 +168,11 @@ def _small(batch: Sequence[tuple[str, Sequence[Row]]]) -> bool:
     return sum(len(line) for _, rows in batch for _, line in rows) < _COPY_CHUNK
 
 
-# An event as the consumer stores it: its key, and a line of PostgreSQL's COPY text format
-# (the columns of ``incoming``, tab-separated, not yet backslash-escaped). Lines are made once
-# per event as messages arrive, so storing a batch is a single COPY.
-Row = tuple[tuple[str, str], str]
+# An event as the consumer stores it: its key ``(tenant, topic, event_id)``, and a line of
+# PostgreSQL's COPY text format (the columns of ``incoming``, tab-separated, not yet
+# backslash-escaped). Lines are made once per event as messages arrive, so storing a batch is
+# a single COPY.
+Row = tuple[tuple[str, str, str], str]
 
 
 # Bytes of COPY text built at once: a batch of large events is sent in pieces of about this
@@ -177,8 +194,10 @@ def _chunks(lines: list[str], size: int) -> Iterator[list[str]]:
         yield group
 
 
-def copy_rows(events: Sequence[Mapping[str, Any]], received_at: str) -> list[Row]:
-    """The rows of decoded events (see :func:`pubsub.message.decode`); raise
+def copy_rows(
+    events: Sequence[Mapping[str, Any]], received_at: str, tenant: str = tenants.DEFAULT
+) -> list[Row]:
+    """The rows of decoded events of ``tenant`` (see :func:`pubsub.message.decode`); raise
     :class:`~pubsub.message.Undecodable` if a field holds a COPY separator."""
     dumps = orjson.dumps
     key_of = layout.event_key
@@ -189,14 +208,14 @@ def copy_rows(events: Sequence[Mapping[str, Any]], received_at: str) -> list[Row
         payload = dumps(e["payload"]).decode()
         append(
             (
-                (topic, event_id),
+                (tenant, topic, event_id),
                 f"{topic}\t{event_id}\t{key_of(event_id)}\t{e['timestamp']}\t{e['source']}\t"
-                f"{payload}\t{received_at}",
+                f"{payload}\t{received_at}\t{tenant}",
             )
         )
     # Separators inside a field would shift the columns: refuse, cheaply, in C.
     blob = "\n".join(line for _, line in rows)
-    if blob.count("\t") != 6 * len(rows) or blob.count("\n") != len(rows) - 1 or "\r" in blob:
+    if blob.count("\t") != 7 * len(rows) or blob.count("\n") != len(rows) - 1 or "\r" in blob:
         raise Undecodable("a field holds a tab, newline or carriage return")
     return rows
 
@@ -255,8 +274,9 @@ class Store:
         A unit whose key is in the ledger already was stored before: it is skipped, events and
         counters alike. ``claims`` record Idempotency-Keys with their bodies' fingerprints;
         one whose key came before with another fingerprint counts as reused."""
-        # Every row of a unit was received at once: its line ends with that time.
-        received = [rows[0][1].rpartition("\t")[2] for _, rows in batch if rows]
+        # Every row of a unit was received at once: its line ends with that time and the
+        # tenant.
+        received = [rows[0][1].rsplit("\t", 2)[1] for _, rows in batch if rows]
         conn = await self._connection()
         await self._partitions.ensure(conn, received)
         for attempt in (1, 2):
@@ -288,9 +308,11 @@ class Store:
         result: psycopg.AsyncCursor[tuple[object, ...]] | None = None
         pipeline = conn.pipeline() if small else contextlib.nullcontext()
         async with pipeline, conn.transaction():
-            topics = sorted({topic for _, rows in batch for (topic, _), _ in rows})
-            if topics:
-                await conn.execute(_ADD_TOPICS, (topics,))
+            places = sorted({place[:2] for _, rows in batch for place, _ in rows})
+            if any(tenant != tenants.DEFAULT for tenant, _ in places):
+                await conn.execute(_ADD_TENANTS, ([tenant for tenant, _ in places],))
+            if places:
+                await conn.execute(_ADD_TOPICS, tuple(map(list, zip(*places, strict=True))))
             keys = [key for key, _ in batch] + [key for key, _ in claims]
             fingerprints = [None] * len(batch) + [body for _, body in claims]
             cur = await conn.execute(_RECORD_UNITS, (keys, fingerprints))
@@ -307,14 +329,15 @@ class Store:
                     f"(e.g. {next(iter(unknown))!r}); nothing was stored or acknowledged: "
                     "check the database's encoding (UTF8) and the ledger table"
                 )
-            received = 0
-            unique: dict[tuple[str, str], str] = {}
+            received: dict[str, int] = {}
+            unique: dict[tuple[str, str, str], str] = {}
             taken: set[str] = set()
             for unit_key, rows in batch:
                 # A redelivery can meet its first copy in one batch: count each unit once.
-                if unit_key in fresh and unit_key not in taken:
+                if unit_key in fresh and unit_key not in taken and rows:
                     taken.add(unit_key)
-                    received += len(rows)
+                    tenant = rows[0][0][0]  # a unit is one message's: of one tenant
+                    received[tenant] = received.get(tenant, 0) + len(rows)
                     for key, line in rows:
                         unique.setdefault(key, line)  # the first copy in delivery order
             if unique:
@@ -330,7 +353,7 @@ class Store:
         return Stored(
             len(batch),
             len(batch) - (len(fresh) - claimed),
-            received,
+            sum(received.values()),
             inserted,
             reused if isinstance(reused, int) else 0,
         )
@@ -340,12 +363,16 @@ class Store:
         conn: psycopg.AsyncConnection[tuple[object, ...]],
         lines: list[str],
         *,
-        received: int,
+        received: Mapping[str, int],
         small: bool,
     ) -> psycopg.AsyncCursor[tuple[object, ...]]:
-        """Insert the rows of ``lines`` and move the counters; the cursor of the statement,
-        whose one row says how many were new."""
-        params: dict[str, object] = {"shard": self._shard, "received": received}
+        """Insert the rows of ``lines`` and move the counters (``received``: events by
+        tenant); the cursor of the statement, whose rows say how many were new."""
+        params: dict[str, object] = {
+            "shard": self._shard,
+            "tenants": list(received),
+            "received": list(received.values()),
+        }
         if small:
             # As they are: no COPY escapes (fields hold no tab or newline).
             params["lines"] = "\n".join(lines)

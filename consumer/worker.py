@@ -89,7 +89,10 @@ class Worker:
         one that can never be stored goes to the dead-letter queue at once."""
         try:
             decoded = decode(message, max_bytes=self.settings.message_max_bytes)
-            units = [(key, copy_rows(events, decoded.received_at)) for key, events in decoded.units]
+            units = [
+                (key, copy_rows(events, decoded.received_at, decoded.tenant))
+                for key, events in decoded.units
+            ]
         except Undecodable as exc:
             await _dead_letter(message, exc)
             return

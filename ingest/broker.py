@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from aiormq.exceptions import DeliveryError, PublishError
 
 from ingest import metrics
-from pubsub import message, service, topology
+from pubsub import message, service, tenants, topology
 from pubsub.settings import Settings
 
 log = logging.getLogger("pubsub.ingest.broker")
@@ -60,10 +60,11 @@ class _Group:
     """Events that will travel in one broker message."""
 
     __slots__ = (
-        "count", "deadline", "keys", "pieces", "received_at", "request_ids", "size", "waiters",
+        "count", "deadline", "keys", "pieces", "received_at", "request_ids", "size", "tenant",
+        "waiters",
     )  # fmt: skip
 
-    def __init__(self, received_at: str, deadline: float) -> None:
+    def __init__(self, received_at: str, deadline: float, tenant: str) -> None:
         # Set when the first request joins: whatever waits on this group is answered by then.
         self.deadline = deadline
         self.pieces: list[bytes] = []
@@ -73,6 +74,7 @@ class _Group:
         self.waiters: list[_Waiter] = []
         self.request_ids: list[str] = []
         self.received_at = received_at
+        self.tenant = tenant  # a message holds the events of one tenant
 
     def join(self, waiter: _Waiter, request_id: str) -> None:
         waiter.remaining += 1
@@ -109,9 +111,15 @@ class BrokerClient:
         return topology.is_connected(self.connection)
 
     async def publish(
-        self, pieces: Sequence[message.Piece], *, received_at: datetime, request_id: str
+        self,
+        pieces: Sequence[message.Piece],
+        *,
+        received_at: datetime,
+        request_id: str,
+        tenant: str = tenants.DEFAULT,
     ) -> None:
-        """Send encoded events; return once all are confirmed or raise BrokerUnavailable."""
+        """Send encoded events of ``tenant``; return once all are confirmed or raise
+        BrokerUnavailable."""
         if not self.connected:
             raise BrokerUnavailable("not connected to the broker")
         if self._in_flight >= self._max_in_flight:
@@ -122,14 +130,15 @@ class BrokerClient:
         for piece in pieces:
             group = self._open
             if group is not None and (
-                group.count + piece.count > limit
+                group.tenant != tenant
+                or group.count + piece.count > limit
                 or group.size + len(piece.data) + 1 > self.settings.message_max_bytes
             ):
                 self._flush_open()  # a full message leaves whatever is in flight
                 group = None
             if group is None:
                 deadline = self._loop.time() + self.settings.publish_timeout
-                group = self._open = _Group(received, deadline)
+                group = self._open = _Group(received, deadline, tenant)
             group.pieces.append(piece.data)
             group.size += len(piece.data) + 1
             if not piece.key and group.keys and not group.keys[-1][0]:
@@ -167,6 +176,7 @@ class BrokerClient:
                 received_at=group.received_at,
                 request_ids=group.request_ids,
                 compress=self.settings.message_compression == "deflate",
+                tenant=group.tenant,
             )
             # publish() bounds the write, not a blocked connection: add our own deadline.
             remaining = group.deadline - self._loop.time()

@@ -35,7 +35,7 @@ from aiohttp import web
 from ingest import inflate, intake, metrics
 from ingest.broker import BrokerUnavailable
 from ingest.budget import Budget, Held, OverBudget
-from pubsub import http, message
+from pubsub import access, http, message, tenants
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 
@@ -209,7 +209,10 @@ async def _receive(
         batch = decode(receiver, given)
         if batch.pieces:
             await app[intake.BROKER].publish(
-                batch.pieces, received_at=received_at, request_id=request_id
+                batch.pieces,
+                received_at=received_at,
+                request_id=request_id,
+                tenant=access.of(request).tenant or tenants.DEFAULT,
             )
         return receiver.reply(batch, given), batch
 

@@ -25,7 +25,7 @@
   (:func:`events_of`) so that it opens only the blocks a page needs. An ``INSERT`` into the
   view stores an event as a block of its own (for imports and tests; consumers insert in bulk).
 
-Every block and key leads with a tenant id (``0``: the one tenant there is for now).
+Every block and key leads with its tenant's id (see :mod:`pubsub.tenants`; ``0`` is ``default``).
 
 A line is ``event_id TAB ts TAB source TAB received_at TAB txid TAB payload``: names hold no
 control character and the payload is JSON text with its control characters escaped, so neither
@@ -227,6 +227,7 @@ CREATE OR REPLACE FUNCTION insert_event() RETURNS trigger
 LANGUAGE plpgsql SET search_path = {schema}, pg_temp AS $$
 DECLARE
     topic_id integer;
+    tenant_id integer := coalesce(NEW.tenant, 0);
     block_id bigint := nextval('block_ids');
     received timestamptz := coalesce(NEW.received_at, now());
     iso text := 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"';
@@ -239,9 +240,9 @@ BEGIN
         RAISE check_violation USING MESSAGE = 'topic, event_id and source hold no control '
                                               'character';
     END IF;
-    INSERT INTO topics (topic) VALUES (NEW.topic) ON CONFLICT DO NOTHING;
-    SELECT id INTO topic_id FROM topics WHERE topic = NEW.topic;
-    INSERT INTO keys VALUES (0, topic_id, block_id, event_key(NEW.event_id))
+    INSERT INTO topics (tenant, topic) VALUES (tenant_id, NEW.topic) ON CONFLICT DO NOTHING;
+    SELECT id INTO topic_id FROM topics WHERE tenant = tenant_id AND topic = NEW.topic;
+    INSERT INTO keys VALUES (tenant_id, topic_id, block_id, event_key(NEW.event_id))
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         RETURN NULL;
@@ -249,7 +250,8 @@ BEGIN
     PERFORM add_partition(received, '1 day');
     INSERT INTO blocks (tenant, topic, id, received, min_ts, max_ts, first_id, last_id, n,
                         events)
-    VALUES (0, NEW.topic, block_id, received, NEW.ts, NEW.ts, NEW.event_id, NEW.event_id, 1,
+    VALUES (tenant_id, NEW.topic, block_id, received, NEW.ts, NEW.ts, NEW.event_id, NEW.event_id,
+            1,
             concat_ws(E'\\t', NEW.event_id, to_char(NEW.ts AT TIME ZONE 'UTC', iso), NEW.source,
                       to_char(received AT TIME ZONE 'UTC', iso), pg_current_xact_id()::text,
                       NEW.payload::text));
@@ -307,7 +309,8 @@ SELECT topic, part, hour, chunk, nextval('block_ids') AS block
 FROM (SELECT DISTINCT topic, part, hour, chunk FROM moving) AS c;
 INSERT INTO keys (tenant, topic, block, key)
 SELECT 0, t.id, d.block, event_key(m.event_id)
-FROM moving m JOIN moved d USING (topic, part, hour, chunk) JOIN topics t ON t.topic = m.topic;
+FROM moving m JOIN moved d USING (topic, part, hour, chunk)
+JOIN topics t ON t.tenant = 0 AND t.topic = m.topic;
 INSERT INTO blocks (tenant, topic, id, received, min_ts, max_ts, first_id, last_id, n, txid,
                     last_txid, stored_at, events)
 SELECT 0, m.topic, d.block, max(m.received_at), min(m.ts), max(m.ts),

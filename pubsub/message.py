@@ -35,12 +35,15 @@ import orjson
 from aio_pika.abc import AbstractMessage
 
 from pubsub.event import Event
+from pubsub.tenants import DEFAULT as DEFAULT_TENANT
+from pubsub.tenants import ID as TENANT_ID
 
 CONTENT_TYPE = "application/json"
 MESSAGE_TYPE = "pubsub.events.v1"
 RECEIVED_AT = "x-received-at"  # header: when ingest accepted the request (RFC 3339)
 REQUEST_ID = "x-request-id"  # header: the HTTP requests the events came in (for logs)
 PIECES = "x-pieces"  # header: [[idempotency key or "", event count], ...] in body order, as JSON
+TENANT = "x-tenant"  # header: the tenant the events belong to; absent: default
 DEFLATE = "deflate"  # content encoding: the body compressed by zlib
 # A compressed body that inflates past this many times PUBSUB_MESSAGE_MAX_BYTES was not made by
 # ingest (which packs at most that much): a bomb, refused before it fills the consumer's memory.
@@ -109,16 +112,25 @@ def encode(
     received_at: str,
     request_ids: Sequence[str],
     compress: bool = False,
+    tenant: str = DEFAULT_TENANT,
 ) -> aio_pika.Message:
-    """One persistent message holding ``pieces``; ``keys`` is ``[[key, count], ...]``. With
-    ``compress``, a body of ``COMPRESS_FROM`` bytes or more is deflated (``content_encoding``:
-    ``deflate``)."""
+    """One persistent message holding ``pieces`` of ``tenant``; ``keys`` is ``[[key, count],
+    ...]``. With ``compress``, a body of ``COMPRESS_FROM`` bytes or more is deflated
+    (``content_encoding``: ``deflate``)."""
     body = b"[" + b",".join(pieces) + b"]"
     # Level 1: JSON events shrink several times over at a fraction of a microsecond each; the
     # broker writes, replicates and holds every byte, higher levels save little more. A small
     # message goes as it is: the broker's cost is then per message, not per byte, and
     # deflating and inflating it would cost ingest and the consumer more than it saves.
     compress = compress and len(body) >= COMPRESS_FROM
+    headers: dict[str, Any] = {
+        RECEIVED_AT: received_at,
+        REQUEST_ID: ",".join(request_ids),
+        # A JSON string, not an AMQP array: pamqp marshals arrays in Python, ~1.5 us an entry.
+        PIECES: orjson.dumps(keys).decode(),
+    }
+    if tenant != DEFAULT_TENANT:  # default's messages stay as they were before tenants
+        headers[TENANT] = tenant
     return aio_pika.Message(
         zlib.compress(body, 1) if compress else body,
         content_encoding=DEFLATE if compress else None,
@@ -126,12 +138,7 @@ def encode(
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=uuid.uuid4().hex,
         type=MESSAGE_TYPE,
-        headers={
-            RECEIVED_AT: received_at,
-            REQUEST_ID: ",".join(request_ids),
-            # A JSON string, not an AMQP array: pamqp marshals arrays in Python, ~1.5 us an entry.
-            PIECES: orjson.dumps(keys).decode(),
-        },
+        headers=headers,
     )
 
 
@@ -152,6 +159,7 @@ class Decoded:
     units: list[Unit]
     request_ids: list[str]
     claims: list[Claim]
+    tenant: str = DEFAULT_TENANT
 
     @property
     def events(self) -> int:
@@ -174,9 +182,17 @@ def decode(message: AbstractMessage, *, max_bytes: int) -> Decoded:
     received_at = headers.get(RECEIVED_AT)
     if not message.message_id or not isinstance(received_at, str):
         raise Undecodable("message lacks message_id or received-at header")
+    tenant = headers.get(TENANT, DEFAULT_TENANT)
+    if not isinstance(tenant, str) or not TENANT_ID.fullmatch(tenant):
+        raise Undecodable(f"{TENANT} header is not a tenant id")
     events = _events(body(message, limit=_INFLATE_FACTOR * max_bytes))
     units, claims = _units(events, message.message_id, headers.get(PIECES))
-    return Decoded(message.message_id, received_at, units, request_ids(headers), claims)
+    if tenant != DEFAULT_TENANT:
+        # Ledger keys are per tenant: two tenants may send the same Idempotency-Key. A tenant
+        # id holds no "/", and default's keys start with a letter and ":".
+        units = [(f"{tenant}/{key}", events) for key, events in units]
+        claims = [(f"{tenant}/{key}", body) for key, body in claims]
+    return Decoded(message.message_id, received_at, units, request_ids(headers), claims, tenant)
 
 
 def body(message: AbstractMessage, *, limit: int) -> bytes:

@@ -59,7 +59,7 @@ log = logging.getLogger("pubsub.tenants")
 DEFAULT = "default"
 HEADER = "X-Scope-OrgID"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_ID = re.compile(ID_PATTERN)
+ID = re.compile(ID_PATTERN)
 # A file's token must not be guessable; an environment token keeps the rule it always had.
 TOKEN_MIN_CHARS = 16
 # Past these, a file is not a tenants file: refused before it is parsed.
@@ -217,21 +217,13 @@ class Registry:
             if digest in grants:
                 raise TenantsError(f"{where}: {entry}: the same token is given twice")
             grants[digest] = Grant(spec.scope, tuple(spec.tenants))
-        others = sorted(set(tenants) - {DEFAULT})
-        if others:
-            # Until every table leads with its tenant, a second tenant would read the first's
-            # events: refused rather than half isolated.
-            raise TenantsError(
-                f"{where}: tenants.{others[0]}: this version stores events of the tenant "
-                f"{DEFAULT!r} only; declare [tenants.{DEFAULT}] and give it the tokens"
-            )
         return cls(tenants, grants, frozenset(), where)
 
     def access(self, authorization: str | None, org_id: str | None, need: Need) -> Access:
         """The tenant a request acts as, from its ``Authorization`` and ``X-Scope-OrgID``
         headers, for a route that needs ``need``; :class:`Refusal` (400, 401 or 403) when it
         may not."""
-        if org_id is not None and not _ID.fullmatch(org_id):
+        if org_id is not None and not ID.fullmatch(org_id):
             raise Refusal(
                 400,
                 f"{HEADER} must be a tenant id: 1 to 64 letters, digits, '.', '_' or '-', "

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,7 +14,7 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from pubsub import access, api, database, health, http, openapi, routes, search
+from pubsub import access, api, database, health, http, layout, openapi, routes, search, tenants
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 from readapi import histogram, page, queries, stream
@@ -49,6 +50,8 @@ class Sources:
         )
         self.queues = QueueMonitor(settings)
         self._sweep: asyncio.Task[None] | None = None
+        # Tenants by name: an id never changes once given (see pubsub.dbschema).
+        self._tenant_ids: dict[str, int] = {tenants.DEFAULT: layout.TENANT}
 
     async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         try:
@@ -71,6 +74,21 @@ class Sources:
             self._sweep.cancel()
         await self.pool.close()
         await self.queues.close()
+
+    async def tenant_id(self, request: web.Request, conn: psycopg.AsyncConnection[Any]) -> int:
+        """The id of ``request``'s tenant in the tables; -1, which holds nothing, for a
+        tenant that has stored nothing yet."""
+        name = access.of(request).tenant or tenants.DEFAULT
+        known = self._tenant_ids.get(name)
+        if known is not None:
+            return known
+        cur = await conn.execute("SELECT id FROM tenants WHERE name = %s", (name,))
+        row = await cur.fetchone()
+        if row is None:
+            return -1
+        if len(self._tenant_ids) < _TENANT_IDS:
+            self._tenant_ids[name] = int(row[0])
+        return int(row[0])
 
     async def database_ok(self) -> bool:
         try:
@@ -96,6 +114,9 @@ class Sources:
 
 
 SOURCES = web.AppKey("sources", Sources)
+_NO_DEPTHS: dict[str, int | None] = {"queued_messages": None, "dead_letter_messages": None}
+# Tenant ids kept in memory at most (a tenants file declares far fewer).
+_TENANT_IDS = 100_000
 TITLE = "pubsub read API"
 
 
@@ -113,17 +134,18 @@ async def get_events(request: web.Request) -> web.Response:
             given = "desc" if after.descending else "asc"
             raise Refusal(400, f"the cursor pages on in order={given}, not order={q.order}")
     limit = settings.events_default_limit if q.limit is None else q.limit
-    query = queries.EventQuery(
-        _filters(q),
-        q.since,
-        q.until,
-        after,
-        limit,
-        max_bytes=settings.events_max_bytes,
-        descending=q.order == "desc",
-    )
+    filters = _filters(q)
     try:
         async with sources.pool.connection() as conn:
+            query = queries.EventQuery(
+                replace(filters, tenant=await sources.tenant_id(request, conn)),
+                q.since,
+                q.until,
+                after,
+                limit,
+                max_bytes=settings.events_max_bytes,
+                descending=q.order == "desc",
+            )
             events, next_cursor = await queries.events_page(
                 conn, query, timeout=settings.read_statement_timeout
             )
@@ -145,11 +167,17 @@ def _filters(q: api.Filters) -> queries.Filters:
 async def get_stream(request: web.Request) -> web.StreamResponse:
     q = routes.params(request, api.StreamQuery)
     sources = request.app[SOURCES]
+    filters = _filters(q)
+    try:
+        async with sources.pool.connection() as conn:
+            tenant = await sources.tenant_id(request, conn)
+    except queries.UNAVAILABLE as exc:
+        raise sources.unavailable(exc) from None
     return await stream.stream_events(
         request,
         pool=sources.pool,
         unavailable=sources.unavailable,
-        filters=_filters(q),
+        filters=replace(filters, tenant=tenant),
         since=q.since,
         last_event_id=request.headers.get("Last-Event-ID") or q.last_event_id,
     )
@@ -160,10 +188,12 @@ async def get_histogram(request: web.Request) -> web.Response:
     sources = request.app[SOURCES]
     if q.since is not None and q.until is not None and q.until <= q.since:
         raise Refusal(400, "until must be after since")
+    filters = _filters(q)
     try:
         async with sources.pool.connection() as conn:
+            filters = replace(filters, tenant=await sources.tenant_id(request, conn))
             buckets = await histogram.histogram(
-                conn, _filters(q), since=q.since, until=q.until, width=q.interval
+                conn, filters, since=q.since, until=q.until, width=q.interval
             )
     except histogram.BadRange as exc:
         raise Refusal(400, str(exc)) from None
@@ -178,10 +208,16 @@ async def get_stats(request: web.Request) -> web.Response:
     sources = request.app[SOURCES]
     try:
         async with sources.pool.connection() as conn:
-            counts = await queries.counts(conn, max_topics=sources.settings.stats_max_topics)
+            counts = await queries.counts(
+                conn,
+                max_topics=sources.settings.stats_max_topics,
+                tenant=await sources.tenant_id(request, conn),
+            )
     except queries.UNAVAILABLE as exc:
         raise sources.unavailable(exc) from None
-    depths = await sources.queues.depths(share=True)
+    # The queues hold every tenant's messages: their depths are not one tenant's to see.
+    shared = not request.app[access.TENANCY].path
+    depths = await sources.queues.depths(share=True) if shared else _NO_DEPTHS
     return http.json_response(
         api.Stats(
             received=counts.received,
@@ -211,7 +247,7 @@ def make_app(sources: Sources, stop: asyncio.Event | None = None) -> web.Applica
     app[stream.STREAMS] = streams
 
     async def close_feed(_: web.Application) -> None:
-        await streams.feed.close()
+        await streams.close()
 
     app.on_cleanup.append(close_feed)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from pubsub import search, service
+from pubsub import layout, search, service
 from pubsub.backoff import Backoff
 from pubsub.settings import Settings
 from readapi import metrics, queries
@@ -83,12 +83,17 @@ class Follower:
 
 
 class Feed:
-    """The shared look for new events of one read API."""
+    """The shared look for one tenant's new events of one read API."""
 
     def __init__(
-        self, settings: Settings, pool: AsyncConnectionPool[Any], stop: asyncio.Event
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool[Any],
+        stop: asyncio.Event,
+        tenant: int = layout.TENANT,
     ) -> None:
         self.settings = settings
+        self.tenant = tenant
         self.pool = pool
         self.stop = stop
         self.position: queries.StreamCursor | None = None  # None: not running
@@ -135,7 +140,7 @@ class Feed:
                         page = await queries.stream_read(
                             conn,
                             self.position,
-                            queries.Filters(),
+                            queries.Filters(tenant=self.tenant),
                             limit=PAGE,
                             max_bytes=settings.stream_buffer_bytes,
                             scan=PAGE,

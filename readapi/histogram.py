@@ -93,9 +93,12 @@ def align(since: datetime, until: datetime, width: int | None) -> tuple[datetime
 
 
 # The stored range, from the rollup: its first minute and the end of its last one.
-_RANGE_ALL = "SELECT min(minute), max(minute) + interval '1 minute' FROM volume_total"
+_RANGE_ALL = """
+SELECT min(minute), max(minute) + interval '1 minute' FROM volume_total WHERE tenant = %s
+"""
 _RANGE_TOPIC = """
-SELECT min(minute), max(minute) + interval '1 minute' FROM volume WHERE topic = %s
+SELECT min(minute), max(minute) + interval '1 minute' FROM volume
+WHERE tenant = %s AND topic = %s
 """
 _BIN = "date_bin(make_interval(secs => %s), {column}, '1970-01-01 00:00:00+00')"
 
@@ -110,9 +113,9 @@ async def histogram(
 ) -> Buckets:
     if since is None or until is None:
         if filters.topic is not None:
-            cur = await conn.execute(_RANGE_TOPIC, (filters.topic,))
+            cur = await conn.execute(_RANGE_TOPIC, (filters.tenant, filters.topic))
         else:
-            cur = await conn.execute(_RANGE_ALL)
+            cur = await conn.execute(_RANGE_ALL, (filters.tenant,))
         row = await cur.fetchone()
         first, end = (row[0], row[1]) if row and row[0] is not None else (None, None)
         if until is None:
@@ -127,10 +130,11 @@ async def histogram(
     params: list[Any] = [width]
     if filters.exact and width % 60 == 0:
         if filters.topic is not None:
-            table, where = "volume", ["topic = %s"]
-            params.append(filters.topic)
+            table, where = "volume", ["tenant = %s", "topic = %s"]
+            params += [filters.tenant, filters.topic]
         else:
-            table, where = "volume_total", []
+            table, where = "volume_total", ["tenant = %s"]
+            params.append(filters.tenant)
         where += ["minute >= %s", "minute < %s"]
         # A minute sums to less than nothing when the sweep removed events the rollup never
         # counted (stored by consumers older than schema 5 after it was filled): none left.

@@ -111,6 +111,7 @@ class Filters:
     source: str | None = None
     event_id: str | None = None
     words: tuple[str, ...] = ()  # of a search (see pubsub.search)
+    tenant: int = layout.TENANT  # whose events: a reader sees its tenant's only
 
     @property
     def exact(self) -> bool:
@@ -130,7 +131,8 @@ class Filters:
     def blocks_sql(self, where: list[str], params: list[Any], *, words: bool = True) -> None:
         """Add the conditions a block must meet to hold an event these filters pass (but for
         the words of a search, which need the block's text, unless ``words``)."""
-        where.append(f"tenant = {layout.TENANT}")
+        where.append("tenant = %s")
+        params.append(self.tenant)
         if self.topic is not None:
             where.append("topic = %s")
             params.append(self.topic)
@@ -138,10 +140,10 @@ class Filters:
             # The blocks of the id's keys: one probe of the key table per topic.
             where.append(
                 f"""id = ANY(ARRAY(SELECT k.block FROM keys k JOIN topics t ON k.topic = t.id
-                    WHERE k.tenant = {layout.TENANT} AND k.key = event_key(%s)
+                    WHERE k.tenant = %s AND k.key = event_key(%s)
                     {"AND t.topic = %s" if self.topic is not None else ""}))"""
             )
-            params.append(self.event_id)
+            params += [self.tenant, self.event_id]
             if self.topic is not None:
                 params.append(self.topic)
         if words:
@@ -704,9 +706,9 @@ async def stream_read(
 _COUNTS = """
 SELECT coalesce(sum(received), 0), coalesce(sum(unique_processed), 0),
        coalesce(sum(duplicate_dropped), 0), coalesce(sum(expired), 0),
-       (SELECT count(*) FROM topics),
-       ARRAY(SELECT topic FROM topics ORDER BY topic LIMIT %s)
-FROM counters
+       (SELECT count(*) FROM topics WHERE tenant = %(tenant)s),
+       ARRAY(SELECT topic FROM topics WHERE tenant = %(tenant)s ORDER BY topic LIMIT %(limit)s)
+FROM counters WHERE tenant = %(tenant)s
 """
 
 
@@ -726,8 +728,11 @@ class Counts:
         return self.unique_processed - self.expired
 
 
-async def counts(conn: psycopg.AsyncConnection[Any], *, max_topics: int) -> Counts:
-    cur = await conn.execute(_COUNTS, (max_topics + 1,))
+async def counts(
+    conn: psycopg.AsyncConnection[Any], *, max_topics: int, tenant: int = layout.TENANT
+) -> Counts:
+    """What ``tenant`` stored, received and dropped, and its topics."""
+    cur = await conn.execute(_COUNTS, {"tenant": tenant, "limit": max_topics + 1})
     row = await cur.fetchone()  # sums always give one row
     if row is None:
         raise RuntimeError("the counters query returned no row")

@@ -64,8 +64,8 @@ _TIMED_OUT = (
 
 
 class Streams:
-    """The live streams of one read API: how many run, their shared feed, and when they must
-    all end."""
+    """The live streams of one read API: how many run, their shared feeds (one per tenant
+    with streams), and when they must all end."""
 
     def __init__(
         self, settings: Settings, stop: asyncio.Event, pool: AsyncConnectionPool[Any]
@@ -73,10 +73,23 @@ class Streams:
         self.settings = settings
         self.stop = stop
         self.active = 0
-        self.feed = feed.Feed(settings, pool, stop)
+        self._pool = pool
+        self._feeds: dict[int, feed.Feed] = {}
         # Streams behind the head read by themselves; at most half the pool's connections at
         # once, so that pages of /events and /stats always find one.
         self.own_reads = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
+
+    def feed(self, tenant: int) -> feed.Feed:
+        """The feed of ``tenant``'s streams: one look per tenant, so no read of one tenant's
+        feed ever holds another's events."""
+        found = self._feeds.get(tenant)
+        if found is None:
+            found = self._feeds[tenant] = feed.Feed(self.settings, self._pool, self.stop, tenant)
+        return found
+
+    async def close(self) -> None:
+        for each in self._feeds.values():
+            await each.close()
 
     @contextlib.contextmanager
     def place(self) -> Iterator[None]:
@@ -170,7 +183,7 @@ class _Stream:
         try:
             await self._serve(follower)
         finally:
-            self.streams.feed.leave(follower)
+            self.streams.feed(self.filters.tenant).leave(follower)
 
     async def _serve(self, follower: Follower) -> None:
         settings, stop, resp = self.streams.settings, self.streams.stop, self.resp
@@ -228,7 +241,7 @@ class _Stream:
                 follower.add(event, fetched)
             follower.position = page.position
             if page.caught_up:
-                if self.streams.feed.join(follower):
+                if self.streams.feed(self.filters.tenant).join(follower):
                     refused = 0
                 else:
                     # The feed read past this position meanwhile: read up to it first.

@@ -18,7 +18,7 @@ from ingest.app import make_app as make_ingest
 from ingest.broker import BrokerClient, BrokerUnavailable
 from ingest.budget import Budget, Held
 from ingest.receiver import Batch, Intake, Receiver
-from pubsub import message
+from pubsub import message, tenants
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 
@@ -36,14 +36,21 @@ class RecordingBroker:
         self.connected = connected
         self.confirm = confirm
         self.published: list[list[message.Piece]] = []
+        self.tenants: list[str] = []  # of each publish
         self.arrived = asyncio.Event()
 
     async def publish(
-        self, pieces: Sequence[message.Piece], *, received_at: datetime, request_id: str
+        self,
+        pieces: Sequence[message.Piece],
+        *,
+        received_at: datetime,
+        request_id: str,
+        tenant: str = tenants.DEFAULT,
     ) -> None:
         if self.refuse:
             raise BrokerUnavailable(self.refuse)
         self.published.append(list(pieces))
+        self.tenants.append(tenant)
         self.arrived.set()
         if self.confirm is not None:
             await self.confirm.wait()

@@ -6,7 +6,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import aio_pika
@@ -14,6 +14,7 @@ import aiohttp
 import psycopg
 
 from publisher.load import EventSource, LoadConfig, Report, send_load
+from publisher.tail import Message
 from publisher.watch import stats_if_up, wait_stored
 from pubsub import dbschema, failover, message, topology
 from pubsub.database import connect_kwargs
@@ -109,6 +110,25 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
     async with session.get(url) as resp:
         assert resp.status == 200, f"GET {url}: {resp.status} {await resp.text()}"
         return await resp.json()
+
+
+async def take(
+    stream: AsyncIterator[Message],
+    n: int | None = None,
+    *,
+    until: Callable[[Message], bool] | None = None,
+    deadline: float = 30.0,
+) -> list[Message]:
+    """The next ``n`` events of a live stream, or those up to the one ``until`` holds for;
+    every message must be an event, and they must come within ``deadline`` seconds."""
+    out: list[Message] = []
+    async with asyncio.timeout(deadline):
+        async for msg in stream:
+            assert msg.event == "message", msg
+            out.append(msg)
+            if len(out) == n or (until is not None and until(msg)):
+                break
+    return out
 
 
 def event(topic: str, event_id: str, **over: Any) -> dict[str, Any]:

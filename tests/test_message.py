@@ -41,9 +41,9 @@ def test_round_trip_in_pieces() -> None:
         request_ids=["r1"],
     )
     rows = rows_of(outgoing)
-    assert [key for key, _ in rows] == [("t", str(i)) for i in range(5)]
-    topic, event_id, key, ts, source, payload, received = rows[3][1].split("\t")
-    assert (topic, event_id, source, received) == ("t", "3", "s", "received")
+    assert [key for key, _ in rows] == [("default", "t", str(i)) for i in range(5)]
+    topic, event_id, key, ts, source, payload, received, tenant = rows[3][1].split("\t")
+    assert (topic, event_id, source, received, tenant) == ("t", "3", "s", "received", "default")
     assert key == "02" + b"3".hex()  # an id that is not a UUID keys as its text
     assert datetime.fromisoformat(ts) == NOW
     assert orjson.loads(payload) == {"a": [3]}

@@ -278,7 +278,7 @@ async def test_the_sweep_waits_for_a_topics_first_events_in_flight(
                 " VALUES ('z', '2', now(), 's', '{}', now())"
             )
             consumer.execute("INSERT INTO topics VALUES ('z') ON CONFLICT DO NOTHING")
-            sweeping = asyncio.create_task(sweeper.forget_empty_topics(["z"]))
+            sweeping = asyncio.create_task(sweeper.forget_empty_topics([(0, "z")]))
 
             async def sweep_waits_on_a_lock() -> bool:
                 row = conn.execute(

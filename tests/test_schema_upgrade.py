@@ -395,3 +395,50 @@ def test_a_version_7_schema_gets_the_indexes_by_both_ends_of_a_block(
         assert "blocks_max_ts" not in indexes and "blocks_topic_max_ts" not in indexes
         assert indexes["blocks_ends"].endswith("(tenant, max_ts, min_ts)")
         assert indexes["blocks_topic_ends"].endswith("(tenant, topic, max_ts, min_ts)")
+
+
+def test_a_version_8_schema_leads_its_counts_with_the_default_tenant(
+    amqp_url: str, database_url: str
+) -> None:
+    """Schema 9 leads topics, counters and the volume tables with a tenant; what a version 8
+    schema counted becomes default's, in place, and reads as before."""
+    shapes = {
+        "topics": "topic",
+        "counters": "shard",
+        "volume": "topic, minute, shard",
+        "volume_total": "minute, shard",
+    }
+    with private_settings(amqp_url, database_url, prefix="upg8") as s:
+        with psycopg.connect(s.database_url, autocommit=True, **connect_kwargs(s)) as c:
+            c.execute("DROP TABLE tenants")
+            for table, key in shapes.items():
+                c.execute(
+                    f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, DROP COLUMN tenant,"
+                    f" ADD PRIMARY KEY ({key})"
+                )
+            c.execute("INSERT INTO topics (topic) VALUES ('kept')")
+            c.execute("INSERT INTO counters (shard, received, unique_processed) VALUES (1, 5, 4)")
+            c.execute("INSERT INTO volume VALUES ('kept', '2025-10-21T10:00Z', 1, 4)")
+            c.execute("INSERT INTO volume_total VALUES ('2025-10-21T10:00Z', 1, 4)")
+            c.execute("DELETE FROM schema_version")
+            c.execute("INSERT INTO schema_version (version) VALUES (8)")
+        run_async(dbschema.ensure(s))
+        with psycopg.connect(s.database_url, **connect_kwargs(s)) as c:
+            for table, key in shapes.items():
+                row = c.execute(
+                    "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                    " WHERE conrelid = %s::regclass AND contype = 'p'",
+                    (table,),
+                ).fetchone()
+                assert row == (f"PRIMARY KEY (tenant, {key})",), table
+                assert c.execute(f"SELECT DISTINCT tenant FROM {table}").fetchall() == [(0,)]
+            assert c.execute("SELECT id, name FROM tenants").fetchall() == [(0, "default")]
+
+        async def counted() -> queries.Counts:
+            async with await psycopg.AsyncConnection.connect(
+                s.database_url, **connect_kwargs(s)
+            ) as conn:
+                return await queries.counts(conn, max_topics=10)
+
+        counts = run_async(counted())
+        assert (counts.received, counts.unique_processed, counts.topics) == (5, 4, ["kept"])

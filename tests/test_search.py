@@ -16,8 +16,8 @@ import pytest
 
 from readapi import histogram as histogram_module
 from stack.supervisor import Supervisor
-from tests.support import event, post_json, settled, stats
-from tests.test_stream import opened, take
+from tests.support import event, post_json, settled, stats, take
+from tests.test_stream import opened
 
 
 async def publish(

@@ -18,7 +18,7 @@ import pytest
 from publisher.tail import Message, messages
 from stack.supervisor import Supervisor
 from tests.fix_stack import StackFactory
-from tests.support import event, eventually, post_json, settled, stats
+from tests.support import event, eventually, post_json, settled, stats, take
 
 DEADLINE = 30.0
 
@@ -49,17 +49,6 @@ async def opened(
         assert resp.status == 200, await resp.text()
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         yield messages(resp)
-
-
-async def take(stream: AsyncIterator[Message], n: int) -> list[Message]:
-    out: list[Message] = []
-    async with asyncio.timeout(DEADLINE):
-        async for msg in stream:
-            assert msg.event == "message", msg
-            out.append(msg)
-            if len(out) == n:
-                break
-    return out
 
 
 def ids(msgs: list[Message]) -> list[str]:

@@ -20,9 +20,9 @@ from pubsub.settings import Settings
 from readapi import queries
 from stack.supervisor import Supervisor
 from tests.fix_stack import StackFactory
-from tests.support import delete_topology, event, eventually, horizon_passed, post_json
+from tests.support import delete_topology, event, eventually, horizon_passed, post_json, take
 from tests.test_store import rows
-from tests.test_stream import DEADLINE, opened, take
+from tests.test_stream import DEADLINE, opened
 
 
 async def stream_reads(http: aiohttp.ClientSession, stack: Supervisor) -> float:

@@ -108,7 +108,6 @@ def test_the_scope_header_names_a_tenant_the_token_holds(good: Path) -> None:
         (f'token = "{READ}"', f'token = "{PUBLISH}"', "tokens[1]: the same token is given twice"),
         (f'token = "{READ}"', 'token = "short"', "tokens[1]: a token has 16 characters at least"),
         ('tenants = ["default"]', 'tenants = ["nobody"]', "tokens[0]: no tenant 'nobody'"),
-        ("[tenants.default]", "[tenants.b]\n[tenants.default]", "tenants.b: this version stores"),
         ("[tenants.default]", '[tenants."a b"]\n[tenants.default]', "tenants.a b: String should"),
         ("[tenants.default]", "[tenants.default", "not TOML"),
     ],
