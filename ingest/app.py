@@ -10,7 +10,8 @@ from aiohttp import web
 from ingest import elastic, inflate, loki, native, otlp
 from ingest.broker import BrokerClient
 from ingest.budget import Budget
-from ingest.intake import BROKER, BUDGET, INFLATING, SETTINGS
+from ingest.intake import BROKER, BUDGET, INFLATING, RATES, SETTINGS
+from ingest.limits import Rates
 from pubsub import access, api, health, http, openapi, routes
 from pubsub.settings import Settings
 
@@ -29,8 +30,14 @@ def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
     )
     app[SETTINGS] = settings
     app[BROKER] = broker
-    app[BUDGET] = Budget(settings.ingest_memory_budget, largest=settings.max_body_bytes)
+    app[BUDGET] = Budget(
+        settings.ingest_memory_budget,
+        largest=settings.max_body_bytes,
+        # One tenant's share is bounded only where there are tenants to share with.
+        tenant_share=settings.tenant_memory_share if settings.tenants_file else 1.0,
+    )
     app[INFLATING] = inflate.gate()
+    app[RATES] = Rates()
 
     async def ready() -> Mapping[str, bool]:
         return {"broker": broker.connected}

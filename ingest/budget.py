@@ -30,17 +30,22 @@ class OverBudget(Exception):
     """Reserving would exceed the budget."""
 
 
+class TenantOverBudget(OverBudget):
+    """Reserving would exceed the share of the budget one tenant may hold."""
+
+
 class Held:
     """What one request holds of the budget; it grows as its body arrives. Used as a context
     manager, it gives everything back at the end of the block (a class, not a generator: it
     is entered once per request)."""
 
-    __slots__ = ("_budget", "large", "size")
+    __slots__ = ("_budget", "large", "size", "tenant")
 
-    def __init__(self, budget: Budget) -> None:
+    def __init__(self, budget: Budget, tenant: str = "") -> None:
         self._budget = budget
         self.size = 0
         self.large = False  # shares the large requests' part whatever its size
+        self.tenant = tenant
 
     def count_as_large(self) -> None:
         """Share the large requests' part from now on: a compressed body, whose inflated size
@@ -75,11 +80,16 @@ class Budget:
     A fair share: requests past ``limit // 32`` bytes ("large") hold together at most
     ``limit`` less a share kept for the small ones (a quarter of the budget, or what is left
     after the largest body when that is less). However many huge bodies arrive at once, small
-    requests still find room.
+    requests still find room. With ``tenant_share``, the requests of one tenant hold at most
+    that part of ``limit`` together, so that one tenant's flood leaves room for the others.
     """
 
-    def __init__(self, limit: int, *, largest: int | None = None) -> None:
+    def __init__(
+        self, limit: int, *, largest: int | None = None, tenant_share: float = 1.0
+    ) -> None:
         self.limit = limit
+        self.tenant_limit = max(int(limit * tenant_share), 1)
+        self.by_tenant: dict[str, int] = {}
         self.small = max(limit // 32, 1)
         largest = limit if largest is None else largest
         self.large_limit = limit - min(limit - largest, limit // 4)
@@ -90,11 +100,11 @@ class Budget:
         # Read when scraped, not set on every change: a request changes it three times.
         metrics.BYTES_IN_FLIGHT.set_function(lambda: self.used)
 
-    def reserve(self, size: int = 0) -> Held:
-        """``size`` bytes held until the ``with`` block of the :class:`Held` ends, and more as
-        :meth:`Held.grow_to` asks; :class:`OverBudget` when they do not fit next to what
-        other requests hold."""
-        held = Held(self)
+    def reserve(self, size: int = 0, *, tenant: str = "") -> Held:
+        """``size`` bytes held for ``tenant`` until the ``with`` block of the :class:`Held`
+        ends, and more as :meth:`Held.grow_to` asks; :class:`OverBudget` when they do not fit
+        next to what other requests hold."""
+        held = Held(self, tenant)
         held.grow_to(size)
         return held
 
@@ -111,6 +121,18 @@ class Budget:
                 f"{self.used} of {self.limit} bytes are held by requests in flight"
                 + (f", {self.used_large} by large ones" if large_after else "")
             )
+        tenant = held.tenant
+        own = self.by_tenant.get(tenant, 0)
+        if added > 0 and own + added > self.tenant_limit:
+            metrics.OVER_BUDGET.inc()
+            raise TenantOverBudget(
+                f"tenant {tenant!r} holds {own} of the {self.tenant_limit} bytes of ingest's "
+                "memory one tenant may hold (PUBSUB_TENANT_MEMORY_SHARE)"
+            )
+        if own + added:
+            self.by_tenant[tenant] = own + added
+        else:
+            self.by_tenant.pop(tenant, None)
         self.used += added
         self.used_large += large_after - large_before
         held.size = size
@@ -118,6 +140,11 @@ class Budget:
     def release(self, held: Held) -> None:
         """Give back everything ``held`` holds."""
         size = held.size
+        own = self.by_tenant.get(held.tenant, 0) - size
+        if own:
+            self.by_tenant[held.tenant] = own
+        else:
+            self.by_tenant.pop(held.tenant, None)
         self.used -= size
         if size > self.small or held.large:
             self.used_large -= size

@@ -14,11 +14,14 @@ from aiohttp import web
 
 from ingest import metrics
 from ingest.broker import BrokerClient, BrokerUnavailable
-from ingest.budget import Budget, Held, OverBudget
+from ingest.budget import Budget, Held, OverBudget, TenantOverBudget
+from ingest.limits import Rates
+from pubsub import access
 from pubsub.http import Refusal
 from pubsub.settings import Settings
 
 BROKER = web.AppKey("broker", BrokerClient)
+RATES = web.AppKey("rates", Rates)
 BUDGET = web.AppKey("budget", Budget)
 INFLATING = web.AppKey("inflating", asyncio.Semaphore)
 SETTINGS = web.AppKey("settings", Settings)
@@ -61,11 +64,19 @@ def share(request: web.Request) -> Held:
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
         raise Refusal(413, f"body exceeds the limit of {settings.max_body_bytes} bytes")
-    return request.app[BUDGET].reserve(length or 0)
+    tenant = access.of(request).tenant or ""
+    return request.app[BUDGET].reserve(length or 0, tenant=tenant)
 
 
 def refusal(exc: OverBudget | BrokerUnavailable, settings: Settings) -> Refusal:
-    """The ``503`` for a spent budget or a broker that did not take the events."""
+    """The ``503`` for a spent budget or a broker that did not take the events; the ``429``
+    for a tenant past its share of the budget."""
+    if isinstance(exc, TenantOverBudget):
+        return Refusal(
+            429,
+            f"{exc}; nothing was accepted, retry later",
+            headers=(("Retry-After", str(settings.retry_after)),),
+        )
     if isinstance(exc, OverBudget):
         return Refusal.unavailable(
             f"ingest is busy ({exc}); nothing was accepted, retry later",

@@ -25,6 +25,19 @@ def answered(status: int) -> None:
 
 
 EVENTS_ACCEPTED = Counter("pubsub_ingest_events_accepted", "Events confirmed by the broker.")
+# Labelled by tenant: the names a tenants file declares, so the file bounds the series.
+TENANT_EVENTS = Counter(
+    "pubsub_ingest_tenant_events_accepted", "Events confirmed by the broker, by tenant.", ["tenant"]
+)
+TENANT_BYTES = Counter(
+    "pubsub_ingest_tenant_bytes", "Bytes of bodies taken to publish (inflated), by tenant.",
+    ["tenant"],
+)  # fmt: skip
+TENANT_REFUSED = Counter(
+    "pubsub_ingest_tenant_requests_refused",
+    "Requests of a tenant's token refused by ingest, by tenant and answer (429: its rate).",
+    ["tenant", "status"],
+)
 PUBLISH_FAILURES = Counter(
     "pubsub_ingest_publish_failures", "Broker messages that were not confirmed."
 )

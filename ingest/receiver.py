@@ -7,12 +7,14 @@ own, contributing exactly that (:meth:`Receiver.accept`, :meth:`Receiver.decode`
 :meth:`Receiver.reply`, and :meth:`Receiver.refuse` where its clients expect errors in another
 shape); everything else happens here, once, in the same order for all:
 
-1. the request id, and the request's share of the memory budget (its ``Content-Length``);
+1. the request id, the tenant's rate (``429`` while it is in debt, see :mod:`ingest.limits`),
+   and the request's share of the memory budget (its ``Content-Length``);
 2. the content type (``415``), then the body as sent, counted as it arrives (``413``, ``408``);
 3. its ``Content-Encoding`` undone in a worker thread, bounded (:mod:`ingest.inflate`);
 4. the protocol's decode: parse, count, map and validate, every bound checked before the work
    it bounds, what it holds in memory added to the budget;
-5. the broker's confirm, then the protocol's answer.
+5. the tenant's rate takes the events and bytes (``429`` if another request put it in debt
+   meanwhile), the broker's confirm, then the protocol's answer.
 
 Whatever a protocol's decode raises becomes a ``4xx``: a :class:`~pubsub.http.Refusal` as it
 is, any other exception as a ``400`` (logged with the request id, since it is a case the
@@ -166,9 +168,12 @@ async def receive(request: web.Request, *, receiver: Receiver) -> web.StreamResp
         refusal = replace(receiver.adapt(exc))
         del exc
         intake.note_refusal(log, refusal, request_id)
+        tenant = access.of(request).tenant or tenants.DEFAULT
+        metrics.TENANT_REFUSED.labels(tenant, str(refusal.status)).inc()
         return receiver.refuse(refusal, request_id)
     metrics.answered(response.status)
     metrics.EVENTS_ACCEPTED.inc(batch.accepted)
+    metrics.TENANT_EVENTS.labels(access.of(request).tenant or tenants.DEFAULT).inc(batch.accepted)
     response.headers["X-Request-Id"] = request_id
     return response
 
@@ -180,6 +185,9 @@ async def _receive(
     settings = app[intake.SETTINGS]
     received_at = datetime.now(UTC)
     kind = receiver.accept(request)
+    who = access.of(request)
+    rates = app[intake.RATES]
+    rates.admit(who)  # a tenant over its rate costs no read of its body
     try:
         encoding = inflate.encoding_of(request.headers.get("Content-Encoding", ""))
     except ValueError as exc:
@@ -208,11 +216,13 @@ async def _receive(
         )
         batch = decode(receiver, given)
         if batch.pieces:
+            rates.take(who, events=batch.accepted, size=len(body))
+            metrics.TENANT_BYTES.labels(who.tenant or tenants.DEFAULT).inc(len(body))
             await app[intake.BROKER].publish(
                 batch.pieces,
                 received_at=received_at,
                 request_id=request_id,
-                tenant=access.of(request).tenant or tenants.DEFAULT,
+                tenant=who.tenant or tenants.DEFAULT,
             )
         return receiver.reply(batch, given), batch
 

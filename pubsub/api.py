@@ -243,7 +243,7 @@ PUBLISH = Route(
     },
     uses=(Event,),
     replies={202: Reply("Accepted: confirmed by the broker.", Accepted)},
-    errors=(400, 401, 408, 413, 415, 422, 503),
+    errors=(400, 401, 408, 413, 415, 422, 429, 503),
 )
 
 OTLP_LOGS = Route(
@@ -273,7 +273,7 @@ OTLP_LOGS = Route(
             media=("application/x-protobuf", "application/json"),
         )
     },
-    errors=(400, 401, 408, 413, 415, 503),
+    errors=(400, 401, 408, 413, 415, 429, 503),
 )
 
 LOKI_PUSH = Route(
@@ -293,7 +293,7 @@ LOKI_PUSH = Route(
         "application/x-protobuf": {"type": "string", "format": "binary"},
     },
     replies={204: Reply("Stored: confirmed by the broker.")},
-    errors=(400, 401, 408, 413, 415, 422, 503),
+    errors=(400, 401, 408, 413, 415, 422, 429, 503),
     error_media=("text/plain", "application/json"),
 )
 
@@ -385,7 +385,7 @@ STREAM = Route(
     query=StreamQuery,
     headers=(Header("Last-Event-ID", "Resume after this event (the `id` of an SSE event)."),),
     replies={200: Reply("The stream.", {"type": "string"}, media="text/event-stream")},
-    errors=(400, 401, 503),
+    errors=(400, 401, 429, 503),
 )
 
 STATS = Route(

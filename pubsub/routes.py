@@ -46,7 +46,8 @@ ERRORS: dict[int, str] = {
     413: "Body or batch over the limit.",
     415: "Not application/json (UTF-8).",
     422: "Schema violations, with the index and field of each.",
-    429: "Busy, or the broker is unavailable; retry after `Retry-After` seconds.",
+    429: "Busy, the broker is unavailable, or the tenant is past its rate or its live "
+    "streams; retry after `Retry-After` seconds.",
     503: "Broker or database unavailable; retry after `Retry-After` seconds.",
 }
 

@@ -390,6 +390,14 @@ class Settings(BaseSettings):
         "docs/security.md); empty: one tenant, `default`, with `PUBSUB_PUBLISH_TOKEN` and "
         "`PUBSUB_READ_TOKEN`.",
     )
+    tenant_memory_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="With a tenants file: the part of `PUBSUB_INGEST_MEMORY_BUDGET` the requests "
+        "of one tenant may hold together (429 past it), so that one tenant's flood leaves room "
+        "for the others.",
+    )
     tenants_reload_interval: Interval = Field(
         5.0,
         description="Seconds between looks at the tenants file for a change (it is also read "

@@ -8,7 +8,6 @@ A deployment's tenants are declared once, in a TOML file named by ``PUBSUB_TENAN
     bytes_per_second = 2_000_000
     burst_seconds = 2
     streams = 8                  # live streams at once
-    retention = "7d"
 
     [[tokens]]
     token = "..."                # or token_file = "/run/secrets/team-a"
@@ -84,6 +83,20 @@ class Tenant(BaseModel):
     # PUBSUB_RETENTION's rule: "30d", "12h"...
     retention: Horizon = None
 
+    @model_validator(mode="after")
+    def _retention_is_the_deployments(self) -> Tenant:
+        # Refused rather than ignored: a retention that silently does nothing keeps data
+        # its tenant asked to be rid of.
+        if self.retention is not None:
+            raise ValueError(
+                "a retention of its own is not supported yet: PUBSUB_RETENTION applies to "
+                "every tenant"
+            )
+        return self
+
+
+NO_LIMITS = Tenant()
+
 
 class Token(BaseModel):
     """One token: its secret (inline or in a file of its own), its scope and its tenants."""
@@ -136,10 +149,12 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """Who a request is: its tenant (``None`` for an admin request) and its token's scope."""
+    """Who a request is: its tenant (``None`` for an admin request), its token's scope and
+    the tenant's limits."""
 
     tenant: str | None
     scope: Scope
+    limits: Tenant = NO_LIMITS
 
 
 def _digest(token: str | bytes) -> bytes:
@@ -243,10 +258,13 @@ class Registry:
         if need == "admin":
             return Access(None, grant.scope)
         if org_id is None:
-            return Access(grant.tenants[0], grant.scope)
-        if org_id not in grant.tenants or org_id not in self.tenants:
+            org_id = grant.tenants[0]
+        elif org_id not in grant.tenants:
             raise Refusal(403, f"this token may not act as tenant {org_id!r}")
-        return Access(org_id, grant.scope)
+        limits = self.tenants.get(org_id)
+        if limits is None:  # removed from the file since the token was given it
+            raise Refusal(403, f"this token may not act as tenant {org_id!r}")
+        return Access(org_id, grant.scope, limits)
 
     def guards(self, need: Need) -> bool:
         """Whether routes that need ``need`` ask for a token."""

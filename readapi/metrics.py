@@ -6,6 +6,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 STREAMS = Gauge("pubsub_readapi_streams", "Live streams open.")
+# Labelled by tenant: the names a tenants file declares, so the file bounds the series.
+TENANT_STREAMS = Gauge("pubsub_readapi_tenant_streams", "Live streams open, by tenant.", ["tenant"])
 STREAM_READS = Counter(
     "pubsub_readapi_stream_reads",
     "Reads of PostgreSQL for the live streams: by the shared feed (one per poll however many "

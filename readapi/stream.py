@@ -39,10 +39,11 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from psycopg_pool import AsyncConnectionPool
 
-from pubsub import service
+from pubsub import access, service
 from pubsub.backoff import Backoff
 from pubsub.http import Refusal
 from pubsub.settings import Settings
+from pubsub.tenants import Access
 from readapi import feed, metrics, queries
 from readapi.feed import Follower
 
@@ -75,6 +76,7 @@ class Streams:
         self.active = 0
         self._pool = pool
         self._feeds: dict[int, feed.Feed] = {}
+        self._by_tenant: dict[str, int] = {}  # open streams, by tenant
         # Streams behind the head read by themselves; at most half the pool's connections at
         # once, so that pages of /events and /stats always find one.
         self.own_reads = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
@@ -92,9 +94,10 @@ class Streams:
             await each.close()
 
     @contextlib.contextmanager
-    def place(self) -> Iterator[None]:
-        """A place for one stream for the ``with`` block, or a 503. Taken before the stream
-        awaits anything, so that concurrent connects cannot all pass the check."""
+    def place(self, who: Access) -> Iterator[None]:
+        """A place for one stream of ``who``'s tenant for the ``with`` block: a 503 past the
+        read API's limit, a 429 past the tenant's. Taken before the stream awaits anything, so
+        that concurrent connects cannot all pass the check."""
         limit = self.settings.stream_max_clients
         if self.active >= limit:
             raise Refusal.unavailable(
@@ -102,13 +105,28 @@ class Streams:
                 "(PUBSUB_STREAM_MAX_CLIENTS); retry later or read pages of /events",
                 retry_after=self.settings.retry_after,
             )
+        tenant = who.tenant or ""
+        own = self._by_tenant.get(tenant, 0)
+        if who.limits.streams is not None and own >= who.limits.streams:
+            raise Refusal(
+                429,
+                f"tenant {tenant!r} has {own} live stream(s) open, its limit; close one or "
+                "retry later",
+                headers=(("Retry-After", str(self.settings.retry_after)),),
+            )
         self.active += 1
+        self._by_tenant[tenant] = own + 1
         metrics.STREAMS.inc()
+        metrics.TENANT_STREAMS.labels(tenant).inc()
         try:
             yield
         finally:
             self.active -= 1
+            self._by_tenant[tenant] -= 1
+            if not self._by_tenant[tenant]:
+                del self._by_tenant[tenant]
             metrics.STREAMS.dec()
+            metrics.TENANT_STREAMS.labels(tenant).dec()
 
 
 STREAMS = web.AppKey("streams", Streams)
@@ -129,7 +147,7 @@ async def stream_events(
 ) -> web.StreamResponse:
     """Serve one stream until the client leaves, is too slow, or the service stops."""
     streams = request.app[STREAMS]
-    with streams.place():
+    with streams.place(access.of(request)):
         settings = streams.settings
         try:
             cursor = queries.StreamCursor.decode(last_event_id) if last_event_id else None

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fix_faults",
     "tests.fix_browser",
     "tests.fix_node",
+    "tests.fix_tenants",
 ]

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -23,48 +23,12 @@ import yarl
 
 from publisher.tail import Message, messages
 from stack.supervisor import Supervisor
-from tests.fix_services import private_settings
+from tests.fix_tenants import MULTI, TENANTS, headers
 from tests.support import event, eventually, take
 
-TENANTS = ("alpha", "beta", "gamma")
 TOPICS = ("shared-1", "shared-2", "shared-3")
 SEED = int(os.environ.get("PUBSUB_TEST_SEED", random.randrange(2**32)))
 DEADLINE = 30.0
-
-
-def token(tenant: str) -> str:
-    return f"token-of-{tenant}-0123456789"
-
-
-MULTI = "token-of-alpha-and-beta-0123"
-
-TENANTS_FILE = "\n".join(
-    [*(f"[tenants.{t}]" for t in TENANTS)]
-    + [f'[[tokens]]\ntoken = "{token(t)}"\nscope = "both"\ntenants = ["{t}"]' for t in TENANTS]
-    + [f'[[tokens]]\ntoken = "{MULTI}"\nscope = "both"\ntenants = ["alpha", "beta"]']
-)
-
-
-@pytest.fixture(scope="module")
-def tenant_stack(
-    amqp_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Supervisor]:
-    path = tmp_path_factory.mktemp("tenants") / "tenants.toml"
-    path.write_text(TENANTS_FILE)
-    with private_settings(amqp_url, database_url, prefix="tenants", tenants_file=str(path)) as s:
-        stack = Supervisor(s, logdir=tmp_path_factory.mktemp("tenant-logs"), consumers=2)
-        stack.start_all()
-        try:
-            yield stack
-        finally:
-            stack.stop_all()
-
-
-def headers(tenant: str, *, scope: str | None = None) -> dict[str, str]:
-    out = {"Authorization": f"Bearer {token(tenant)}"}
-    if scope is not None:
-        out["X-Scope-OrgID"] = scope
-    return out
 
 
 Key = tuple[str, str]  # (topic, event_id)

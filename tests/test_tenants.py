@@ -29,7 +29,6 @@ events_per_second = 500
 bytes_per_second = 2_000_000
 burst_seconds = 2
 streams = 8
-retention = "7d"
 
 [[tokens]]
 token = "{PUBLISH}"
@@ -70,8 +69,7 @@ def _refused(registry: Registry, token: str | None, org: str | None, need: str) 
 def test_a_tenants_file_gives_each_token_its_scope_and_tenant(good: Path) -> None:
     registry = Registry.load(good)
     assert registry.tenants["default"].events_per_second == 500
-    assert registry.tenants["default"].retention is not None
-    assert registry.tenants["default"].retention.days == 7
+    assert registry.tenants["default"].streams == 8
     assert registry.access(f"Bearer {PUBLISH}", None, "publish").tenant == "default"
     assert registry.access(f"Bearer {READ}", "default", "read").tenant == "default"
     for need in ("publish", "read"):
@@ -104,7 +102,8 @@ def test_the_scope_header_names_a_tenant_the_token_holds(good: Path) -> None:
         ('tenants = ["default"]', 'tenants = ["default"]\nx = 1', "tokens[0].x: unknown key"),
         ("streams = 8", "streams = -1", "tenants.default.streams: Input should be greater"),
         ("events_per_second = 500", "events_per_second = -5", "tenants.default.events_per"),
-        ('retention = "7d"', 'retention = "soon"', "tenants.default.retention: give a positive"),
+        ("streams = 8", 'retention = "soon"', "tenants.default.retention: give a positive"),
+        ("streams = 8", 'retention = "7d"', "tenants.default: a retention of its own is not"),
         (f'token = "{READ}"', f'token = "{PUBLISH}"', "tokens[1]: the same token is given twice"),
         (f'token = "{READ}"', 'token = "short"', "tokens[1]: a token has 16 characters at least"),
         ('tenants = ["default"]', 'tenants = ["nobody"]', "tokens[0]: no tenant 'nobody'"),
@@ -201,3 +200,11 @@ async def _until(check: Callable[[], Awaitable[int]], want: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"answered {got}, not {want}, within 10 s")
+
+
+def test_the_example_tenants_file_is_one_the_services_take() -> None:
+    example = Path(__file__).parent.parent / "deploy" / "tenants" / "example.toml"
+    registry = Registry.load(example)
+    assert set(registry.tenants) == {"default", "team-a", "team-b"}
+    shared = "Bearer replace-me-platform-team-reads"
+    assert registry.access(shared, "team-b", "read").tenant == "team-b"
