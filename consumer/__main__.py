@@ -28,7 +28,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     host, port = settings.http_host, settings.consumer_port
     # The health endpoints answer until the worker has stored what it held.
     tasks = []
-    if settings.retention_seconds is not None:
+    if settings.retention_seconds is not None or settings.tenants_file:
         tasks.append(asyncio.create_task(Sweeper(settings).run(stop)))
     if settings.merge_interval > 0:
         tasks.append(asyncio.create_task(Merger(settings).run(stop)))

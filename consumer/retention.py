@@ -36,10 +36,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from consumer import metrics
+from consumer import metrics, tenant_expiry, uncount
 from consumer.rounds import Rounds
 from pubsub import dbschema, layout
 from pubsub.settings import Settings
+from pubsub.tenants import Tenancy
 
 log = logging.getLogger("pubsub.consumer.retention")
 
@@ -81,21 +82,9 @@ _SUMMARY = "SELECT count(*), coalesce(sum(id), 0) FROM PARTITION"
 _UNCOUNT = """
 WITH totals AS MATERIALIZED (
     SELECT tenant, topic, minute, sum(n) AS n FROM gone GROUP BY 1, 2, 3
-), counted AS (
-    INSERT INTO counters AS c (tenant, shard, expired)
-    SELECT tenant, %(shard)s, sum(n) FROM totals GROUP BY 1 ORDER BY 1
-    ON CONFLICT (tenant, shard) DO UPDATE SET expired = c.expired + excluded.expired
-), by_topic AS (
-    INSERT INTO volume AS v (tenant, topic, minute, shard, n)
-    SELECT tenant, topic COLLATE "C", minute, %(shard)s, -n FROM totals ORDER BY 1, 2, 3
-    ON CONFLICT (tenant, topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
-), in_all AS (
-    INSERT INTO volume_total AS v (tenant, minute, shard, n)
-    SELECT tenant, minute, %(shard)s, -sum(n) FROM totals GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (tenant, minute, shard) DO UPDATE SET n = v.n + excluded.n
-)
+), UNCOUNT
 SELECT tenant, topic, sum(n) FROM totals GROUP BY tenant, topic
-"""
+""".replace("UNCOUNT", uncount.UNCOUNT)
 # Step 2: the next blocks (by id) of a detached partition, about ``batch`` events, with the
 # ids of their events...
 _NEXT_BLOCKS = f"""
@@ -180,13 +169,18 @@ class Sweeper(Rounds[Swept]):
     log = log
 
     def __init__(self, settings: Settings) -> None:
-        horizon = settings.retention_seconds
-        if horizon is None:
-            raise ValueError("no retention is set (PUBSUB_RETENTION)")
+        if settings.retention_seconds is None and not settings.tenants_file:
+            raise ValueError("no retention is set (PUBSUB_RETENTION or a tenants file)")
         super().__init__(settings, interval=settings.retention_interval)
-        self.horizon = horizon
-        self.span = layout.span(horizon)
+        self.horizon = settings.retention_seconds
+        self.span = layout.span(self.horizon)
         self._removed_since_vacuum = 0
+        # The tenants' own retentions, read again when the file changes.
+        self.tenancy = (
+            Tenancy(path=settings.tenants_file, retention=settings.retention)
+            if settings.tenants_file
+            else None
+        )
 
     async def sweep(self, stop: asyncio.Event | None = None) -> Swept | None:
         """Remove what is past the horizon now; ``None`` if another process is sweeping."""
@@ -199,8 +193,11 @@ class Sweeper(Rounds[Swept]):
         await conn.execute(
             "SELECT add_partition(now() + %s::interval, %s::interval)", (self.span, self.span)
         )
-        cur = await conn.execute(_EXPIRED, {"horizon": self.horizon})
-        for name, detached in await cur.fetchall():
+        expired = []
+        if self.horizon is not None:
+            cur = await conn.execute(_EXPIRED, {"horizon": self.horizon})
+            expired = await cur.fetchall()
+        for name, detached in expired:
             if stop.is_set():
                 break
             if not detached:
@@ -213,6 +210,22 @@ class Sweeper(Rounds[Swept]):
                 break  # stopped: the next sweep goes on
             await conn.execute("SELECT drop_partition(%s)", (name,))
             log.info("dropped partition %s", name)
+        for tenant, horizon in await self._tenant_horizons(conn):
+            if stop.is_set():
+                break
+            gone = await tenant_expiry.expire(
+                conn,
+                tenant=tenant,
+                horizon=horizon,
+                batch=self.settings.retention_batch,
+                shard=SHARD,
+                pause=lambda took: self.pause(stop, took),
+            )
+            if gone is None:
+                break  # stopped: the next sweep goes on
+            removed += gone.events
+            touched.update(gone.topics)
+            metrics.EVENTS_EXPIRED.inc(gone.events)
         forgotten = await self.forget_empty_topics(sorted(touched)) if touched else 0
         if removed:
             await self.compact_volume()
@@ -224,6 +237,23 @@ class Sweeper(Rounds[Swept]):
                 removed, self.settings.retention, forgotten, swept.seconds,
             )  # fmt: skip
         return swept
+
+    async def _tenant_horizons(self, conn: psycopg.AsyncConnection[Any]) -> list[tuple[int, float]]:
+        """The tenants with a retention of their own shorter than the deployment's, by id,
+        with their horizons in seconds."""
+        if self.tenancy is None:
+            return []
+        self.tenancy.refresh()
+        own = {
+            name: tenant.retention.total_seconds()
+            for name, tenant in self.tenancy.registry.tenants.items()
+            if tenant.retention is not None
+            and (self.horizon is None or tenant.retention.total_seconds() < self.horizon)
+        }
+        if not own:
+            return []
+        ids = await tenant_expiry.tenant_ids(conn, sorted(own))
+        return [(ids[name], horizon) for name, horizon in sorted(own.items()) if name in ids]
 
     async def _detach(
         self, conn: psycopg.AsyncConnection[Any], name: str, stop: asyncio.Event

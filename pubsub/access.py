@@ -37,6 +37,7 @@ def tenancy(settings: Settings) -> Tenancy:
         path=settings.tenants_file,
         publish_token=settings.publish_token,
         read_token=settings.read_token,
+        retention=settings.retention,
     )
 
 

@@ -81,13 +81,14 @@ def setup(name: str, *, serves: Sequence[Route] = ()) -> Settings:
     except ValueError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         raise SystemExit(2) from None
-    if settings.tenants_file and serves:
+    if settings.tenants_file:
         # Read once here, so that a file that cannot be used stops the start in one line.
         try:
             tenants.Tenancy(
                 path=settings.tenants_file,
                 publish_token=settings.publish_token,
                 read_token=settings.read_token,
+                retention=settings.retention,
             )
         except tenants.TenantsError as exc:
             sys.stderr.write(f"configuration error: PUBSUB_TENANTS_FILE={exc}\n")

@@ -8,6 +8,7 @@ A deployment's tenants are declared once, in a TOML file named by ``PUBSUB_TENAN
     bytes_per_second = 2_000_000
     burst_seconds = 2
     streams = 8                  # live streams at once
+    retention = "7d"             # shorter than PUBSUB_RETENTION (see consumer.tenant_expiry)
 
     [[tokens]]
     token = "..."                # or token_file = "/run/secrets/team-a"
@@ -38,6 +39,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -80,19 +82,8 @@ class Tenant(BaseModel):
     bytes_per_second: float | None = Field(None, gt=0)
     burst_seconds: float = Field(1.0, gt=0, le=3600)
     streams: int | None = Field(None, ge=0)
-    # PUBSUB_RETENTION's rule: "30d", "12h"...
+    # PUBSUB_RETENTION's rule: "30d", "12h"...; at most PUBSUB_RETENTION (see Registry.load).
     retention: Horizon = None
-
-    @model_validator(mode="after")
-    def _retention_is_the_deployments(self) -> Tenant:
-        # Refused rather than ignored: a retention that silently does nothing keeps data
-        # its tenant asked to be rid of.
-        if self.retention is not None:
-            raise ValueError(
-                "a retention of its own is not supported yet: PUBSUB_RETENTION applies to "
-                "every tenant"
-            )
-        return self
 
 
 NO_LIMITS = Tenant()
@@ -183,9 +174,18 @@ class Registry:
         return cls({DEFAULT: Tenant()}, grants, anonymous, _ENVIRONMENT)
 
     @classmethod
-    def load(cls, path: str | Path, *, publish_token: str = "", read_token: str = "") -> Registry:
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        publish_token: str = "",
+        read_token: str = "",
+        retention: timedelta | None = None,
+    ) -> Registry:
         """The registry of the file at ``path``, with the environment's tokens as tokens of
-        ``default``; :class:`TenantsError` when it cannot be used."""
+        ``default``; :class:`TenantsError` when it cannot be used. A tenant's retention may
+        not pass the deployment's ``retention`` (its partitions go then, whoever's events
+        they hold)."""
         where = str(path)
         try:
             with Path(path).open("rb") as f:
@@ -202,6 +202,16 @@ class Registry:
             parsed = TenantsFile.model_validate(data)
         except ValidationError as exc:
             raise TenantsError(f"{where}: {_explain(exc)}") from None
+        for name, tenant in parsed.tenants.items():
+            if (
+                retention is not None
+                and tenant.retention is not None
+                and (tenant.retention > retention)
+            ):
+                raise TenantsError(
+                    f"{where}: tenants.{name}.retention: longer than PUBSUB_RETENTION "
+                    f"({retention}), which removes every tenant's events past it"
+                )
         return cls._of(parsed, where, publish_token=publish_token, read_token=read_token)
 
     @classmethod
@@ -304,9 +314,17 @@ def _explain(exc: ValidationError) -> str:
 class Tenancy:
     """The registry a service uses, read again from its file on :meth:`reload`."""
 
-    def __init__(self, *, path: str = "", publish_token: str = "", read_token: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        path: str = "",
+        publish_token: str = "",
+        read_token: str = "",
+        retention: timedelta | None = None,
+    ) -> None:
         self._path = path
         self._env = {"publish_token": publish_token, "read_token": read_token}
+        self._retention = retention
         self._stamp: tuple[int, int, int] | None = None
         self.registry = self._read()
 
@@ -318,7 +336,7 @@ class Tenancy:
         if not self._path:
             return Registry.of_environment(**self._env)
         self._stamp = _stamp(self._path)
-        return Registry.load(self._path, **self._env)
+        return Registry.load(self._path, **self._env, retention=self._retention)
 
     def reload(self) -> bool:
         """Read the file again; whether the new registry is in force. A file that does not
@@ -337,6 +355,10 @@ class Tenancy:
         )
         return True
 
+    def refresh(self) -> bool:
+        """Read the file again if it changed since it was read; whether it did."""
+        return bool(self._path) and _stamp(self._path) != self._stamp and self.reload()
+
     async def watch(self, stop: asyncio.Event, *, interval: float) -> None:
         """Read the file again whenever it changes (a Kubernetes secret is replaced without
         a signal), looking every ``interval`` seconds, until ``stop``."""
@@ -345,8 +367,8 @@ class Tenancy:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
-            if not stop.is_set() and _stamp(self._path) != self._stamp:
-                self.reload()
+            if not stop.is_set():
+                self.refresh()
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:

@@ -103,7 +103,6 @@ def test_the_scope_header_names_a_tenant_the_token_holds(good: Path) -> None:
         ("streams = 8", "streams = -1", "tenants.default.streams: Input should be greater"),
         ("events_per_second = 500", "events_per_second = -5", "tenants.default.events_per"),
         ("streams = 8", 'retention = "soon"', "tenants.default.retention: give a positive"),
-        ("streams = 8", 'retention = "7d"', "tenants.default: a retention of its own is not"),
         (f'token = "{READ}"', f'token = "{PUBLISH}"', "tokens[1]: the same token is given twice"),
         (f'token = "{READ}"', 'token = "short"', "tokens[1]: a token has 16 characters at least"),
         ('tenants = ["default"]', 'tenants = ["nobody"]', "tokens[0]: no tenant 'nobody'"),
