@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import record
+from bench import fairness, record
 from bench.ceilings import measure as measure_ceilings
 from bench.system import private_system
 from bench.workloads import RSS_CAP_MIB, Bench, Result, launch, table
@@ -100,6 +100,10 @@ async def main(args: argparse.Namespace) -> int:
                 await bench.drain(f"drain {args.scaling:,}, {n} consumer(s)", args.scaling, names)
             )
         bench.db.close()
+    print("fairness between tenants ...", file=sys.stderr)
+    fair = await fairness.measure(
+        limit=args.fair_limit, rate=args.fair_rate, seconds=args.fair_seconds
+    )
     print()
     out = record.Output()
     out(
@@ -111,8 +115,12 @@ async def main(args: argparse.Namespace) -> int:
     out()
     caps = ", ".join(f"{k} {v} MiB" for k, v in RSS_CAP_MIB.items())
     out(f"RSS caps checked on every workload: {caps}")
+    out()
+    out("Fairness between tenants (`python -m bench.fairness`):")
+    out()
+    fairness.report(out, fair, limit=args.fair_limit, rate=args.fair_rate)
     out.write("bench", title="Benchmark: ceilings and workloads")
-    return 1 if any(r.problems for r in results) else 0
+    return 1 if any(r.problems for r in results) or fair.problems else 0
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -121,6 +129,9 @@ def cli(argv: list[str] | None = None) -> None:
     p.add_argument("--single", type=float, default=15, help="seconds of each single-event load")
     p.add_argument("--backlog", type=int, default=1_000_000, help="events in the backlog drain")
     p.add_argument("--scaling", type=int, default=200_000, help="events per consumer-count drain")
+    p.add_argument("--fair-seconds", type=float, default=30, help="of each fairness run")
+    p.add_argument("--fair-limit", type=float, default=500, help="the flooding tenant's events/s")
+    p.add_argument("--fair-rate", type=float, default=1000, help="the other tenant's events/s")
     launch(main, p.parse_args(argv))
 
 
