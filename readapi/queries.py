@@ -591,20 +591,25 @@ def _named(text: str, values: list[Any], params: dict[str, Any], names: Iterator
 
 # The live head: transactions from the oldest one still running on are still to be read.
 _STREAM_HEAD = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
-# The first transaction that stored an event received at or after a time.
+# The first transaction that stored an event of a tenant received at or after a time. Not the
+# transaction of the earliest received block: consumers store concurrently, so a block
+# received later may be stored by an earlier transaction, whose events a stream must not skip.
+# The planner walks ``blocks_txid`` when most blocks qualify, ``blocks_received`` when few do.
 _STREAM_SINCE = """
-SELECT txid::text FROM blocks WHERE received >= %s ORDER BY received LIMIT 1
+SELECT min(txid)::text FROM blocks WHERE tenant = %s AND received >= %s
 """
 
 
-async def stream_start(conn: psycopg.AsyncConnection[Any], since: datetime | None) -> StreamCursor:
-    """Where a new stream begins: at the first event received at or after ``since``, or at
-    the live head (what is stored from now on)."""
+async def stream_start(
+    conn: psycopg.AsyncConnection[Any], since: datetime | None, *, tenant: int = layout.TENANT
+) -> StreamCursor:
+    """Where a new stream of ``tenant`` begins: before every event received at or after
+    ``since``, or at the live head (what is stored from now on)."""
     row = None
     if since is not None:
-        cur = await conn.execute(_STREAM_SINCE, (since,))
+        cur = await conn.execute(_STREAM_SINCE, (tenant, since))
         row = await cur.fetchone()
-    if row is None:
+    if row is None or row[0] is None:
         cur = await conn.execute(_STREAM_HEAD)
         row = await cur.fetchone()
     txid = int(row[0]) if row else 0

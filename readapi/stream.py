@@ -156,7 +156,7 @@ async def stream_events(
         if cursor is None:
             try:
                 async with pool.connection() as conn:
-                    cursor = await queries.stream_start(conn, since)
+                    cursor = await queries.stream_start(conn, since, tenant=filters.tenant)
             except queries.UNAVAILABLE as exc:
                 raise unavailable(exc) from None
         # A slow client is told so (see _Stream.run); one whose writes stall for longer than that

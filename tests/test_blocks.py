@@ -368,3 +368,22 @@ async def test_the_consumers_keys_are_the_databases(conn: Conn) -> None:
         (ids,),
     )
     assert [k for (k,) in await cur.fetchall()] == [layout.event_key(i) for i in ids]
+
+
+async def test_a_stream_since_a_time_starts_before_every_event_received_since(
+    own: Settings, conn: Conn
+) -> None:
+    """Consumers store concurrently: a message received later may be stored by an earlier
+    transaction. A stream started ``since`` a time must begin before both."""
+    now = datetime.now(UTC)
+    later, earlier = (now - timedelta(seconds=s) for s in (10, 20))
+    s = Store(own, shard=1)
+    try:
+        for at, name in ((later, "later"), (earlier, "earlier")):
+            events = [event("since", name, T0)]
+            await s.store([(f"unit-{name}", copy_rows(events, at.isoformat()))])
+    finally:
+        await s.close()
+    start = await queries.stream_start(conn, now - timedelta(seconds=30))
+    streamed = await stream_to_head(conn, start, scan=10, limit=10)
+    assert [c.event_id for c in streamed] == ["later", "earlier"]  # in storing order
