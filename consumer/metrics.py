@@ -11,6 +11,14 @@ EVENTS_RECEIVED = Counter(
 )
 EVENTS_STORED = Counter("pubsub_consumer_events_stored", "Unique events inserted.")
 EVENTS_DUPLICATE = Counter("pubsub_consumer_events_duplicate", "Duplicate events dropped.")
+# Labelled by tenant: the tenants that sent events (ingest lets in only those a tenants file
+# declares), so the file bounds the series.
+TENANT_RECEIVED = Counter(
+    "pubsub_consumer_tenant_events_received", "Events received, by tenant.", ["tenant"]
+)
+TENANT_STORED = Counter(
+    "pubsub_consumer_tenant_events_stored", "Unique events inserted, by tenant.", ["tenant"]
+)
 MESSAGES = Counter("pubsub_consumer_messages", "Broker messages stored and acknowledged.")
 REDELIVERED = Counter(
     "pubsub_consumer_units_repeated",
@@ -70,3 +78,6 @@ def record(stored: Stored, messages: int) -> None:
     REDELIVERED.inc(stored.redelivered)
     KEYS_REUSED.inc(stored.reused_keys)
     BATCH_EVENTS.observe(stored.received)
+    for tenant, (received, inserted) in stored.by_tenant.items():
+        TENANT_RECEIVED.labels(tenant).inc(received)
+        TENANT_STORED.labels(tenant).inc(inserted)

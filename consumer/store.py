@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -127,18 +127,19 @@ WITH given AS MATERIALIZED (
     INSERT INTO volume_total AS v (tenant, minute, shard, n)
     SELECT tenant, MINUTE_OF_TS, %(shard)s, count(*) FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (tenant, minute, shard) DO UPDATE SET n = v.n + excluded.n
-), received AS (
-    SELECT t.id AS tenant, r.n AS received, coalesce(s.n, 0) AS n
+), received AS MATERIALIZED (
+    SELECT t.id AS tenant, r.tenant AS name, r.n AS received, coalesce(s.n, 0) AS n
     FROM unnest(%(tenants)s::text[], %(received)s::bigint[]) AS r(tenant, n)
     JOIN tenants t ON t.name = r.tenant LEFT JOIN stored s ON s.tenant = t.id
+), counted AS (
+    INSERT INTO counters AS c (tenant, shard, received, unique_processed, duplicate_dropped)
+    SELECT tenant, %(shard)s, received, n, received - n FROM received ORDER BY tenant
+    ON CONFLICT (tenant, shard) DO UPDATE SET
+        received = c.received + excluded.received,
+        unique_processed = c.unique_processed + excluded.unique_processed,
+        duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped
 )
-INSERT INTO counters AS c (tenant, shard, received, unique_processed, duplicate_dropped)
-SELECT tenant, %(shard)s, received, n, received - n FROM received ORDER BY tenant
-ON CONFLICT (tenant, shard) DO UPDATE SET
-    received = c.received + excluded.received,
-    unique_processed = c.unique_processed + excluded.unique_processed,
-    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped
-RETURNING (SELECT coalesce(sum(s.n), 0)::bigint FROM stored s)
+SELECT name, received, n FROM received
 """.replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="at"))
     .replace("BLOCK_EVENTS", str(layout.BLOCK_EVENTS))
     .replace("BLOCK_BYTES", str(layout.BLOCK_BYTES))
@@ -229,6 +230,8 @@ class Stored:
     received: int
     inserted: int
     reused_keys: int = 0
+    # (received, inserted) by tenant name, for the metrics by tenant.
+    by_tenant: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def duplicates(self) -> int:
@@ -345,10 +348,12 @@ class Store:
                 # arrive in the order the INSERT takes its locks.
                 result = await self._insert(conn, [unique[k] for k in sorted(unique)],
                                             received=received, small=small)  # fmt: skip
-        inserted = 0
+        by_tenant: dict[str, tuple[int, int]] = {}
         if result is not None:
-            row = await result.fetchone()  # always one: the counters' upsert
-            inserted = row[0] if row and isinstance(row[0], int) else 0
+            # A row per tenant the batch received events of.
+            for name, got, new in await result.fetchall():
+                by_tenant[str(name)] = (int(str(got)), int(str(new)))
+        inserted = sum(new for _, new in by_tenant.values())
         claimed = sum(1 for key, _ in claims if key in fresh)
         return Stored(
             len(batch),
@@ -356,6 +361,7 @@ class Store:
             sum(received.values()),
             inserted,
             reused if isinstance(reused, int) else 0,
+            by_tenant,
         )
 
     async def _insert(

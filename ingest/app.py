@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from ingest import elastic, inflate, loki, native, otlp
+from ingest import deadletters, elastic, inflate, loki, native, otlp
 from ingest.broker import BrokerClient
 from ingest.budget import Budget
 from ingest.intake import BROKER, BUDGET, INFLATING, RATES, SETTINGS
@@ -53,6 +53,8 @@ def make_app(settings: Settings, broker: BrokerClient) -> web.Application:
         api.INDEX_BULK: bulk,
         api.PUT_BULK: bulk,
         api.PUT_INDEX_BULK: bulk,
+        api.DEAD_LETTERS: deadletters.list_dead,
+        api.REPLAY_DEAD_LETTERS: deadletters.replay,
     }
     routes.mount(app, api.INGEST, handlers, settings)
     health.add_health(app, ready, settings)

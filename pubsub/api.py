@@ -23,6 +23,7 @@ from pubsub.routes import Header, Query, Reply, Route, UpTo, ref
 
 HISTOGRAM_MAX_BUCKETS = 1000
 HISTOGRAM_MAX_INTERVAL = 3660 * 86400  # ten years and more: wider is no histogram
+DEAD_LETTERS_MAX = 1000  # messages listed or replayed by one request
 
 # --- query parameters ------------------------------------------------------------------------
 
@@ -171,6 +172,12 @@ class StreamQuery(Filters):
     )
 
 
+class DeadLettersQuery(Query):
+    limit: Annotated[int, Field(ge=1, le=DEAD_LETTERS_MAX)] = Field(
+        100, description=f"Most messages to list or replay (at most {DEAD_LETTERS_MAX})."
+    )
+
+
 # --- replies ---------------------------------------------------------------------------------
 
 
@@ -201,6 +208,42 @@ class Stats(TypedDict):
 class Bucket(TypedDict):
     start: str
     count: int
+
+
+class DeadLetterEntry(TypedDict):
+    """A message of the dead-letter queue: why it is there, how often it was delivered, its
+    size and the start of its body, and the tenant whose events it holds."""
+
+    message_id: str
+    reason: str
+    deliveries: int
+    size: int
+    preview: str
+    tenant: str
+
+
+class Replayed(TypedDict):
+    moved: int
+
+
+class TenantLimits(TypedDict):
+    """A tenant's limits as its tenants file declares them; ``null``: none."""
+
+    events_per_second: float | None
+    bytes_per_second: float | None
+    burst_seconds: float
+    streams: int | None
+    retention_seconds: float | None
+
+
+class TenantEntry(TypedDict):
+    """One tenant: its id, its limits, how many tokens may act as it (by scope, never the
+    tokens), and what it has stored now."""
+
+    id: str
+    limits: TenantLimits
+    tokens: dict[str, int]
+    stored: int
 
 
 class Histogram(TypedDict):
@@ -397,6 +440,39 @@ STATS = Route(
     errors=(401, 503),
 )
 
+TENANTS = Route(
+    method="GET",
+    path="/tenants",
+    auth="admin",
+    summary="The tenants, their limits and what each has stored (an admin token's).",
+    description="Only a token of scope `admin` from the tenants file may ask; the tokens "
+    "themselves are never shown, only how many of each scope may act as each tenant.",
+    replies={200: Reply("The tenants, in order.", list[TenantEntry])},
+    errors=(401, 403, 503),
+)
+
+DEAD_LETTERS = Route(
+    method="GET",
+    path="/dead-letters",
+    auth="admin",
+    summary="The messages of the dead-letter queue, left in place (an admin token's).",
+    query=DeadLettersQuery,
+    replies={200: Reply("The dead letters, oldest first.", list[DeadLetterEntry])},
+    errors=(400, 401, 403, 503),
+)
+REPLAY_DEAD_LETTERS = Route(
+    method="POST",
+    path="/dead-letters/replay",
+    auth="admin",
+    summary="Move dead letters back to the events queue (an admin token's).",
+    description="Once the cause is fixed: each is published with confirms before it leaves "
+    "the dead-letter queue, so none is lost on the way; only those there when the replay "
+    "began are moved.",
+    query=DeadLettersQuery,
+    replies={200: Reply("How many were moved.", Replayed)},
+    errors=(400, 401, 403, 503),
+)
+
 HEALTHZ = Route(
     method="GET",
     path="/healthz",
@@ -416,8 +492,9 @@ METRICS = Route(
     replies={200: Reply("text exposition format")},
 )
 
-INGEST = (PUBLISH, OTLP_LOGS, LOKI_PUSH, BULK, INDEX_BULK, PUT_BULK, PUT_INDEX_BULK)
-READ = (EVENTS, HISTOGRAM, STREAM, STATS)
+INGEST = (PUBLISH, OTLP_LOGS, LOKI_PUSH, BULK, INDEX_BULK, PUT_BULK, PUT_INDEX_BULK,
+          DEAD_LETTERS, REPLAY_DEAD_LETTERS)  # fmt: skip
+READ = (EVENTS, HISTOGRAM, STREAM, STATS, TENANTS)
 HEALTH = (HEALTHZ, READYZ, METRICS)
 # One port for everything (deploy/nginx/nginx.conf): the ingest routes go to ingest, the
 # rest to the read API.

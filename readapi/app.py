@@ -235,6 +235,48 @@ async def get_stats(request: web.Request) -> web.Response:
     )
 
 
+# What each tenant has stored now, by name.
+_STORED = """
+SELECT t.name, sum(c.unique_processed - c.expired)::bigint
+FROM counters c JOIN tenants t ON t.id = c.tenant GROUP BY t.name
+"""
+
+
+async def get_tenants(request: web.Request) -> web.Response:
+    sources = request.app[SOURCES]
+    registry = request.app[access.TENANCY].registry
+    try:
+        async with sources.pool.connection() as conn:
+            cur = await conn.execute(_STORED)
+            stored = {str(name): int(n) for name, n in await cur.fetchall()}
+    except queries.UNAVAILABLE as exc:
+        raise sources.unavailable(exc) from None
+    tokens: dict[str, dict[str, int]] = {name: {} for name in registry.tenants}
+    for grant in registry.grants.values():
+        for name in grant.tenants:
+            if name in tokens:
+                tokens[name][grant.scope] = tokens[name].get(grant.scope, 0) + 1
+    entries = []
+    for name in sorted(registry.tenants):
+        limits = registry.tenants[name]
+        retention = limits.retention.total_seconds() if limits.retention else None
+        entries.append(
+            api.TenantEntry(
+                id=name,
+                limits=api.TenantLimits(
+                    events_per_second=limits.events_per_second,
+                    bytes_per_second=limits.bytes_per_second,
+                    burst_seconds=limits.burst_seconds,
+                    streams=limits.streams,
+                    retention_seconds=retention,
+                ),
+                tokens=tokens[name],
+                stored=stored.get(name, 0),
+            )
+        )
+    return http.json_response(entries)
+
+
 def make_app(sources: Sources, stop: asyncio.Event | None = None) -> web.Application:
     """The read API; ``stop`` ends its live streams (a fresh event when not given)."""
     settings = sources.settings
@@ -260,6 +302,7 @@ def make_app(sources: Sources, stop: asyncio.Event | None = None) -> web.Applica
         api.HISTOGRAM: get_histogram,
         api.STREAM: get_stream,
         api.STATS: get_stats,
+        api.TENANTS: get_tenants,
     }
     routes.mount(app, api.READ, handlers, settings)
     health.add_health(app, ready, settings)

@@ -18,11 +18,13 @@ def token(tenant: str) -> str:
 
 
 MULTI = "token-of-alpha-and-beta-0123"
+ADMIN = "token-of-the-admin-0123456789"
 
 TENANTS_FILE = "\n".join(
     [*(f"[tenants.{t}]" for t in TENANTS)]
     + [f'[[tokens]]\ntoken = "{token(t)}"\nscope = "both"\ntenants = ["{t}"]' for t in TENANTS]
     + [f'[[tokens]]\ntoken = "{MULTI}"\nscope = "both"\ntenants = ["alpha", "beta"]']
+    + [f'[[tokens]]\ntoken = "{ADMIN}"\nscope = "admin"']
 )
 
 

@@ -17,8 +17,7 @@ import psycopg
 import pytest
 import yarl
 
-from consumer import deadletters
-from pubsub import topology
+from pubsub import deadletters, topology
 from pubsub.settings import Settings
 from pubsub.topology import ROUTING_KEY, Names
 from stack.supervisor import ChildFailed, Supervisor
@@ -224,7 +223,8 @@ async def test_dead_letters_are_listed_and_replayed(
         what="dead letters",
     )
     letters = await deadletters.list_dead(settings, limit=1000)
-    shown = [d.preview for d in letters if d.preview.startswith('[{"topic"') and topic in d.preview]
+    previews = [d["preview"] for d in letters]
+    shown = [p for p in previews if p.startswith('[{"topic"') and topic in p]
     assert len(shown) == 2, shown  # the compressed one shown inflated
     # Listing takes and returns them: more often than RabbitMQ 4's default delivery limit (20)
     # of quorum queues, and they are all still there.

@@ -80,6 +80,9 @@ def test_each_route_asks_for_its_own_kind_of_token() -> None:
         "/events/histogram": "read",
         "/events/stream": "read",
         "/stats": "read",
+        "/tenants": "admin",
+        "/dead-letters": "admin",
+        "/dead-letters/replay": "admin",
     }
     assert registry.access("Bearer p", None, "publish").tenant == "default"
     assert registry.access("Bearer r", None, "read").tenant == "default"

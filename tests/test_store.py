@@ -144,3 +144,34 @@ async def test_ledger_keys_past_the_retention_are_forgotten(
         await store.close()
     keys = {k for (k,) in db.execute("SELECT key FROM ledger WHERE key LIKE %s", (f"%{topic}",))}
     assert keys == {"new-" + topic}
+
+
+async def test_a_batch_of_two_tenants_stores_and_counts_each_under_its_own(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    """The same topic and ids from two tenants in one batch: both stored, each counted as its
+    tenant's (the consumers' metrics by tenant read ``by_tenant``)."""
+    topic = f"tenants-{uuid.uuid4().hex[:6]}"
+    events = [
+        {"topic": topic, "event_id": str(i), "timestamp": "2025-10-21T10:00:00Z",
+         "source": "s", "payload": {}}
+        for i in (1, 2, 2)
+    ]  # fmt: skip
+    store = Store(settings, shard=5)
+    try:
+        stored = await store.store(
+            [
+                (f"a-{topic}", copy_rows(events, NOW, "store-a")),
+                (f"b-{topic}", copy_rows(events[:1], NOW, "store-b")),
+            ]
+        )
+    finally:
+        await store.close()
+    assert (stored.received, stored.inserted) == (4, 3)
+    assert stored.by_tenant == {"store-a": (3, 2), "store-b": (1, 1)}
+    found = db.execute(
+        "SELECT t.name, count(*) FROM events e JOIN tenants t ON t.id = e.tenant"
+        " WHERE e.topic = %s GROUP BY 1 ORDER BY 1",
+        (topic,),
+    ).fetchall()
+    assert found == [("store-a", 2), ("store-b", 1)]

@@ -23,7 +23,7 @@ import yarl
 
 from publisher.tail import Message, messages
 from stack.supervisor import Supervisor
-from tests.fix_tenants import MULTI, TENANTS, headers
+from tests.fix_tenants import ADMIN, MULTI, TENANTS, headers
 from tests.support import event, eventually, take
 
 TOPICS = ("shared-1", "shared-2", "shared-3")
@@ -283,3 +283,25 @@ async def _stream(
     ) as resp:
         assert resp.status == 200, await resp.text()
         yield messages(resp)
+
+
+async def test_an_admin_token_lists_the_tenants_and_reads_no_events(
+    tenant_stack: Supervisor, world: World
+) -> None:
+    base = tenant_stack.read_url
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/tenants", headers=admin) as resp:
+            assert resp.status == 200, await resp.text()
+            listed = await resp.json()
+        assert [t["id"] for t in listed] == sorted(TENANTS)
+        for entry in listed:
+            assert entry["stored"] == len(world.stored[entry["id"]]), SEED
+            want = {"both": 2} if entry["id"] in ("alpha", "beta") else {"both": 1}
+            assert entry["tokens"] == want
+            assert ADMIN not in str(entry)
+        for url in (f"{base}/events", f"{base}/stats"):
+            async with http.get(url, headers=admin) as resp:
+                assert resp.status == 403
+        async with http.get(f"{base}/tenants", headers=headers("alpha")) as resp:
+            assert resp.status == 403
