@@ -20,6 +20,7 @@ from selenium.webdriver.support.ui import Select
 from stack.supervisor import Supervisor
 from tests.fix_browser import Shot
 from tests.fix_stack import StackFactory
+from tests.fix_tenants import MULTI, headers
 from tests.support import event, post_json, settled, stats
 
 T = TypeVar("T")
@@ -276,3 +277,23 @@ async def test_clicking_a_bar_narrows_the_range_and_follow_applies_the_filters(
     assert "live-even" not in row_ids(browser)
     until("the chart's last bar counts it", lambda: bars(browser)[-1].endswith("=1"))
     shot("following-search")
+
+
+async def test_the_page_reads_as_the_tenant_it_is_given_and_forgets_the_token_on_reload(
+    tenant_stack: Supervisor, http: aiohttp.ClientSession, browser: WebDriver, shot: Shot
+) -> None:
+    mine, theirs = (f"{who}-{uuid.uuid4().hex[:8]}" for who in ("beta", "alpha"))
+    for who, topic in (("beta", mine), ("alpha", theirs)):
+        async with http.post(
+            f"{tenant_stack.ingest_url}/publish", json=[event(topic, "x")], headers=headers(who)
+        ) as resp:
+            assert resp.status == 202
+    browser.get(tenant_stack.read_url + "/")
+    until("the token prompt", browser.find_element(By.ID, "token-box").is_displayed)
+    browser.find_element(By.ID, "tenant").send_keys("beta")
+    browser.find_element(By.ID, "token").send_keys(MULTI + "\n")
+    until("beta's topic", lambda: mine in topics(browser), 15.0)
+    assert theirs not in topics(browser)
+    shot("tenant-beta")
+    browser.refresh()  # the token lived in the page's memory only
+    until("the token prompt again", browser.find_element(By.ID, "token-box").is_displayed)

@@ -8,7 +8,10 @@
   const MAX_HELD = 5000;    // events kept while paused (all are counted)
 
   const state = {
-    token: sessionStorage.getItem("pubsub-read-token") || "",
+    // Kept in this page's memory only: a reload asks again, and no storage of the browser
+    // ever holds it.
+    token: "",
+    tenant: "",             // X-Scope-OrgID, when the token holds several tenants
     pages: [],              // URLs of the pages shown so far (for "previous")
     next: null,             // URL of the next page, from the Link header
     following: false,
@@ -32,6 +35,7 @@
   function headers(extra) {
     const h = Object.assign({ Accept: "application/json" }, extra || {});
     if (state.token) h.Authorization = "Bearer " + state.token;
+    if (state.tenant) h["X-Scope-OrgID"] = state.tenant;
     return h;
   }
 
@@ -39,10 +43,11 @@
   async function refusal(resp) {
     let message = resp.status + " " + resp.statusText;
     try { message = (await resp.json()).error || message; } catch (e) { /* not JSON */ }
-    if (resp.status === 401) {
+    if (resp.status === 401 || resp.status === 403) {
       $("token-box").hidden = false;
       $("token").focus();
-      return "This service needs a read token: " + message;
+      return (resp.status === 401 ? "This service needs a read token: "
+        : "This token may not read here: ") + message;
     }
     return message;
   }
@@ -525,7 +530,7 @@
   $("token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     state.token = $("token").value.trim();
-    sessionStorage.setItem("pubsub-read-token", state.token);
+    state.tenant = $("tenant").value.trim();
     $("token-box").hidden = true;
     loadTopics();
     restart();
