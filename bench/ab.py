@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", required=True, help="the commit to compare against")
     p.add_argument("--head", default="HEAD", help="the commit to measure (default HEAD)")
     p.add_argument("--rounds", type=int, default=2, help="runs of each, alternated")
+    p.add_argument(
+        "--name",
+        default="bench-ab",
+        help="the measurement file written (docs/measurements/NAME.md)",
+    )
     p.add_argument("bench_args", nargs="*", help="arguments of python -m bench (after --)")
     args = p.parse_args(argv)
     base_rev, head_rev = (_short(args.base), _short(args.head))
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         out(f"| {name} | {each[0]} | {each[1]} | {ratio:.2f} |")
     out()
     out(f"median ratio over the workloads: {statistics.median(ratios):.2f}")
-    out.write("bench-ab", title="Benchmark, A/B: two commits alternated in one run")
+    out.write(args.name, title="Benchmark, A/B: two commits alternated in one run")
     return 0
 
 
