@@ -59,3 +59,20 @@ def io_stalled_seconds() -> float:
     except OSError:
         return 0.0
     return int(some[-1].split("=")[1]) / 1e6
+
+
+def server_cpu_seconds() -> dict[str, float]:
+    """CPU seconds this machine's PostgreSQL and RabbitMQ servers spent so far, counting the
+    backends PostgreSQL's postmaster started and reaped (a run's connections come and go)."""
+    out = {"postgresql": 0.0, "rabbitmq": 0.0}
+    for kind, user, command in (
+        ("postgresql", "postgres", "postgres"),
+        ("rabbitmq", "rabbitmq", "beam.smp"),
+    ):
+        for pid in _pids(user, command):
+            try:
+                t = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            out[kind] += t.user + t.system + t.children_user + t.children_system
+    return out
