@@ -7,24 +7,29 @@ head...), with the same arguments (after ``--``), in this environment, and print
 the events/s of each run and the ratio of the heads' median to the bases'.
 
 Throughput on a shared 2-core machine swings by a third from one run to the next; the CPU a
-run spends per event swings far less. So each run's CPU seconds are counted too: the bench's
-whole process tree (services, load generators; every child is waited for, so its time is in
-this process's children's), PostgreSQL's server (the postmaster with the backends it reaped,
-and those still running) and RabbitMQ's, divided by the events of all its workloads.
+run spends per event swings far less. So each run's CPU seconds are counted too, up to the
+end of its workloads (the fairness runs after them are paced by the clock): the bench's whole
+process tree (services and load generators, those it reaped and those still running),
+PostgreSQL's server (the postmaster with the backends it reaped, and those still running) and
+RabbitMQ's, divided by the events of all its workloads.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+import psutil
 
 from bench import record
 from bench.cpu import server_cpu_seconds
@@ -35,9 +40,39 @@ _ROW = re.compile(r"^\| (?P<name>[^|]+?) \| (?P<events>[\d,]+) \| (?P<rate>[\d,]
 _CPU = ("CPU µs/event: all", "CPU µs/event: PostgreSQL")
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+# What the bench prints (on stderr) as its workloads end and its fairness runs begin: those
+# are paced by the clock, not by the machine, so the CPU per event is counted before them.
+_WORKLOADS_END = "fairness between tenants"
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid``, the children it reaped, and those still running."""
+    try:
+        root = psutil.Process(pid)
+        t = root.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in root.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+    except psutil.Error:
+        return 0.0
+    return total
+
+
+class _Cpu:
+    """The CPU a bench run spends on its workloads: its process tree, PostgreSQL, RabbitMQ."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = server_cpu_seconds()
+        self.spent: dict[str, float] = {}
+
+    def stop(self) -> None:
+        if not self.spent:
+            now = server_cpu_seconds()
+            self.spent = {k: v - self.before.get(k, 0.0) for k, v in now.items()}
+            self.spent["bench"] = _tree_cpu(self.pid)
 
 
 @contextmanager
@@ -65,35 +100,48 @@ def _short(rev: str) -> str:
 
 def run_bench(tree: Path, args: list[str]) -> dict[str, float]:
     """Events/s per workload of one ``python -m bench`` run of the code in ``tree``."""
-    servers = server_cpu_seconds()
-    children = _children_cpu()
     # From the tree's own directory: its packages come first on the path, for the bench and
     # for the services it starts (python -m ingest..., in the same directory).
-    done = subprocess.run(
+    bench = subprocess.Popen(
         [sys.executable, "-m", "bench", *args],
         cwd=tree,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
     )
+    cpu = _Cpu(bench.pid)
+    assert bench.stdout is not None and bench.stderr is not None
+
+    def relay(stream: IO[str]) -> None:
+        for line in stream:
+            if line.startswith(_WORKLOADS_END):
+                cpu.stop()
+            sys.stderr.write(line)
+
+    relaying = threading.Thread(target=relay, args=(bench.stderr,), daemon=True)
+    relaying.start()
+    stdout = bench.stdout.read()
+    cpu.stop()  # a bench without fairness runs: at its end
+    returncode = bench.wait()
+    relaying.join()
     # Each run's table as it ends: a long comparison shows its figures before the last run.
-    print(done.stdout, file=sys.stderr, flush=True)
-    spent = {k: v - servers.get(k, 0.0) for k, v in server_cpu_seconds().items()}
-    spent["bench"] = _children_cpu() - children
+    print(stdout, file=sys.stderr, flush=True)
     rates = {}
     events = 0
-    for line in done.stdout.splitlines():
+    for line in stdout.splitlines():
+        if line.startswith("Fairness between tenants"):
+            break
         if (m := _ROW.match(line)) and "FAIL" not in line:
             rates[m["name"]] = float(m["rate"].replace(",", ""))
             events += int(m["events"].replace(",", ""))
     if events:
-        rates[_CPU[0]] = sum(spent.values()) / events * 1e6
-        rates[_CPU[1]] = spent["postgresql"] / events * 1e6
+        rates[_CPU[0]] = sum(cpu.spent.values()) / events * 1e6
+        rates[_CPU[1]] = cpu.spent["postgresql"] / events * 1e6
     if not rates:
-        raise SystemExit(f"the bench of {tree} failed (exit {done.returncode})")
-    if done.returncode != 0:
+        raise SystemExit(f"the bench of {tree} failed (exit {returncode})")
+    if returncode != 0:
         # A workload whose counts did not agree has no rate; the others still compare.
-        print(f"the bench of {tree} failed a check (exit {done.returncode}): its FAIL rows "
+        print(f"the bench of {tree} failed a check (exit {returncode}): its FAIL rows "
               "are left out of the comparison", file=sys.stderr, flush=True)  # fmt: skip
     return rates
 
