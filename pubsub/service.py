@@ -12,6 +12,7 @@ import contextlib
 import gc
 import itertools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -23,7 +24,7 @@ from pubsub import logs, routes, tenants, tokens, topology
 from pubsub.backoff import Backoff
 from pubsub.errors import Unusable
 from pubsub.routes import Route
-from pubsub.settings import Settings
+from pubsub.settings import Settings, env_name, unknown_variables
 
 log = logging.getLogger("pubsub.service")
 
@@ -108,6 +109,8 @@ def setup(name: str, *, serves: Sequence[Route] = ()) -> Settings:
         sys.stderr.write(f"configuration error: {name}: {refusal}\n")
         raise SystemExit(2)
     logs.setup(service=name, level=settings.log_level, fmt=settings.log_format)
+    for line in unknown_variables(os.environ):  # refused in from_env unless told to warn
+        log.warning("%s; starting anyway (%s=warn)", line, env_name("unknown_variables"))
     # What this process runs with, tokens and passwords masked: the first thing to compare
     # when two processes behave differently.
     log.info("%s starting", name, extra={"settings": settings.redacted()})

@@ -9,6 +9,7 @@ log at start-up (:meth:`Settings.redacted`).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
@@ -32,6 +33,20 @@ from pydantic_settings.sources.utils import parse_env_vars
 from pubsub import tokens
 
 ENV_PREFIX = "PUBSUB_"
+# ``PUBSUB_*`` variables that are not settings and never will be, so a shell that exports them
+# still starts a service: the test suite's own (``PUBSUB_TEST_AMQP_URL``...), and those the
+# compose files interpolate (passwords, ports, images), which no service reads.
+TEST_PREFIX = ENV_PREFIX + "TEST_"
+DEPLOYMENT_VARIABLES = frozenset(
+    ENV_PREFIX + name
+    for name in (
+        "ADMIN_BIND", "APP_PASSWORD", "EXTRA_CA_BUNDLE", "GATEWAY_BIND", "GATEWAY_PORT",
+        "GRAFANA_PASSWORD", "GRAFANA_PORT", "IMAGE_GRAFANA", "IMAGE_NGINX", "IMAGE_POSTGRES",
+        "IMAGE_PROMETHEUS", "IMAGE_PYTHON", "IMAGE_RABBITMQ", "OWNER_PASSWORD",
+        "POSTGRES_PASSWORD", "PROMETHEUS_PORT", "RABBITMQ_PASSWORD", "RABBITMQ_UI_PORT",
+        "READER_PASSWORD", "TENANTS_TOML",
+    )
+)  # fmt: skip
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION_RULE = "give a positive number and a unit (s, m, h, d or w), e.g. 30d"
@@ -398,6 +413,14 @@ class Settings(BaseSettings):
         "of one tenant may hold together (429 past it), so that one tenant's flood leaves room "
         "for the others.",
     )
+    unknown_variables: Literal["refuse", "warn"] = Field(
+        "refuse",
+        description="A `PUBSUB_*` variable that is not a setting (a misspelling, or one of "
+        "another version): `refuse` stops the start naming it and the closest setting; `warn` "
+        "logs it and starts, for an environment shared with another version. The test "
+        "suite's `PUBSUB_TEST_*` and the compose files' variables are not settings and are "
+        "never refused.",
+    )
     tenants_reload_interval: Interval = Field(
         5.0,
         description="Seconds between looks at the tenants file for a change (it is also read "
@@ -459,11 +482,18 @@ class Settings(BaseSettings):
         given = {n: env[env_name(n)] for n in cls.model_fields if env.get(env_name(n))}
         reading = _ENVIRON.set(env)
         try:
-            return cls(**overrides)
+            settings = cls(**overrides)
         except ValidationError as exc:
             raise SettingsError(explain(exc, {**given, **overrides})) from None
         finally:
             _ENVIRON.reset(reading)
+        unknown = unknown_variables(env)
+        if unknown and settings.unknown_variables == "refuse":
+            raise SettingsError(
+                "; ".join(unknown) + f" (every setting: docs/operations.md#configuration; "
+                f"{env_name('unknown_variables')}=warn starts anyway)"
+            )
+        return settings
 
     @classmethod
     def settings_customise_sources(
@@ -543,6 +573,26 @@ def hide_passwords(url: str) -> str:
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``PUBSUB_*`` variable of ``environ`` that is not a setting, naming it and
+    the closest setting: a misspelled setting would otherwise be ignored without a word."""
+    known = [env_name(name) for name in Settings.model_fields]
+    lines = []
+    for variable in sorted(environ):
+        name = variable.upper()  # settings are read whatever the case
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name in known
+            or name in DEPLOYMENT_VARIABLES
+            or name.startswith(TEST_PREFIX)
+        ):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"{variable} is not a setting{hint}")
+    return lines
 
 
 def _env_text(value: Any) -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import hashlib
 import logging
 import re
@@ -296,10 +297,20 @@ def _environment_grants(publish_token: str, read_token: str) -> tuple[dict[bytes
     return grants, frozenset(anonymous)
 
 
+# The keys an entry may hold, by the table it is in, for a misspelling's suggestion.
+_KEYS = {
+    "": list(TenantsFile.model_fields),
+    "tenants": list(Tenant.model_fields),
+    "tokens": list(Token.model_fields),
+}
+
+
 def _explain(exc: ValidationError) -> str:
     """The first error as ``entry: rule``, the entry as the file names it
     (``tenants.team-a.streams``, ``tokens[2].scope``)."""
-    first = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # A misspelled key also leaves the key meant missing: the misspelling says more.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     entry = ""
     for part in first["loc"]:
         if part == "[key]":  # pydantic's mark of a table's name: the name is the entry
@@ -307,7 +318,10 @@ def _explain(exc: ValidationError) -> str:
         entry += f"[{part}]" if isinstance(part, int) else (f".{part}" if entry else str(part))
     message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown key"
+        loc = first["loc"]
+        table = str(loc[0]) if len(loc) > 1 else ""
+        close = difflib.get_close_matches(str(loc[-1]), _KEYS.get(table, ()), n=1)
+        message = "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
     return f"{entry}: {message}" if entry else message
 
 

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from pubsub.settings import Settings, SettingsError, markdown_table
+from pubsub.settings import (
+    DEPLOYMENT_VARIABLES,
+    TEST_PREFIX,
+    Settings,
+    SettingsError,
+    env_name,
+    markdown_table,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_and_overrides() -> None:
@@ -116,3 +128,51 @@ def test_an_empty_token_file_is_an_error_naming_it(tmp_path: Path) -> None:
         Settings.from_env({"PUBSUB_PUBLISH_TOKEN_FILE": str(empty)})
     empty.write_text("s3cret\n")
     assert Settings.from_env({"PUBSUB_PUBLISH_TOKEN_FILE": str(empty)}).publish_token == "s3cret"
+
+
+def test_a_misspelled_variable_stops_the_start_naming_the_setting_meant() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"PUBSUB_RETENTON": "7d"})
+    said = str(refused.value)
+    assert said.startswith("PUBSUB_RETENTON is not a setting (did you mean PUBSUB_RETENTION?)")
+    assert "PUBSUB_UNKNOWN_VARIABLES=warn" in said
+    # Nothing close: named, without a guess.
+    with pytest.raises(SettingsError, match=r"^PUBSUB_XYZZY is not a setting \(every setting"):
+        Settings.from_env({"PUBSUB_XYZZY": "1"})
+
+
+def test_warn_is_the_escape_hatch_and_says_what_it_ignores() -> None:
+    settings = Settings.from_env({"PUBSUB_RETENTON": "7d", "PUBSUB_UNKNOWN_VARIABLES": "warn"})
+    assert settings.retention is None
+
+
+def test_the_test_suites_and_the_compose_files_variables_are_not_refused() -> None:
+    given = {TEST_PREFIX + "AMQP_URL": "amqp://x/", "PUBSUB_GRAFANA_PASSWORD": "p", "HOME": "/"}
+    assert Settings.from_env(given) == Settings.from_env({})
+    # ...and no setting can ever be taken for one of them.
+    for name in Settings.model_fields:
+        assert not env_name(name).startswith(TEST_PREFIX)
+        assert env_name(name) not in DEPLOYMENT_VARIABLES
+
+
+def test_the_deployment_variables_are_those_the_compose_files_use() -> None:
+    used = set()
+    for path in [*ROOT.glob("docker-compose*.yml"), *ROOT.glob("deploy/**/*.yml")]:
+        used |= set(re.findall(r"\$\{(PUBSUB_[A-Z0-9_]+)", path.read_text()))
+    settings = {env_name(name) for name in Settings.model_fields}
+    assert used - settings == DEPLOYMENT_VARIABLES
+
+
+def test_a_service_started_with_a_misspelled_variable_exits_2_saying_so() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest"],
+        env={"PATH": "/usr/bin:/bin", "PUBSUB_PUBLISH_TIMEOT": "5"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "PUBSUB_PUBLISH_TIMEOT is not a setting (did you mean PUBSUB_PUBLISH_TIMEOUT?)" in (
+        done.stderr
+    )

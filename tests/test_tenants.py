@@ -100,6 +100,17 @@ def test_the_scope_header_names_a_tenant_the_token_holds(good: Path) -> None:
     [
         ('scope = "publish"', 'scope = "all"', "tokens[0].scope: Input should be"),
         ('tenants = ["default"]', 'tenants = ["default"]\nx = 1', "tokens[0].x: unknown key"),
+        (
+            'scope = "publish"',
+            'scopes = "publish"',
+            "tokens[0].scopes: unknown key (did you mean scope?)",
+        ),
+        (
+            "streams = 8",
+            "stream = 8",
+            "tenants.default.stream: unknown key (did you mean streams?)",
+        ),
+        ("[tenants.default]", "[tenant.default]", "tenant: unknown key (did you mean tenants?)"),
         ("streams = 8", "streams = -1", "tenants.default.streams: Input should be greater"),
         ("events_per_second = 500", "events_per_second = -5", "tenants.default.events_per"),
         ("streams = 8", 'retention = "soon"', "tenants.default.retention: give a positive"),
