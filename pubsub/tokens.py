@@ -14,6 +14,7 @@ import argparse
 import ipaddress
 import os
 import secrets
+import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -148,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.action == "show":
-            _print(show(args.dir))
+            # As shell assignments, for ``eval "$(... show)"`` (the README's tour) or .env.
+            for kind, token in show(args.dir).items():
+                print(f"{variable(kind)}={shlex.quote(token)}")
             return
         generated = init(args.dir, os.environ, new=args.new)
     except (OSError, TokenFileError) as exc:

@@ -23,6 +23,7 @@ import yaml
 from publisher.load import run_load
 from publisher.tail import messages
 from publisher.watch import fetch_stats
+from tests import tour
 from tests.containers.fix_compose import APP, HEALTHY_WITHIN, ROOT, Compose, docker
 from tests.support import eventually, grafana_sql, settled, stream_through
 
@@ -99,6 +100,26 @@ async def test_publishing_and_reading_need_the_tokens_printed_at_first_start(
             assert resp.status == 202, await resp.text()
         async with http.get(f"{compose.gateway}/stats") as resp:
             assert resp.status == 200
+
+
+def test_the_readme_tour_runs_as_written_through_the_gateway(compose: Compose) -> None:
+    steps = tour.read()
+    assert "localhost:8080" in steps.docker and "docker compose " in steps.docker
+    # The stack of these tests: its gateway's address, and its compose command (the same
+    # project, from COMPOSE_PROJECT_NAME; compose v1 where the plugin is missing).
+    setup = steps.docker.replace("localhost:8080", compose.gateway.removeprefix("http://"))
+    setup = setup.replace("docker compose ", " ".join(compose.command) + " ")
+    publish, events, stream, stats = steps.commands
+    env = dict(os.environ)
+    assert json.loads(tour.run(setup, publish, cwd=ROOT, env=env))["accepted"] == 1
+    deadline = time.monotonic() + 30
+    while not any(
+        e["event_id"] == "evt001" for e in json.loads(tour.run(setup, events, cwd=ROOT, env=env))
+    ):
+        assert time.monotonic() < deadline, "the tour's event was not stored within 30 s"
+        time.sleep(0.2)
+    assert json.loads(tour.run(setup, stats, cwd=ROOT, env=env))["unique_processed"] >= 1
+    tour.run(setup, stream, cwd=ROOT, env=env)  # a refused tail fails: --fail-with-body
 
 
 async def test_grafana_is_loopback_only_and_refuses_anonymous_data_source_queries(
