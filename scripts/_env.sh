@@ -15,22 +15,26 @@ fi
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Start the machine's own RabbitMQ and PostgreSQL when they are installed but down, and wait
-# for what was started (a machine without them goes on to testcontainers at once).
-started_local=""
-if ! port_open 5432 && command -v pg_ctlcluster >/dev/null 2>&1; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
-    started_local=1
-fi
-if ! port_open 5672 && command -v rabbitmq-server >/dev/null 2>&1; then
-    rabbitmq-server -detached || true
-    started_local=1
-fi
-if [ -n "$started_local" ]; then
-    for _ in $(seq 1 60); do
-        if port_open 5432 && port_open 5672; then break; fi
-        sleep 1
-    done
-fi
+# for what was started (a machine without them goes on to testcontainers at once). Every
+# script but the fast test lane (./scripts/test --fast) needs them.
+ensure_servers() {
+    local started_local=""
+    if ! port_open 5432 && command -v pg_ctlcluster >/dev/null 2>&1; then
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+        started_local=1
+    fi
+    if ! port_open 5672 && command -v rabbitmq-server >/dev/null 2>&1; then
+        rabbitmq-server -detached || true
+        started_local=1
+    fi
+    if [ -n "$started_local" ]; then
+        for _ in $(seq 1 60); do
+            if port_open 5432 && port_open 5672; then break; fi
+            sleep 1
+        done
+    fi
+}
+[ -n "${SCRIPT_NEEDS_NO_SERVERS:-}" ] || ensure_servers
 
 # The events page is tested in a real browser (tests/test_events_page.py): Debian's headless
 # Chromium and its driver, installed when missing (as root, or through sudo).

@@ -23,21 +23,9 @@ from pubsub.database import connect_kwargs
 from pubsub.settings import Settings
 from stack.supervisor import free_port
 from tests import servers
+from tests.prerequisites import AMQP_ENV, DB_ENV, docker_engine_answers
 from tests.servers import Server
 from tests.support import delete_topology, run_async
-
-AMQP_ENV = "PUBSUB_TEST_AMQP_URL"
-DB_ENV = "PUBSUB_TEST_DATABASE_URL"
-
-
-def _docker_engine_answers() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-    except Exception:  # noqa: BLE001 - any failure means "no engine"
-        return False
-    return True
 
 
 def _missing(what: str, env: str, example: str) -> str:
@@ -53,7 +41,7 @@ def broker() -> Iterator[Server]:
     if url:
         yield Server(url, servers.LocalRabbitMQ())
         return
-    if not _docker_engine_answers():
+    if not docker_engine_answers():
         pytest.fail(_missing("RabbitMQ", AMQP_ENV, "amqp://guest:guest@127.0.0.1:5672/"))
     with servers.rabbitmq_container(free_port()) as container:
         host, port = container.get_container_host_ip(), container.get_exposed_port(5672)
@@ -67,7 +55,7 @@ def database() -> Iterator[Server]:
     if url:
         yield Server(url, servers.LocalPostgres())
         return
-    if not _docker_engine_answers():
+    if not docker_engine_answers():
         pytest.fail(_missing("PostgreSQL", DB_ENV, "postgresql://postgres@127.0.0.1:5432/test"))
     with servers.postgres_container(free_port()) as container:
         yield Server(container.get_connection_url(driver=None), servers.ContainerServer(container))

@@ -1,5 +1,6 @@
 """The README and docs/ hold together: every relative link resolves (file and heading), the
-README stays a front page, and its commands are the ones the scripts run."""
+README stays a front page, its commands are the ones the scripts run, and the docs name only
+routes, variables and subcommands that exist (and every route)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+
+from pubsub import api
+from pubsub.settings import DEPLOYMENT_VARIABLES, Settings, env_name
+from stack.cli import COMMANDS
 
 ROOT = Path(__file__).parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -98,3 +103,62 @@ def test_every_figure_on_the_performance_page_is_in_what_its_section_cites() -> 
                 heading = section.splitlines()[0]
                 wrong.append(f"{heading}: {m[0]} (…{prose[max(0, m.start() - 40) : m.end()]})")
     assert not wrong, "figures no cited file holds:\n" + "\n".join(wrong)
+
+
+# --- the docs name what exists -----------------------------------------------------------------
+
+# The suite's own variables (tests/, scripts/), which are not settings either.
+TEST_VARIABLES = {"PUBSUB_TEST_AMQP_URL", "PUBSUB_TEST_DATABASE_URL", "PUBSUB_TEST_ARTIFACTS",
+                  "PUBSUB_TEST_SEED"}  # fmt: skip
+# The misspelling docs/operations.md shows being refused.
+MISSPELT = {"PUBSUB_RETENTON"}
+
+
+def test_every_route_declared_is_in_the_api_tables_first_column() -> None:
+    table = (ROOT / "docs" / "api.md").read_text().split("\n\n| route |", 1)[1].split("\n\n")[0]
+    rows = [line.split("|")[1] for line in table.splitlines()[2:]]
+    missing = []
+    for route in api.GATEWAY:
+        # A row names the method and the path in code spans; several paths may share it.
+        if not any(
+            route.method in row and re.search(rf"`(?:[A-Z ]+ )?{re.escape(route.path)}`", row)
+            for row in rows
+        ):
+            missing.append(f"{route.method} {route.path}")
+    assert not missing, f"docs/api.md's table has no row for: {', '.join(sorted(missing))}"
+
+
+def test_every_pubsub_variable_the_docs_name_exists() -> None:
+    known = {env_name(name) for name in Settings.model_fields}
+    known |= DEPLOYMENT_VARIABLES | TEST_VARIABLES | MISSPELT
+    unknown = []
+    for page in PAGES:
+        for name, wildcard in re.findall(r"\b(PUBSUB_[A-Z0-9_]*[A-Z0-9])(_\*)?", page.read_text()):
+            # PUBSUB_IMAGE_* names a family: some variable must start with it.
+            if (name not in known and not wildcard) or (
+                wildcard and not any(k.startswith(name + "_") for k in known)
+            ):
+                unknown.append(f"{page.relative_to(ROOT)}: {name}{wildcard}")
+    assert not unknown, "not a setting or a known variable: " + "; ".join(sorted(set(unknown)))
+
+
+COMMAND_WORDS = re.compile(r"pubsub-aggregator ([a-z][\w-]*)(?: ([a-z][\w-]*))?")
+
+
+def test_every_subcommand_the_docs_name_exists() -> None:
+    names = {c.name for c in COMMANDS}
+    actions = {"dead-letters": {"list", "replay"}}
+    wrong = []
+    for page in PAGES:
+        text = page.read_text()
+        # As a command: in a code span or a fenced block, not the project's name in prose.
+        code = re.findall(r"`[^`\n]+`", FENCE.sub("", text)) + FENCE.findall(text)
+        for snippet in code:
+            for word, then in re.findall(
+                r"pubsub-aggregator ([a-z][\w-]*)(?: ([a-z][\w-]*))?", snippet
+            ):
+                if word not in names:
+                    wrong.append(f"{page.relative_to(ROOT)}: pubsub-aggregator {word}")
+                elif word in actions and then and then not in actions[word]:
+                    wrong.append(f"{page.relative_to(ROOT)}: pubsub-aggregator {word} {then}")
+    assert not wrong, "no such subcommand: " + "; ".join(sorted(set(wrong)))
