@@ -139,6 +139,21 @@ def test_a_token_from_the_environment_wins_and_new_replaces_the_rest(tmp_path: P
     assert (tmp_path / "publish").read_text() not in ("from-env\n", "")
 
 
+def test_show_prints_shell_assignments_that_eval_gives_back(tmp_path: Path) -> None:
+    odd = 'it\'s a $token with `spaces` and \\ "quotes"'
+    _init(tmp_path, PUBSUB_PUBLISH_TOKEN=odd)
+    shown = subprocess.run(
+        [sys.executable, "-m", "pubsub.tokens", "show", "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    evaluated = subprocess.run(
+        ["bash", "-c", 'eval "$1"; printf "%s\\n%s" "$PUBSUB_PUBLISH_TOKEN" "$PUBSUB_READ_TOKEN"',
+         "-", shown],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert evaluated.split("\n") == [odd, (tmp_path / "read").read_text().strip()]
+
+
 def test_the_publisher_reads_its_tokens_from_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
