@@ -12,7 +12,9 @@ Runs the services as separate processes. Then:
    stream, then with each number of ``--idle-streams`` idle streams.
 
 With ``--base REV`` it measures the services of that commit too (from a git worktree), in the
-same run, so that the two sets of figures compare.
+same run, so that the two sets of figures compare; ``--rounds N`` measures each N times,
+alternated (base, this checkout, base...), and pools the probes of all rounds: a p99 of one
+round's 80 probes is its worst probe but one, and moves by a tenth from run to run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -96,10 +99,19 @@ def _cpu_ms_per_s(cpu: dict[str, float], seconds: float) -> tuple[float, float]:
 
 @dataclass
 class Figures:
-    """What one system measured."""
+    """What one system measured, in one round."""
 
-    latency: str = ""
+    delays: list[float] = field(default_factory=list)
     idle: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+
+def _latency(delays: list[float]) -> str:
+    delays = sorted(delays)
+    p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+    return (
+        f"p50 {statistics.median(delays) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+        f"max {delays[-1] * 1000:.0f} ms ({len(delays)} probes)"
+    )
 
 
 async def measure(args: argparse.Namespace, code: Path | None) -> Figures:
@@ -118,18 +130,11 @@ async def measure(args: argparse.Namespace, code: Path | None) -> Figures:
     ):
         stack.start_all()
         load = Load(stack, http, Counts(stack.settings, stack, http))
-        delays: list[float] = []
         until = time.monotonic() + args.seconds
         await asyncio.gather(
             load.send_batches(args.rate, until),
-            probe(http, stack, until, delays),
+            probe(http, stack, until, figures.delays),
             idle_until(http, stack, args.streams - 1, until),
-        )
-        delays.sort()
-        p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-        figures.latency = (
-            f"p50 {statistics.median(delays) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-            f"max {delays[-1] * 1000:.0f} ms ({len(delays)} probes)"
         )
         meter = CpuMeter(stack)
         for n in [0, *args.idle_streams]:
@@ -141,31 +146,45 @@ async def measure(args: argparse.Namespace, code: Path | None) -> Figures:
 
 
 async def main(args: argparse.Namespace) -> None:
-    systems: dict[str, Figures] = {}
-    if args.base:
-        with worktree(args.base) as tree:
-            systems[f"base {record.git('rev-parse', '--short', args.base)}"] = await measure(
-                args, tree
-            )
-    systems[f"this checkout {record.git('rev-parse', '--short', 'HEAD')}"] = await measure(
-        args, None
-    )
+    head = f"this checkout {record.git('rev-parse', '--short', 'HEAD')}"
+    systems: dict[str, list[Figures]] = {}
+    with contextlib.ExitStack() as trees:
+        codes: dict[str, Path | None] = {}
+        if args.base:
+            base = f"base {record.git('rev-parse', '--short', args.base)}"
+            codes[base] = trees.enter_context(worktree(args.base))
+        codes[head] = None
+        for r in range(args.rounds):
+            for name, code in codes.items():
+                print(f"round {r + 1}: {name} ...", file=sys.stderr, flush=True)
+                systems.setdefault(name, []).append(await measure(args, code))
     out = record.Output()
     out(
         f"Latency from the POST's answer to the probe event on its stream, with {args.streams} "
-        f"streams open and batched load at {args.rate:,.0f} events/s:"
+        f"streams open and batched load at {args.rate:,.0f} events/s"
+        + (f", {args.rounds} rounds alternated, probes pooled:" if args.rounds > 1 else ":")
     )
     out("")
-    for name, f in systems.items():
-        out(f"- {name}: {f.latency}")
+    for name, rounds in systems.items():
+        out(f"- {name}: {_latency([d for f in rounds for d in f.delays])}")
+        if args.rounds > 1:
+            for r, f in enumerate(rounds, 1):
+                out(f"  - round {r}: {_latency(f.delays)}")
     out("")
-    out(f"CPU of watching, over {args.idle:g} s with that many idle streams open (ms per second):")
+    out(
+        f"CPU of watching, over {args.idle:g} s with that many idle streams open (ms per second"
+        + (", the median of the rounds):" if args.rounds > 1 else "):")
+    )
     out("")
     names = list(systems)
     out("| idle streams | " + " | ".join(f"PostgreSQL, {n} | read API, {n}" for n in names) + " |")
     out("|---:|" + "---:|---:|" * len(names))
     for n in [0, *args.idle_streams]:
-        cells = " | ".join(f"{f.idle[n][0]:.0f} | {f.idle[n][1]:.0f}" for f in systems.values())
+        cells = " | ".join(
+            f"{statistics.median(f.idle[n][0] for f in rounds):.0f} | "
+            f"{statistics.median(f.idle[n][1] for f in rounds):.0f}"
+            for rounds in systems.values()
+        )
         out(f"| {n} | {cells} |")
     out.write("stream", title="The live stream: latency under load, cost of idle streams")
 
@@ -185,6 +204,7 @@ def cli() -> None:
     p.add_argument(
         "--base", help="also measure the services of this commit (a git worktree), first"
     )
+    p.add_argument("--rounds", type=int, default=1, help="measurements of each, alternated")
     asyncio.run(main(p.parse_args()))
 
 

@@ -174,20 +174,27 @@ class Supervisor:
     def wait_ready(self, name: str, timeout: float = 30.0) -> None:
         """Poll the child's ``/readyz`` until it answers 200; :class:`ChildFailed` if the child
         exits first or is not ready within ``timeout`` seconds."""
+        self.wait_first_ready([name], timeout)
+
+    def wait_first_ready(self, names: list[str], timeout: float = 30.0) -> float:
+        """Poll the ``/readyz`` of the children ``names`` until one answers 200, and return
+        when (``time.perf_counter()``); :class:`ChildFailed` if one exits first or none is
+        ready within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        url = f"{self.url(name)}/readyz"
         while time.monotonic() < deadline:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise ChildFailed(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise ChildFailed(f"{name} not ready within {timeout}s:\n{self.log(name)}")
+            for name in names:
+                proc = self.procs[name]
+                if proc.poll() is not None:
+                    raise ChildFailed(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
+                try:
+                    with urllib.request.urlopen(f"{self.url(name)}/readyz", timeout=1) as resp:
+                        if resp.status == 200:
+                            return time.perf_counter()
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        logs = "\n".join(self.log(name) for name in names)
+        raise ChildFailed(f"{', '.join(names)} not ready within {timeout}s:\n{logs}")
 
     # --- stopping --------------------------------------------------------------------------
 
