@@ -144,6 +144,16 @@ def test_a_misspelled_variable_stops_the_start_naming_the_setting_meant() -> Non
 def test_warn_is_the_escape_hatch_and_says_what_it_ignores() -> None:
     settings = Settings.from_env({"PUBSUB_RETENTON": "7d", "PUBSUB_UNKNOWN_VARIABLES": "warn"})
     assert settings.retention is None
+    started = subprocess.run(
+        [sys.executable, "-c", "from pubsub import service; service.setup('ingest')"],
+        env={"PATH": "/usr/bin:/bin", "PUBSUB_RETENTON": "7d", "PUBSUB_UNKNOWN_VARIABLES": "warn"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    assert (
+        "PUBSUB_RETENTON is not a setting (did you mean PUBSUB_RETENTION?); starting anyway"
+        in started.stderr
+    )
 
 
 def test_the_test_suites_and_the_compose_files_variables_are_not_refused() -> None:
