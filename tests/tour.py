@@ -3,7 +3,7 @@ bash the way a reader pastes them.
 
 What the tests add to a reader's shell, and only this: ``curl`` answers an HTTP error with a
 non-zero exit (``--fail-with-body``), every command is bounded in time, and the live tail
-(``curl -N``, which a reader ends with Ctrl-C) ends after a few seconds instead.
+(``curl -sN``, which a reader ends with Ctrl-C) ends after a few seconds instead.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 # Wraps curl as described above; exit 28 is curl's "the time ran out", a tail's normal end.
-_CURL = """
+_CURL = r"""
 curl() {
-    if [[ " $* " == *" -N "* ]]; then
+    if [[ " $* " =~ \ -[a-zA-Z]*N[a-zA-Z]*\  ]]; then
         command curl --fail-with-body --max-time 3 "$@" || [ $? = 28 ]
     else
         command curl --fail-with-body --max-time 30 "$@"
