@@ -137,6 +137,10 @@ async def measure(args: argparse.Namespace, code: Path | None) -> Figures:
             consumers=2,
             code=code,
             stream_max_clients=max(args.streams, *args.idle_streams) + 8,
+            # No background merge: it compacts the load's blocks a minute after they were
+            # stored, which is when the idle streams are measured, and its PostgreSQL CPU
+            # would be counted as theirs (a commit without merges ignores the setting).
+            merge_interval=0,
         ) as stack,
         # No limit on connections (100 by default): each stream holds one.
         aiohttp.ClientSession(
