@@ -61,7 +61,7 @@ ON CONFLICT DO NOTHING
 """
 _COUNT = """
 INSERT INTO counters AS c (shard, received, unique_processed) VALUES (-2, %(n)s, %(n)s)
-ON CONFLICT (shard) DO UPDATE SET received = c.received + excluded.received,
+ON CONFLICT (tenant, shard) DO UPDATE SET received = c.received + excluded.received,
     unique_processed = c.unique_processed + excluded.unique_processed
 """
 
