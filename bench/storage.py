@@ -104,8 +104,12 @@ async def retention(
 
     results.append(await load("batches of 100, no sweep"))
     stop = asyncio.Event()
+    began = time.monotonic()
     sweeping = asyncio.create_task(sweeper.sweep(stop))
+    done: list[float] = []
+    sweeping.add_done_callback(lambda _: done.append(time.monotonic()))
     results.append(await load("batches of 100, during a retention sweep"))
+    ended = time.monotonic()
     stop.set()
     swept = await sweeping
     await sweeper.close()
@@ -115,6 +119,8 @@ async def retention(
         row = conn.execute("SELECT count(*) FROM events WHERE topic LIKE 'expired-%'").fetchone()
     left = int(row[0]) if row else 0
     out(f"the sweep removed {removed:,} events during the load; {left:,} were left")
+    swept_for = (min(done[0], ended) if done else ended) - began
+    out(f"the sweep ran {swept_for:.0f} s of the load's {ended - began:.0f} s")
     if left == 0:
         problems.append("the sweep ran out of work before the load ended: raise --expired")
     if removed + left != args.expired:
