@@ -13,6 +13,12 @@ position at or after the feed's, and the feed hands a stream only events after i
 A stream whose buffer is full when the feed has an event for it (its client reads more slowly
 than events come) is dropped from the feed: it goes on reading by itself from where its buffer
 ends, at its client's pace, and joins again once it is back at the head.
+
+The feed reads only the blocks of the topics its streams follow (all of them when one stream
+follows every topic): a stream of a quiet topic beside a busy one costs a read of the quiet
+topic's blocks, not of every event stored. A stream of another topic that would join while a
+read is under way waits for the next: that read will move every follower past what it did not
+read.
 """
 
 from __future__ import annotations
@@ -100,13 +106,19 @@ class Feed:
         self._by_topic: defaultdict[str | None, set[Follower]] = defaultdict(set)
         self._count = 0
         self._task: asyncio.Task[None] | None = None
+        # The topics of the read under way, when it reads only some (see join).
+        self._reading_only: frozenset[str] | None = None
 
     def join(self, follower: Follower) -> bool:
         """Hand ``follower`` the events stored after its position from now on; False when the
-        feed has read past that position already (the follower must read on by itself)."""
+        feed has read past that position already, or is reading without its topic (the
+        follower must read on by itself, and join later)."""
         if self.position is None:
             self.position = follower.position
         elif follower.position < self.position:
+            return False
+        only = self._reading_only
+        if only is not None and follower.filters.topic not in only:
             return False
         self._by_topic[follower.filters.topic].add(follower)
         self._count += 1
@@ -135,12 +147,21 @@ class Feed:
         try:
             while self._count and not self.stop.is_set():
                 assert self.position is not None
+                topics = (
+                    None
+                    if None in self._by_topic
+                    else frozenset(t for t in self._by_topic if t is not None)
+                )
+                self._reading_only = topics
                 try:
                     async with self.pool.connection() as conn:
                         page = await queries.stream_read(
                             conn,
                             self.position,
-                            queries.Filters(tenant=self.tenant),
+                            queries.Filters(
+                                tenant=self.tenant,
+                                topics=None if topics is None else tuple(sorted(topics)),
+                            ),
                             limit=PAGE,
                             max_bytes=settings.stream_buffer_bytes,
                             scan=PAGE,
@@ -152,6 +173,8 @@ class Feed:
                     await service.stopped_within(self.stop, backoff.delay(failures))
                     failures += 1
                     continue
+                finally:
+                    self._reading_only = None
                 metrics.FEED_READS.inc()
                 self._hand_out(page)  # no await between the read and the new position
                 if page.caught_up:

@@ -112,6 +112,8 @@ class Filters:
     event_id: str | None = None
     words: tuple[str, ...] = ()  # of a search (see pubsub.search)
     tenant: int = layout.TENANT  # whose events: a reader sees its tenant's only
+    # Any of these topics: the live feed's, which reads only what its streams follow.
+    topics: tuple[str, ...] | None = None
 
     @property
     def exact(self) -> bool:
@@ -126,6 +128,9 @@ class Filters:
             if value is not None:
                 where.append(f"{column} = %s")
                 params.append(value)
+        if self.topics is not None:
+            where.append("topic = ANY(%s)")
+            params.append(list(self.topics))
         search.condition(list(self.words), where, params)
 
     def blocks_sql(self, where: list[str], params: list[Any], *, words: bool = True) -> None:
@@ -136,6 +141,9 @@ class Filters:
         if self.topic is not None:
             where.append("topic = %s")
             params.append(self.topic)
+        if self.topics is not None:
+            where.append("topic = ANY(%s)")
+            params.append(list(self.topics))
         if self.event_id is not None:
             # The blocks of the id's keys: one probe of the key table per topic.
             where.append(

@@ -13,11 +13,13 @@ from typing import Any
 import aiohttp
 import orjson
 import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from consumer.store import Store
 from pubsub import database
 from pubsub.settings import Settings
-from readapi import queries
+from readapi import feed, queries
 from stack.supervisor import Supervisor
 from tests.fix_stack import StackFactory
 from tests.support import delete_topology, event, eventually, horizon_passed, post_json, take
@@ -252,3 +254,80 @@ async def test_streams_whose_reads_time_out_narrow_then_end_and_events_still_ans
         db.execute("ROLLBACK")
     async with http.get(f"{stack.read_url}/events", params={"limit": "1"}) as resp:
         assert resp.status == 200, await resp.text()
+
+
+async def test_the_feed_reads_only_the_topics_its_streams_follow(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    quiet, busy, late = f"quiet-{run}", f"busy-{run}", f"late-{run}"
+    read_topics: list[tuple[str, ...] | None] = []
+    joined_during_a_read: list[bool] = []
+    late_follower: list[feed.Follower] = []
+    real_read = queries.stream_read
+
+    async def spied(*args: Any, **kwargs: Any) -> queries.StreamPage:
+        read_topics.append(args[2].topics)
+        if late_follower and not joined_during_a_read:
+            # A stream of another topic reaching the head while this read is under way: it
+            # must wait for the next read, which will include its topic.
+            joined_during_a_read.append(the_feed.join(late_follower[0]))
+        return await real_read(*args, **kwargs)
+
+    monkeypatch.setattr(queries, "stream_read", spied)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        kwargs={**database.connect_kwargs(settings), "autocommit": True},
+        open=False,
+    )
+    await pool.open()
+    stop = asyncio.Event()
+    the_feed = feed.Feed(settings.replace(stream_poll_interval=0.05), pool, stop)
+    store = Store(settings, shard=11)
+    try:
+        async with pool.connection() as conn:
+            head = await queries.stream_start(conn, None)
+        following = feed.Follower(queries.Filters(topic=quiet), head)
+        assert the_feed.join(following)
+        await store.store([(f"{busy}-0", rows(busy, list(range(500))))])
+        await store.store([(f"{quiet}-0", rows(quiet, [1, 2, 3]))])
+        await eventually(
+            lambda: _taken(following), lambda got: len(got) == 3, what="the quiet topic's events"
+        )
+        assert {topics for topics in read_topics} == {(quiet,)}, read_topics
+        assert {orjson.loads(e.data)["topic"] for _, e in following.buffer} == {quiet}
+
+        # A follower of another topic, at the feed's position, tries to join during a read.
+        assert the_feed.position is not None
+        late_follower.append(feed.Follower(queries.Filters(topic=late), the_feed.position))
+        await eventually(lambda: _value(joined_during_a_read), bool, what="a join during a read")
+        assert joined_during_a_read == [False]
+
+        # Refused, a stream reads on by itself up to the feed's position and tries again; it
+        # joins between two reads.
+        async def rejoin() -> bool:
+            assert the_feed.position is not None
+            late_follower[0].position = the_feed.position
+            return the_feed.join(late_follower[0])
+
+        await eventually(rejoin, bool, what="a join between reads")
+        await store.store([(f"{late}-0", rows(late, [7, 8]))])
+        await eventually(
+            lambda: _taken(late_follower[0]), lambda got: len(got) == 2, what="the late topic's"
+        )
+        assert (late, quiet) in read_topics
+    finally:
+        stop.set()
+        await the_feed.close()
+        await store.close()
+        await pool.close()
+
+
+async def _taken(follower: feed.Follower) -> list[str]:
+    return [orjson.loads(e.data)["event_id"] for _, e in follower.buffer]
+
+
+async def _value(found: list[bool]) -> list[bool]:
+    return found
