@@ -112,8 +112,9 @@ def setup(name: str, *, serves: Sequence[Route] = ()) -> Settings:
         sys.stderr.write(f"configuration error: {name}: {refusal}\n")
         raise SystemExit(2)
     logs.setup(service=name, level=settings.log_level, fmt=settings.log_format)
-    for line in unknown_variables(os.environ):  # refused in from_env unless told to warn
-        log.warning("%s; starting anyway (%s=warn)", line, env_name("unknown_variables"))
+    if settings.unknown_variables == "warn":  # else from_env refused them already
+        for line in unknown_variables(os.environ):
+            log.warning("%s; starting anyway (%s=warn)", line, env_name("unknown_variables"))
     # What this process runs with, tokens and passwords masked: the first thing to compare
     # when two processes behave differently.
     log.info("%s starting", name, extra={"settings": settings.redacted()})

@@ -122,28 +122,28 @@ class Filters:
 
     def sql(self, where: list[str], params: list[Any]) -> None:
         """Add this filter's conditions on events and their parameters."""
-        for column, value in (
-            ("topic", self.topic), ("event_id", self.event_id), ("source", self.source)
-        ):  # fmt: skip
+        self._topic_sql(where, params)
+        for column, value in (("event_id", self.event_id), ("source", self.source)):
             if value is not None:
                 where.append(f"{column} = %s")
                 params.append(value)
-        if self.topics is not None:
-            where.append("topic = ANY(%s)")
-            params.append(list(self.topics))
         search.condition(list(self.words), where, params)
 
-    def blocks_sql(self, where: list[str], params: list[Any], *, words: bool = True) -> None:
-        """Add the conditions a block must meet to hold an event these filters pass (but for
-        the words of a search, which need the block's text, unless ``words``)."""
-        where.append("tenant = %s")
-        params.append(self.tenant)
+    def _topic_sql(self, where: list[str], params: list[Any]) -> None:
+        # The same column on events and on blocks.
         if self.topic is not None:
             where.append("topic = %s")
             params.append(self.topic)
         if self.topics is not None:
             where.append("topic = ANY(%s)")
             params.append(list(self.topics))
+
+    def blocks_sql(self, where: list[str], params: list[Any], *, words: bool = True) -> None:
+        """Add the conditions a block must meet to hold an event these filters pass (but for
+        the words of a search, which need the block's text, unless ``words``)."""
+        where.append("tenant = %s")
+        params.append(self.tenant)
+        self._topic_sql(where, params)
         if self.event_id is not None:
             # The blocks of the id's keys: one probe of the key table per topic.
             where.append(
