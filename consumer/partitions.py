@@ -30,6 +30,13 @@ class Partitions:
     def covers(self, at: datetime) -> bool:
         return any(lo <= at < hi for lo, hi in self._known)
 
+    def start_of(self, at: datetime) -> datetime:
+        """The start of the known partition holding ``at`` (see :meth:`ensure`)."""
+        for lo, hi in self._known:
+            if lo <= at < hi:
+                return lo
+        raise LookupError(f"no known partition holds {at.isoformat()}")
+
     def forget(self) -> None:
         """Forget every partition (one was dropped, or the schema made again)."""
         self._known.clear()

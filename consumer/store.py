@@ -1,41 +1,37 @@
 """Idempotent storage of a batch of broker messages in one PostgreSQL transaction.
 
-Per batch: make sure the time partitions its receive times need exist, add its topics,
-record the ledger keys of its units (skipping units stored before: redeliveries and client
-retries, see :mod:`pubsub.message`), hand the new events to PostgreSQL (a COPY into a
-temporary table, or, for a few hundred or fewer, one parameter), insert their keys with
-``ON CONFLICT DO NOTHING`` and the new ones in blocks (see :mod:`pubsub.layout`), add to the
-shared counters, commit. Statements, not rows, cost here, so a batch of thousands of events
-takes six round trips, and a small one two (see :meth:`Store.store`).
+Per batch: make sure the time partitions its receive times need exist, add its topics, record
+the ledger keys of its units (skipping units stored before: redeliveries and client retries,
+see :mod:`pubsub.message`), cut the new units' events into chunks (:mod:`consumer.blocks`),
+insert their keys with ``ON CONFLICT DO NOTHING``, store the new ones in blocks (see
+:mod:`pubsub.layout`), add to the shared counters, commit. Statements, not rows, cost here: a
+batch is three round trips (a pipeline: the ledger's answer, the keys', then the blocks with
+the counters and COMMIT), whatever its size.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
 import psycopg
 
+from consumer import blocks
+from consumer.blocks import Row
 from consumer.partitions import Partitions
-from pubsub import database, dbschema, layout, tenants
+from pubsub import database, layout, tenants
 from pubsub.errors import Unusable
 from pubsub.message import Claim, Undecodable
 from pubsub.settings import Settings
 
+__all__ = ["Row", "Store", "Stored", "copy_rows"]
+
 log = logging.getLogger("pubsub.consumer.store")
 
-# The COPY columns: copy_rows() writes its lines in exactly this order (``key``: the hex of
-# the event's key, see pubsub.layout.event_key).
-_CREATE_INCOMING = """
-CREATE TEMP TABLE IF NOT EXISTS incoming (
-    topic text, event_id text, key text, ts text, source text, payload text, received_at text,
-    tenant text
-) ON COMMIT DELETE ROWS
-"""
 # The units' keys, and the claims of Idempotency-Keys with their bodies' fingerprints, in one
 # sorted insert (one lock order for every consumer). A claim that meets another fingerprint is
 # a key reused with another body: the ledger as it was before this insert says so.
@@ -53,7 +49,7 @@ WITH given AS (
 )
 SELECT ARRAY(SELECT key FROM added), (SELECT n FROM reused)
 """
-# Topics first, in a statement of their own: the events' statement then sees them (and their
+# Topics first, in a statement of their own: the keys' statement then sees them (and their
 # ids) in its snapshot, including those another consumer added a moment ago. Sorted, as every
 # consumer locks them in one order. Naming ``topics`` here also locks it before any event is
 # stored, which the retention sweep relies on (see consumer.retention). A tenant met for the
@@ -69,154 +65,112 @@ FROM unnest(%s::text[], %s::text[]) AS g(tenant, topic) JOIN tenants n ON n.name
 ORDER BY 1, 2
 ON CONFLICT DO NOTHING
 """
-# The events' keys decide which events are new (competing consumers insert them in one global
-# order, or overlapping batches deadlock); the new ones go into blocks of one tenant, topic,
-# partition and hour of timestamps, sorted by (ts, event_id) and cut at BLOCK_EVENTS
-# events or about BLOCK_BYTES (see pubsub.layout). A tenant or topic missing from its table
-# fails the keys' NOT NULL, a receive time without a partition the blocks' insert: none is
-# ever dropped quietly. The counters (``received``: the events of the batch's new units, by
-# tenant), the volume per minute and the blocks move in the same statement (fewer round trips
-# per batch).
-_INSERT_EVENTS = (
-    """
-WITH given AS MATERIALIZED (
-    SELECT topic, event_id, decode(key, 'hex') AS key, ts, source, payload, received_at,
-           ts::timestamptz AS at, received_at::timestamptz AS received, tenant AS tenant_name
-    FROM (GIVEN_ROWS) AS rows
-), placed AS MATERIALIZED (
-    SELECT g.*, n.id AS tenant, t.id AS topic_id, BLOCK_BIN AS hour,
-           coalesce(p.lo, '-infinity') AS part
-    FROM given g LEFT JOIN tenants n ON n.name = g.tenant_name
-    LEFT JOIN topics t ON t.tenant = n.id AND t.topic = g.topic
-    LEFT JOIN partitions p ON g.received >= p.lo AND g.received < p.hi AND NOT p.detached
-), chunked AS MATERIALIZED (
-    SELECT *, (row_number() OVER w - 1) / BLOCK_EVENTS AS by_count,
-              sum(octet_length(payload) + 64) OVER w / BLOCK_BYTES AS by_bytes
-    FROM placed
-    WINDOW w AS (PARTITION BY tenant, topic, part, hour ORDER BY at, event_id COLLATE "C")
-), numbered AS MATERIALIZED (
-    SELECT tenant, topic, part, hour, by_count, by_bytes, nextval('block_ids') AS block
-    FROM (SELECT DISTINCT tenant, topic, part, hour, by_count, by_bytes FROM chunked) AS chunks
+# The chunks (see consumer.blocks) get their block ids; the keys of their events go in, in the
+# order given (one order for every consumer, or overlapping batches deadlock), each pointing
+# to its chunk's block; the answer is the storing transaction, the chunks' block and tenant
+# ids, and which keys were new. A tenant or topic missing from its table fails the keys' NOT
+# NULL: never an event dropped quietly.
+_INSERT_KEYS = """
+WITH chunks AS MATERIALIZED (
+    SELECT c.i, n.id AS tenant, t.id AS topic, nextval('block_ids') AS block
+    FROM unnest(%(tenants)b::text[], %(topics)b::text[]) WITH ORDINALITY AS c(tenant, topic, i)
+    LEFT JOIN tenants n ON n.name = c.tenant
+    LEFT JOIN topics t ON t.tenant = n.id AND t.topic = c.topic
 ), keyed AS (
     INSERT INTO keys (tenant, topic, block, key)
-    SELECT c.tenant, c.topic_id, n.block, c.key
-    FROM chunked c JOIN numbered n USING (tenant, topic, part, hour, by_count, by_bytes)
-    ORDER BY c.tenant, c.topic_id, c.key
+    SELECT c.tenant, c.topic, c.block, e.key
+    FROM unnest(%(chunks)b::bigint[], %(keys)b::bytea[]) WITH ORDINALITY AS e(i, key, o)
+    JOIN chunks c USING (i)
+    ORDER BY e.o
     ON CONFLICT DO NOTHING
-    RETURNING tenant, topic, key, block
-), inserted AS MATERIALIZED (
-    SELECT c.*, k.block FROM chunked c
-    JOIN keyed k ON k.tenant = c.tenant AND k.topic = c.topic_id AND k.key = c.key
-), blocked AS (
-    INSERT INTO blocks (tenant, topic, id, received, min_ts, max_ts, first_id, last_id, n, events)
-    SELECT min(tenant), min(topic), block, max(received), min(at), max(at),
-           (array_agg(event_id ORDER BY at, event_id))[1],
-           (array_agg(event_id ORDER BY at DESC, event_id DESC))[1], count(*),
-           string_agg(concat_ws(E'\\t', event_id, ts, source, received_at,
-                                pg_current_xact_id()::text, payload),
-                      E'\\n' ORDER BY at, event_id COLLATE "C")
-    FROM inserted GROUP BY block
-), stored AS (
-    SELECT tenant, count(*) AS n FROM inserted GROUP BY tenant
-), by_topic AS (
+    RETURNING block, key
+)
+SELECT pg_current_xact_id()::text,
+       ARRAY(SELECT block FROM chunks ORDER BY i), ARRAY(SELECT tenant FROM chunks ORDER BY i),
+       ARRAY(SELECT block FROM keyed), ARRAY(SELECT key FROM keyed)
+"""
+# Blocks as the consumer built them. Of the event ids at a block's first (last) timestamp, the
+# first (last) by the database's collation, as reads order them; nearly always there is one. A
+# receive time without a partition fails the insert: retried (see Store.store).
+_FIRST = """CASE WHEN strpos({ids}, E'\\n') = 0 THEN {ids}
+     ELSE (SELECT {pick}(i) FROM string_to_table({ids}, E'\\n') AS i) END"""
+_INSERT_BLOCKS = f"""
+INSERT INTO blocks (tenant, topic, id, received, min_ts, max_ts, first_id, last_id, n, events)
+SELECT tenant, topic, id, received, min_ts, max_ts,
+       {_FIRST.format(ids="firsts", pick="min")}, {_FIRST.format(ids="lasts", pick="max")},
+       n, events
+FROM unnest(%(tenant)b::integer[], %(topic)b::text[], %(id)b::bigint[],
+            %(received)b::timestamptz[], %(min_ts)b::timestamptz[], %(max_ts)b::timestamptz[],
+            %(firsts)b::text[], %(lasts)b::text[], %(n)b::integer[], %(events)b::text[])
+     AS b(tenant, topic, id, received, min_ts, max_ts, firsts, lasts, n, events)
+"""
+# The counters (``received``: the events of the batch's new units, by tenant; ``n``: those
+# stored) and the volume per minute, in one statement; each in one sorted order, as every
+# consumer locks their rows.
+_COUNT = """
+WITH by_topic AS (
     INSERT INTO volume AS v (tenant, topic, minute, shard, n)
-    SELECT tenant, topic COLLATE "C", MINUTE_OF_TS, %(shard)s, count(*) FROM inserted
-    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    SELECT tenant, topic COLLATE "C", minute, %(shard)s, n
+    FROM unnest(%(v_tenant)s::integer[], %(v_topic)s::text[], %(v_minute)s::timestamptz[],
+                %(v_n)s::bigint[]) AS g(tenant, topic, minute, n)
+    ORDER BY 1, 2, 3
     ON CONFLICT (tenant, topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
 ), in_all AS (
     INSERT INTO volume_total AS v (tenant, minute, shard, n)
-    SELECT tenant, MINUTE_OF_TS, %(shard)s, count(*) FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+    SELECT tenant, minute, %(shard)s, n
+    FROM unnest(%(t_tenant)s::integer[], %(t_minute)s::timestamptz[], %(t_n)s::bigint[])
+         AS g(tenant, minute, n)
+    ORDER BY 1, 2
     ON CONFLICT (tenant, minute, shard) DO UPDATE SET n = v.n + excluded.n
-), received AS MATERIALIZED (
-    SELECT t.id AS tenant, r.tenant AS name, r.n AS received, coalesce(s.n, 0) AS n
-    FROM unnest(%(tenants)s::text[], %(received)s::bigint[]) AS r(tenant, n)
-    JOIN tenants t ON t.name = r.tenant LEFT JOIN stored s ON s.tenant = t.id
-), counted AS (
-    INSERT INTO counters AS c (tenant, shard, received, unique_processed, duplicate_dropped)
-    SELECT tenant, %(shard)s, received, n, received - n FROM received ORDER BY tenant
-    ON CONFLICT (tenant, shard) DO UPDATE SET
-        received = c.received + excluded.received,
-        unique_processed = c.unique_processed + excluded.unique_processed,
-        duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped
 )
-SELECT name, received, n FROM received
-""".replace("MINUTE_OF_TS", dbschema.MINUTE.format(column="at"))
-    .replace("BLOCK_EVENTS", str(layout.BLOCK_EVENTS))
-    .replace("BLOCK_BYTES", str(layout.BLOCK_BYTES))
-    .replace("BLOCK_BIN", layout.BLOCK_BIN.format(column="g.at"))
-)
-# Where the rows come from: the COPY into ``incoming``, or, for a small batch, the lines
-# themselves as one parameter that PostgreSQL splits. A COPY costs PostgreSQL about 0.7 ms
-# whatever its size, which a batch of a few single events pays many times over; past a few
-# hundred rows COPY is the cheaper per row (measured: 18 rows, 44-54 against 85-96 µs of
-# PostgreSQL CPU per row; 300 about even; 5,000, 22-25 against 17).
-_FROM_COPY = _INSERT_EVENTS.replace("GIVEN_ROWS", "SELECT * FROM incoming")
-_FROM_LINES = _INSERT_EVENTS.replace(
-    "GIVEN_ROWS",
-    """SELECT f[1] AS topic, f[2] AS event_id, f[3] AS key, f[4] AS ts, f[5] AS source,
-           f[6] AS payload, f[7] AS received_at, f[8] AS tenant
-    FROM (SELECT string_to_array(line, E'\\t') AS f
-          FROM string_to_table(%(lines)s, E'\\n') AS line) AS split""",
-)
-_COPY_FROM_ROWS = 256
-
-
-def _small(batch: Sequence[tuple[str, Sequence[Row]]]) -> bool:
-    """Whether ``batch`` goes as one parameter: few rows, and few bytes (one parameter is
-    held whole, several times over, where a COPY goes in pieces of ``_COPY_CHUNK``)."""
-    if sum(len(rows) for _, rows in batch) >= _COPY_FROM_ROWS:
-        return False
-    return sum(len(line) for _, rows in batch for _, line in rows) < _COPY_CHUNK
-
-
-# An event as the consumer stores it: its key ``(tenant, topic, event_id)``, and a line of
-# PostgreSQL's COPY text format (the columns of ``incoming``, tab-separated, not yet
-# backslash-escaped). Lines are made once per event as messages arrive, so storing a batch is
-# a single COPY.
-Row = tuple[tuple[str, str, str], str]
-
-
-# Bytes of COPY text built at once: a batch of large events is sent in pieces of about this
-# size rather than as one string (and its copies) the size of the whole batch.
-_COPY_CHUNK = 1 << 20
-
-
-def _chunks(lines: list[str], size: int) -> Iterator[list[str]]:
-    """``lines`` in consecutive groups of about ``size`` characters (one line at least)."""
-    group: list[str] = []
-    length = 0
-    for line in lines:
-        group.append(line)
-        length += len(line)
-        if length >= size:
-            yield group
-            group, length = [], 0
-    if group:
-        yield group
+INSERT INTO counters AS c (tenant, shard, received, unique_processed, duplicate_dropped)
+SELECT t.id, %(shard)s, r.received, r.n, r.received - r.n
+FROM unnest(%(tenants)s::text[], %(received)s::bigint[], %(stored)s::bigint[])
+     AS r(tenant, received, n)
+JOIN tenants t ON t.name = r.tenant
+ORDER BY t.id
+ON CONFLICT (tenant, shard) DO UPDATE SET
+    received = c.received + excluded.received,
+    unique_processed = c.unique_processed + excluded.unique_processed,
+    duplicate_dropped = c.duplicate_dropped + excluded.duplicate_dropped
+"""
+# Characters of lines per statement of blocks: a batch of large events goes in several, none
+# of them a parameter the size of the whole batch.
+_PIECE = 1 << 20
 
 
 def copy_rows(
     events: Sequence[Mapping[str, Any]], received_at: str, tenant: str = tenants.DEFAULT
 ) -> list[Row]:
     """The rows of decoded events of ``tenant`` (see :func:`pubsub.message.decode`); raise
-    :class:`~pubsub.message.Undecodable` if a field holds a COPY separator."""
+    :class:`~pubsub.message.Undecodable` if a field holds a line or field separator, or a
+    timestamp is not an ISO 8601 time with an offset."""
     dumps = orjson.dumps
     key_of = layout.event_key
+    parse = datetime.fromisoformat
     rows: list[Row] = []
     append = rows.append
     for e in events:
-        topic, event_id = e["topic"], e["event_id"]
-        payload = dumps(e["payload"]).decode()
+        topic, event_id, ts = e["topic"], e["event_id"], e["timestamp"]
+        try:
+            at = parse(ts)
+        except (TypeError, ValueError):
+            raise Undecodable(f"timestamp {str(ts)[:60]!r} is not an ISO 8601 time") from None
+        if at.tzinfo is None:
+            raise Undecodable(f"timestamp {ts[:60]!r} has no offset")
         append(
-            (
+            Row(
                 (tenant, topic, event_id),
-                f"{topic}\t{event_id}\t{key_of(event_id)}\t{e['timestamp']}\t{e['source']}\t"
-                f"{payload}\t{received_at}\t{tenant}",
+                key_of(event_id),
+                at,
+                received_at,
+                f"{event_id}\t{ts}\t{e['source']}\t{received_at}\t",
+                dumps(e["payload"]).decode(),
             )
         )
-    # Separators inside a field would shift the columns: refuse, cheaply, in C.
-    blob = "\n".join(line for _, line in rows)
-    if blob.count("\t") != 7 * len(rows) or blob.count("\n") != len(rows) - 1 or "\r" in blob:
+    # Separators inside a field would shift the columns of a line: refuse, cheaply, in C.
+    blob = "\n".join(f"{row.place[1]}\t{row.head}{row.payload}" for row in rows)
+    if blob.count("\t") != 5 * len(rows) or blob.count("\n") != len(rows) - 1 or "\r" in blob:
         raise Undecodable("a field holds a tab, newline or carriage return")
     return rows
 
@@ -249,9 +203,7 @@ class Store:
 
     async def connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         await self.close()
-        conn = await database.connect(self._settings, autocommit=True)
-        await conn.execute(_CREATE_INCOMING)
-        await conn.set_autocommit(False)
+        conn = await database.connect(self._settings)
         self._conn = conn
         return conn
 
@@ -277,9 +229,8 @@ class Store:
         A unit whose key is in the ledger already was stored before: it is skipped, events and
         counters alike. ``claims`` record Idempotency-Keys with their bodies' fingerprints;
         one whose key came before with another fingerprint counts as reused."""
-        # Every row of a unit was received at once: its line ends with that time and the
-        # tenant.
-        received = [rows[0][1].rsplit("\t", 2)[1] for _, rows in batch if rows]
+        # Every row of a unit was received at once.
+        received = [rows[0].received for _, rows in batch if rows]
         conn = await self._connection()
         await self._partitions.ensure(conn, received)
         for attempt in (1, 2):
@@ -305,13 +256,10 @@ class Store:
         batch: Sequence[tuple[str, Sequence[Row]]],
         claims: Sequence[Claim],
     ) -> Stored:
-        # A small batch sends BEGIN with the ledger's statement and COMMIT with the events':
-        # two round trips. A COPY cannot travel in a pipeline: a large batch takes five.
-        small = _small(batch)
-        result: psycopg.AsyncCursor[tuple[object, ...]] | None = None
-        pipeline = conn.pipeline() if small else contextlib.nullcontext()
-        async with pipeline, conn.transaction():
-            places = sorted({place[:2] for _, rows in batch for place, _ in rows})
+        # One pipeline: BEGIN leaves with the ledger's statement, COMMIT with the blocks'.
+        made = blocks.Blocks()
+        async with conn.pipeline(), conn.transaction():
+            places = sorted({row.place[:2] for _, rows in batch for row in rows})
             if any(tenant != tenants.DEFAULT for tenant, _ in places):
                 await conn.execute(_ADD_TENANTS, ([tenant for tenant, _ in places],))
             if places:
@@ -333,61 +281,94 @@ class Store:
                     "check the database's encoding (UTF8) and the ledger table"
                 )
             received: dict[str, int] = {}
-            unique: dict[tuple[str, str, str], str] = {}
+            unique: dict[tuple[str, str, str], Row] = {}
             taken: set[str] = set()
             for unit_key, rows in batch:
                 # A redelivery can meet its first copy in one batch: count each unit once.
                 if unit_key in fresh and unit_key not in taken and rows:
                     taken.add(unit_key)
-                    tenant = rows[0][0][0]  # a unit is one message's: of one tenant
+                    tenant = rows[0].place[0]  # a unit is one message's: of one tenant
                     received[tenant] = received.get(tenant, 0) + len(rows)
-                    for key, line in rows:
-                        unique.setdefault(key, line)  # the first copy in delivery order
+                    for row in rows:
+                        unique.setdefault(row.place, row)  # the first copy in delivery order
             if unique:
-                # Python orders str by code point, as COLLATE "C" orders UTF-8: the rows
-                # arrive in the order the INSERT takes its locks.
-                result = await self._insert(conn, [unique[k] for k in sorted(unique)],
-                                            received=received, small=small)  # fmt: skip
-        by_tenant: dict[str, tuple[int, int]] = {}
-        if result is not None:
-            # A row per tenant the batch received events of.
-            for name, got, new in await result.fetchall():
-                by_tenant[str(name)] = (int(str(got)), int(str(new)))
-        inserted = sum(new for _, new in by_tenant.values())
+                made = await self._insert(conn, list(unique.values()))
+            if received:
+                await self._count(conn, received, made)
+        stored = made.stored
+        by_tenant = {name: (got, stored.get(name, 0)) for name, got in received.items()}
         claimed = sum(1 for key, _ in claims if key in fresh)
         return Stored(
             len(batch),
             len(batch) - (len(fresh) - claimed),
             sum(received.values()),
-            inserted,
+            sum(stored.values()),
             reused if isinstance(reused, int) else 0,
             by_tenant,
         )
 
     async def _insert(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], rows: list[Row]
+    ) -> blocks.Blocks:
+        """Insert the keys of ``rows`` (one per key) and the new ones in blocks; those
+        blocks."""
+        times = {}
+        for text in {row.received for row in rows}:
+            at = datetime.fromisoformat(text)
+            times[text] = (at, self._partitions.start_of(at))
+        chunks = blocks.cut(rows, times)
+        order, keys = blocks.key_order(chunks)
+        cur = await conn.execute(
+            _INSERT_KEYS,
+            {
+                "tenants": [chunk.tenant for chunk in chunks],
+                "topics": [chunk.topic for chunk in chunks],
+                "chunks": order,
+                "keys": keys,
+            },
+            binary=True,
+        )
+        answer = await cur.fetchone()
+        if answer is None:
+            raise AssertionError("the keys' statement returned no row")
+        txid, ids, tenant_ids, new_blocks, new_keys = answer
+        made = blocks.blocks(
+            chunks,
+            ids=ids,  # type: ignore[arg-type]
+            tenant_ids=tenant_ids,  # type: ignore[arg-type]
+            new=zip(new_blocks, new_keys, strict=True),  # type: ignore[call-overload]
+            txid=str(txid),
+        )
+        for piece in made.pieces(_PIECE):
+            await conn.execute(_INSERT_BLOCKS, piece)
+        return made
+
+    async def _count(
         self,
         conn: psycopg.AsyncConnection[tuple[object, ...]],
-        lines: list[str],
-        *,
         received: Mapping[str, int],
-        small: bool,
-    ) -> psycopg.AsyncCursor[tuple[object, ...]]:
-        """Insert the rows of ``lines`` and move the counters (``received``: events by
-        tenant); the cursor of the statement, whose rows say how many were new."""
-        params: dict[str, object] = {
-            "shard": self._shard,
-            "tenants": list(received),
-            "received": list(received.values()),
-        }
-        if small:
-            # As they are: no COPY escapes (fields hold no tab or newline).
-            params["lines"] = "\n".join(lines)
-            return await conn.execute(_FROM_LINES, params)
-        cur = conn.cursor()
-        async with cur.copy("COPY incoming FROM STDIN") as copy:
-            for chunk in _chunks(lines, _COPY_CHUNK):
-                await copy.write(("\n".join(chunk) + "\n").replace("\\", "\\\\"))
-        return await cur.execute(_FROM_COPY, params)
+        made: blocks.Blocks,
+    ) -> None:
+        """Add ``received`` events by tenant, and ``made``'s, to the counters and volumes."""
+        total: dict[tuple[int, datetime], int] = {}
+        for (tenant, _, minute), n in made.volume.items():
+            total[tenant, minute] = total.get((tenant, minute), 0) + n
+        await conn.execute(
+            _COUNT,
+            {
+                "shard": self._shard,
+                "v_tenant": [tenant for tenant, _, _ in made.volume],
+                "v_topic": [topic for _, topic, _ in made.volume],
+                "v_minute": [minute for _, _, minute in made.volume],
+                "v_n": list(made.volume.values()),
+                "t_tenant": [tenant for tenant, _ in total],
+                "t_minute": [minute for _, minute in total],
+                "t_n": list(total.values()),
+                "tenants": list(received),
+                "received": list(received.values()),
+                "stored": [made.stored.get(tenant, 0) for tenant in received],
+            },
+        )
 
     async def prune(self, *, older_than: float) -> int:
         """Forget ledger keys older than ``older_than`` seconds; return how many."""

@@ -367,7 +367,7 @@ async def test_the_consumers_keys_are_the_databases(conn: Conn) -> None:
         " ORDER BY n",
         (ids,),
     )
-    assert [k for (k,) in await cur.fetchall()] == [layout.event_key(i) for i in ids]
+    assert [k for (k,) in await cur.fetchall()] == [layout.event_key(i).hex() for i in ids]
 
 
 async def test_a_stream_since_a_time_starts_before_every_event_received_since(
