@@ -147,29 +147,31 @@ def copy_rows(
     timestamp is not an ISO 8601 time with an offset."""
     dumps = orjson.dumps
     key_of = layout.event_key
-    parse = datetime.fromisoformat
+    parse = blocks.parse_time
     rows: list[Row] = []
     append = rows.append
     for e in events:
         topic, event_id, ts = e["topic"], e["event_id"], e["timestamp"]
         try:
             at = parse(ts)
-        except (TypeError, ValueError):
-            raise Undecodable(f"timestamp {str(ts)[:60]!r} is not an ISO 8601 time") from None
-        if at.tzinfo is None:
-            raise Undecodable(f"timestamp {ts[:60]!r} has no offset")
+        except (TypeError, ValueError, OverflowError, AttributeError):
+            raise Undecodable(
+                f"timestamp {str(ts)[:60]!r} is not an RFC 3339 time with an offset"
+            ) from None
         append(
             Row(
-                (tenant, topic, event_id),
-                key_of(event_id),
                 at,
+                event_id,
+                tenant,
+                topic,
+                key_of(event_id),
                 received_at,
                 f"{event_id}\t{ts}\t{e['source']}\t{received_at}\t",
                 dumps(e["payload"]).decode(),
             )
         )
     # Separators inside a field would shift the columns of a line: refuse, cheaply, in C.
-    blob = "\n".join(f"{row.place[1]}\t{row.head}{row.payload}" for row in rows)
+    blob = "\n".join([f"{row.topic}\t{row.head}{row.payload}" for row in rows])
     if blob.count("\t") != 5 * len(rows) or blob.count("\n") != len(rows) - 1 or "\r" in blob:
         raise Undecodable("a field holds a tab, newline or carriage return")
     return rows
@@ -259,7 +261,7 @@ class Store:
         # One pipeline: BEGIN leaves with the ledger's statement, COMMIT with the blocks'.
         made = blocks.Blocks()
         async with conn.pipeline(), conn.transaction():
-            places = sorted({row.place[:2] for _, rows in batch for row in rows})
+            places = sorted({(row.tenant, row.topic) for _, rows in batch for row in rows})
             if any(tenant != tenants.DEFAULT for tenant, _ in places):
                 await conn.execute(_ADD_TENANTS, ([tenant for tenant, _ in places],))
             if places:
@@ -281,13 +283,13 @@ class Store:
                     "check the database's encoding (UTF8) and the ledger table"
                 )
             received: dict[str, int] = {}
-            unique: dict[tuple[str, str, str], Row] = {}
+            unique: dict[tuple[str, str, str], Row] = {}  # by place
             taken: set[str] = set()
             for unit_key, rows in batch:
                 # A redelivery can meet its first copy in one batch: count each unit once.
                 if unit_key in fresh and unit_key not in taken and rows:
                     taken.add(unit_key)
-                    tenant = rows[0].place[0]  # a unit is one message's: of one tenant
+                    tenant = rows[0].tenant  # a unit is one message's: of one tenant
                     received[tenant] = received.get(tenant, 0) + len(rows)
                     for row in rows:
                         unique.setdefault(row.place, row)  # the first copy in delivery order
@@ -315,7 +317,7 @@ class Store:
         times = {}
         for text in {row.received for row in rows}:
             at = datetime.fromisoformat(text)
-            times[text] = (at, self._partitions.start_of(at))
+            times[text] = (blocks.utc(at), self._partitions.start_of(at))
         chunks = blocks.cut(rows, times)
         order, keys = blocks.key_order(chunks)
         cur = await conn.execute(

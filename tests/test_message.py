@@ -9,6 +9,7 @@ import aio_pika
 import orjson
 import pytest
 
+from consumer import blocks
 from consumer.store import Row, copy_rows
 from pubsub import message
 from pubsub.event import Event
@@ -41,12 +42,15 @@ def test_round_trip_in_pieces() -> None:
         request_ids=["r1"],
     )
     rows = rows_of(outgoing)
-    assert [row.place for row in rows] == [("default", "t", str(i)) for i in range(5)]
+    assert [(r.tenant, r.topic, r.event_id) for r in rows] == [
+        ("default", "t", str(i)) for i in range(5)
+    ]
     event_id, ts, source, received, rest = rows[3].head.split("\t")
     assert (event_id, source, received, rest) == ("3", "s", "received", "")
     assert rows[3].received == "received"
     assert rows[3].key == b"\x02" + b"3"  # an id that is not a UUID keys as its text
-    assert datetime.fromisoformat(ts) == rows[3].at == NOW
+    assert datetime.fromisoformat(ts) == NOW
+    assert rows[3].at == blocks.utc(NOW)  # in UTC, without a time zone
     assert orjson.loads(rows[3].payload) == {"a": [3]}
     assert message.decode(outgoing, max_bytes=LIMIT).request_ids == ["r1"]
 
