@@ -41,11 +41,7 @@ class Row(NamedTuple):
     received: str  # when ingest received it, ISO 8601 (the same for a whole message)
     head: str  # its line up to the storing transaction: event_id, ts, source, received_at
     payload: str  # JSON text
-
-    @property
-    def place(self) -> tuple[str, str, str]:
-        """``(event_id, tenant, topic)``: which event it is."""
-        return self[1:4]
+    place: tuple[str, str, str]  # (tenant, topic, event_id): which event it is
 
 
 @dataclass(slots=True)

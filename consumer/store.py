@@ -1,13 +1,12 @@
 """Idempotent storage of a batch of broker messages in one PostgreSQL transaction.
 
-Per batch: make sure the time partitions its receive times need exist, add its topics, record
-the ledger keys of its units (skipping units stored before: redeliveries and client retries,
-see :mod:`pubsub.message`), cut the new units' events into chunks (:mod:`consumer.blocks`),
-insert their keys with ``ON CONFLICT DO NOTHING``, store the new ones in blocks (see
+Per batch: make sure the time partitions its receive times need exist, cut its events into
+chunks (:mod:`consumer.blocks`), add its topics, record the ledger keys of its units (units
+stored before, redeliveries and client retries, are skipped: see :mod:`pubsub.message`) and
+insert its events' keys with ``ON CONFLICT DO NOTHING``, store the new ones in blocks (see
 :mod:`pubsub.layout`), add to the shared counters, commit. Statements, not rows, cost here: a
-batch is three round trips (a pipeline: the ledger's answer, the keys', then the blocks with
-the counters and COMMIT), whatever its size.
-"""
+batch is two round trips in one pipeline (the ledger's and the keys' answers, then the blocks
+with the counters and COMMIT), whatever its size."""
 
 from __future__ import annotations
 
@@ -89,6 +88,13 @@ SELECT pg_current_xact_id()::text,
        ARRAY(SELECT block FROM chunks ORDER BY i), ARRAY(SELECT tenant FROM chunks ORDER BY i),
        ARRAY(SELECT block FROM keyed), ARRAY(SELECT key FROM keyed)
 """
+# Keys that went in for events of a unit stored before (see Store._unstale).
+_TAKE_OUT_KEYS = """
+DELETE FROM keys k
+USING unnest(%s::text[], %s::text[], %s::bytea[]) AS d(tenant, topic, key)
+JOIN tenants n ON n.name = d.tenant JOIN topics t ON t.tenant = n.id AND t.topic = d.topic
+WHERE k.tenant = n.id AND k.topic = t.id AND k.key = d.key
+"""
 # Blocks as the consumer built them. Of the event ids at a block's first (last) timestamp, the
 # first (last) by the database's collation, as reads order them; nearly always there is one. A
 # receive time without a partition fails the insert: retried (see Store.store).
@@ -168,6 +174,7 @@ def copy_rows(
                 received_at,
                 f"{event_id}\t{ts}\t{e['source']}\t{received_at}\t",
                 dumps(e["payload"]).decode(),
+                (tenant, topic, event_id),
             )
         )
     # Separators inside a field would shift the columns of a line: refuse, cheaply, in C.
@@ -192,6 +199,29 @@ class Stored:
     @property
     def duplicates(self) -> int:
         return self.received - self.inserted
+
+
+@dataclass
+class _Keyed:
+    """What the keys' statement answered (see _INSERT_KEYS), with the chunks it was given."""
+
+    txid: str
+    chunks: list[blocks.Chunk]
+    ids: list[int]  # of the chunks' blocks
+    tenant_ids: list[int]
+    new: list[tuple[int, bytes]]  # (block id, key) of the new events
+
+    def add(self, more: _Keyed) -> None:
+        """Take in the answer of a second statement of the same transaction."""
+        self.chunks += more.chunks
+        self.ids += more.ids
+        self.tenant_ids += more.tenant_ids
+        self.new += more.new
+
+    def made(self) -> blocks.Blocks:
+        return blocks.blocks(
+            self.chunks, ids=self.ids, tenant_ids=self.tenant_ids, new=self.new, txid=self.txid
+        )
 
 
 class Store:
@@ -258,18 +288,28 @@ class Store:
         batch: Sequence[tuple[str, Sequence[Row]]],
         claims: Sequence[Claim],
     ) -> Stored:
-        # One pipeline: BEGIN leaves with the ledger's statement, COMMIT with the blocks'.
+        # Each event's first copy in delivery order, in chunks. Its keys go in with the
+        # ledger's statement, before anyone knows which units are new: nearly always all of
+        # them, and a unit stored before holds events whose keys are there already.
+        unique: dict[tuple[str, str, str], Row] = {}
+        for _, rows in batch:
+            for row in rows:
+                unique.setdefault(row.place, row)
+        chunks = self._cut(list(unique.values()))
+        keys = [key for key, _ in batch] + [key for key, _ in claims]
+        fingerprints = [None] * len(batch) + [body for _, body in claims]
         made = blocks.Blocks()
+        # One pipeline, two round trips: BEGIN leaves with the ledger's and the keys'
+        # statements, COMMIT with the blocks'.
         async with conn.pipeline(), conn.transaction():
-            places = sorted({(row.tenant, row.topic) for _, rows in batch for row in rows})
+            places = sorted({(chunk.tenant, chunk.topic) for chunk in chunks})
             if any(tenant != tenants.DEFAULT for tenant, _ in places):
                 await conn.execute(_ADD_TENANTS, ([tenant for tenant, _ in places],))
             if places:
                 await conn.execute(_ADD_TOPICS, tuple(map(list, zip(*places, strict=True))))
-            keys = [key for key, _ in batch] + [key for key, _ in claims]
-            fingerprints = [None] * len(batch) + [body for _, body in claims]
-            cur = await conn.execute(_RECORD_UNITS, (keys, fingerprints))
-            recorded = await cur.fetchone()
+            recording = await conn.execute(_RECORD_UNITS, (keys, fingerprints))
+            keying = await self._send_keys(conn, chunks) if chunks else None
+            recorded = await recording.fetchone()
             added, reused = (recorded[0], recorded[1]) if recorded else ([], 0)
             fresh = set(added) if isinstance(added, list) else set()
             unknown = fresh.difference(keys)
@@ -283,18 +323,23 @@ class Store:
                     "check the database's encoding (UTF8) and the ledger table"
                 )
             received: dict[str, int] = {}
-            unique: dict[tuple[str, str, str], Row] = {}  # by place
             taken: set[str] = set()
+            stale = False
             for unit_key, rows in batch:
                 # A redelivery can meet its first copy in one batch: count each unit once.
                 if unit_key in fresh and unit_key not in taken and rows:
                     taken.add(unit_key)
                     tenant = rows[0].tenant  # a unit is one message's: of one tenant
                     received[tenant] = received.get(tenant, 0) + len(rows)
-                    for row in rows:
-                        unique.setdefault(row.place, row)  # the first copy in delivery order
-            if unique:
-                made = await self._insert(conn, list(unique.values()))
+                elif rows and unit_key not in fresh:
+                    stale = True
+            if keying is not None:
+                keyed = await self._keyed(keying, chunks)
+                if stale:
+                    await self._unstale(conn, batch, fresh, keyed)
+                made = keyed.made()
+                for piece in made.pieces(_PIECE):
+                    await conn.execute(_INSERT_BLOCKS, piece)
             if received:
                 await self._count(conn, received, made)
         stored = made.stored
@@ -309,18 +354,55 @@ class Store:
             by_tenant,
         )
 
-    async def _insert(
-        self, conn: psycopg.AsyncConnection[tuple[object, ...]], rows: list[Row]
-    ) -> blocks.Blocks:
-        """Insert the keys of ``rows`` (one per key) and the new ones in blocks; those
-        blocks."""
+    async def _unstale(
+        self,
+        conn: psycopg.AsyncConnection[tuple[object, ...]],
+        batch: Sequence[tuple[str, Sequence[Row]]],
+        fresh: set[str],
+        keyed: _Keyed,
+    ) -> None:
+        """Correct ``keyed`` for the units of ``batch`` that were stored before (rare: a
+        redelivery, a client's retry). Their events' keys are there already, unless retention
+        took the events since: a key that went in for such an event is taken out again (the
+        unit was stored, and counted, once). And where such a unit held the first copy of an
+        event that a new unit holds too, the new unit's copy is the one to store."""
+        first: dict[tuple[str, str, str], str] = {}  # an event's first unit
+        first_fresh: dict[tuple[str, str, str], Row] = {}  # its first copy in a new unit
+        for unit_key, rows in batch:
+            for row in rows:
+                first.setdefault(row.place, unit_key)
+                if unit_key in fresh:
+                    first_fresh.setdefault(row.place, row)
+        new = set(keyed.new)
+        undone: list[tuple[int, bytes]] = []
+        gone: list[tuple[str, str, bytes]] = []
+        for chunk, block in zip(keyed.chunks, keyed.ids, strict=True):
+            for row in chunk.rows:
+                if first[row.place] not in fresh and (block, row.key) in new:
+                    undone.append((block, row.key))
+                    gone.append((row.tenant, row.topic, row.key))
+        if gone:
+            await conn.execute(_TAKE_OUT_KEYS, tuple(map(list, zip(*gone, strict=True))))
+            keyed.new = [pair for pair in keyed.new if pair not in set(undone)]
+        late = [row for place, row in first_fresh.items() if first[place] not in fresh]
+        if late:
+            chunks = self._cut(late)
+            keyed.add(await self._keyed(await self._send_keys(conn, chunks), chunks))
+
+    def _cut(self, rows: list[Row]) -> list[blocks.Chunk]:
+        """``rows`` (one per key) in chunks (see consumer.blocks)."""
         times = {}
         for text in {row.received for row in rows}:
             at = datetime.fromisoformat(text)
             times[text] = (blocks.utc(at), self._partitions.start_of(at))
-        chunks = blocks.cut(rows, times)
+        return blocks.cut(rows, times)
+
+    async def _send_keys(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], chunks: list[blocks.Chunk]
+    ) -> psycopg.AsyncCursor[tuple[object, ...]]:
+        """Insert the keys of ``chunks``' events; the cursor of the answer."""
         order, keys = blocks.key_order(chunks)
-        cur = await conn.execute(
+        return await conn.execute(
             _INSERT_KEYS,
             {
                 "tenants": [chunk.tenant for chunk in chunks],
@@ -330,20 +412,21 @@ class Store:
             },
             binary=True,
         )
+
+    async def _keyed(
+        self, cur: psycopg.AsyncCursor[tuple[object, ...]], chunks: list[blocks.Chunk]
+    ) -> _Keyed:
         answer = await cur.fetchone()
         if answer is None:
             raise AssertionError("the keys' statement returned no row")
         txid, ids, tenant_ids, new_blocks, new_keys = answer
-        made = blocks.blocks(
-            chunks,
-            ids=ids,  # type: ignore[arg-type]
-            tenant_ids=tenant_ids,  # type: ignore[arg-type]
-            new=zip(new_blocks, new_keys, strict=True),  # type: ignore[call-overload]
+        return _Keyed(
             txid=str(txid),
+            chunks=chunks,
+            ids=list(ids),  # type: ignore[call-overload]
+            tenant_ids=list(tenant_ids),  # type: ignore[call-overload]
+            new=list(zip(new_blocks, new_keys, strict=True)),  # type: ignore[call-overload]
         )
-        for piece in made.pieces(_PIECE):
-            await conn.execute(_INSERT_BLOCKS, piece)
-        return made
 
     async def _count(
         self,

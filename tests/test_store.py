@@ -88,6 +88,73 @@ async def test_a_redelivered_message_is_not_counted_twice(
     assert volume(db, topic) == 3  # the rollup counts what was inserted, once
 
 
+async def stored_with_e2_expired(
+    settings: Settings, db: psycopg.Connection[Any], topic: str
+) -> Store:
+    """A store that stored unit ``m-<topic>`` (events e1 and e2), after which e2's key went,
+    as retention takes it."""
+    store = Store(settings, shard=3)
+    await store.store([("m-" + topic, rows(topic, [1, 2]))])
+    db.execute(
+        "DELETE FROM keys WHERE topic = (SELECT id FROM topics WHERE topic = %s)"
+        " AND key = event_key('e2')",
+        (topic,),
+    )
+    return store
+
+
+async def test_an_event_of_a_unit_stored_before_is_stored_from_a_new_unit_beside_it(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    """A batch holds a redelivered unit and a new one with an event in common, first in the
+    redelivered one; that event's key is gone since (retention dropped it). The new unit's
+    copy is stored: the first copy of a unit stored before never stands in for it."""
+    topic = f"late-{uuid.uuid4().hex[:6]}"
+    store = await stored_with_e2_expired(settings, db, topic)
+    try:
+        before = counters(db)
+        later = [row._replace(payload='{"copy":"later"}') for row in rows(topic, [2, 3])]
+        again = await store.store([("m-" + topic, rows(topic, [1, 2])), ("n-" + topic, later)])
+    finally:
+        await store.close()
+    assert (again.received, again.inserted, again.redelivered) == (2, 2, 1)
+    delta = tuple(a - b for a, b in zip(counters(db), before, strict=True))
+    assert delta == (2, 2, 0)
+    # e2's first block is still there (its key went); the new one holds the later copy.
+    found = db.execute(
+        "SELECT e.event_id, e.payload::text FROM events e JOIN keys k ON k.block = e.block"
+        " AND k.key = event_key(e.event_id) WHERE e.topic = %s ORDER BY 1",
+        (topic,),
+    ).fetchall()
+    assert [(i, orjson.loads(p)) for i, p in found] == [
+        ("e1", {"i": 1, "text": "back\\slash"}),
+        ("e2", {"copy": "later"}),
+        ("e3", {"copy": "later"}),
+    ]
+
+
+async def test_a_unit_stored_before_stores_nothing_again_once_its_events_expired(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    """A unit's ledger key outlives one of its events (retention took it): its redelivery is
+    still a unit stored before, and brings nothing back."""
+    topic = f"gone-{uuid.uuid4().hex[:6]}"
+    store = await stored_with_e2_expired(settings, db, topic)
+    try:
+        before = counters(db)
+        again = await store.store([("m-" + topic, rows(topic, [1, 2]))])
+    finally:
+        await store.close()
+    assert (again.received, again.inserted, again.redelivered) == (0, 0, 1)
+    assert counters(db) == before
+    keys = db.execute(
+        "SELECT count(*) FROM keys WHERE topic = (SELECT id FROM topics WHERE topic = %s)",
+        (topic,),
+    ).fetchone()
+    assert keys == (1,)  # e2's key is not back either
+    assert volume(db, topic) == 2
+
+
 def volume(db: psycopg.Connection[Any], topic: str) -> int:
     """The topic's events by the per-minute rollup."""
     row = db.execute("SELECT coalesce(sum(n), 0) FROM volume WHERE topic = %s", (topic,)).fetchone()
