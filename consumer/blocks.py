@@ -159,9 +159,9 @@ def blocks(
         out.tenant.append(tenant)
         out.topic.append(chunk.topic)
         out.id.append(block)
-        out.received.append(chunk.received.replace(tzinfo=UTC))
-        out.min_ts.append(first.replace(tzinfo=UTC))
-        out.max_ts.append(last.replace(tzinfo=UTC))
+        out.received.append(chunk.received)
+        out.min_ts.append(first)
+        out.max_ts.append(last)
         out.firsts.append("\n".join(_ids_at(rows, first)))
         out.lasts.append("\n".join(_ids_at(reversed(rows), last)))
         out.n.append(len(rows))
@@ -172,12 +172,12 @@ def blocks(
         hi, n = lo + _MINUTE, 0
         for row in rows:
             if row.at >= hi:
-                where = (tenant, chunk.topic, lo.replace(tzinfo=UTC))
+                where = (tenant, chunk.topic, lo)
                 volume[where] = volume.get(where, 0) + n
                 lo = minute(row.at)
                 hi, n = lo + _MINUTE, 0
             n += 1
-        where = (tenant, chunk.topic, lo.replace(tzinfo=UTC))
+        where = (tenant, chunk.topic, lo)
         volume[where] = volume.get(where, 0) + n
         out.stored[chunk.tenant] = out.stored.get(chunk.tenant, 0) + len(rows)
     return out

@@ -102,38 +102,41 @@ _FIRST = """CASE WHEN strpos({ids}, E'\\n') = 0 THEN {ids}
      ELSE (SELECT {pick}(i) FROM string_to_table({ids}, E'\\n') AS i) END"""
 _INSERT_BLOCKS = f"""
 INSERT INTO blocks (tenant, topic, id, received, min_ts, max_ts, first_id, last_id, n, events)
-SELECT tenant, topic, id, received, min_ts, max_ts,
+SELECT tenant, topic, id, received AT TIME ZONE 'UTC', min_ts AT TIME ZONE 'UTC',
+       max_ts AT TIME ZONE 'UTC',
        {_FIRST.format(ids="firsts", pick="min")}, {_FIRST.format(ids="lasts", pick="max")},
        n, events
 FROM unnest(%(tenant)b::integer[], %(topic)b::text[], %(id)b::bigint[],
-            %(received)b::timestamptz[], %(min_ts)b::timestamptz[], %(max_ts)b::timestamptz[],
+            %(received)b::timestamp[], %(min_ts)b::timestamp[], %(max_ts)b::timestamp[],
             %(firsts)b::text[], %(lasts)b::text[], %(n)b::integer[], %(events)b::text[])
      AS b(tenant, topic, id, received, min_ts, max_ts, firsts, lasts, n, events)
 """
-# The counters (``received``: the events of the batch's new units, by tenant; ``n``: those
-# stored) and the volume per minute, in one statement; each in one sorted order, as every
-# consumer locks their rows.
+# The counters (``received``: the events of the batch's new units, by tenant; ``stored``: those
+# stored) and the volume per minute (times in UTC), in one statement; each in one sorted order,
+# as every consumer locks their rows. One JSON document rather than ten arrays: a batch of
+# single events is mostly fixed costs, and each array parameter is one.
 _COUNT = """
 WITH by_topic AS (
     INSERT INTO volume AS v (tenant, topic, minute, shard, n)
-    SELECT tenant, topic COLLATE "C", minute, %(shard)s, n
-    FROM unnest(%(v_tenant)s::integer[], %(v_topic)s::text[], %(v_minute)s::timestamptz[],
-                %(v_n)s::bigint[]) AS g(tenant, topic, minute, n)
+    SELECT tenant, topic COLLATE "C", minute AT TIME ZONE 'UTC', %(shard)s, n
+    FROM json_to_recordset(%(counts)s::json -> 'volume')
+         AS g(tenant integer, topic text, minute timestamp, n bigint)
     ORDER BY 1, 2, 3
     ON CONFLICT (tenant, topic, minute, shard) DO UPDATE SET n = v.n + excluded.n
 ), in_all AS (
     INSERT INTO volume_total AS v (tenant, minute, shard, n)
-    SELECT tenant, minute, %(shard)s, n
-    FROM unnest(%(t_tenant)s::integer[], %(t_minute)s::timestamptz[], %(t_n)s::bigint[])
-         AS g(tenant, minute, n)
+    SELECT tenant, minute AT TIME ZONE 'UTC', %(shard)s, sum(n)
+    FROM json_to_recordset(%(counts)s::json -> 'volume')
+         AS g(tenant integer, topic text, minute timestamp, n bigint)
+    GROUP BY 1, 2
     ORDER BY 1, 2
     ON CONFLICT (tenant, minute, shard) DO UPDATE SET n = v.n + excluded.n
 )
 INSERT INTO counters AS c (tenant, shard, received, unique_processed, duplicate_dropped)
-SELECT t.id, %(shard)s, r.received, r.n, r.received - r.n
-FROM unnest(%(tenants)s::text[], %(received)s::bigint[], %(stored)s::bigint[])
-     AS r(tenant, received, n)
-JOIN tenants t ON t.name = r.tenant
+SELECT t.id, %(shard)s, r.received, r.stored, r.received - r.stored
+FROM json_to_recordset(%(counts)s::json -> 'tenants')
+     AS r(name text, received bigint, stored bigint)
+JOIN tenants t ON t.name = r.name
 ORDER BY t.id
 ON CONFLICT (tenant, shard) DO UPDATE SET
     received = c.received + excluded.received,
@@ -435,25 +438,17 @@ class Store:
         made: blocks.Blocks,
     ) -> None:
         """Add ``received`` events by tenant, and ``made``'s, to the counters and volumes."""
-        total: dict[tuple[int, datetime], int] = {}
-        for (tenant, _, minute), n in made.volume.items():
-            total[tenant, minute] = total.get((tenant, minute), 0) + n
-        await conn.execute(
-            _COUNT,
-            {
-                "shard": self._shard,
-                "v_tenant": [tenant for tenant, _, _ in made.volume],
-                "v_topic": [topic for _, topic, _ in made.volume],
-                "v_minute": [minute for _, _, minute in made.volume],
-                "v_n": list(made.volume.values()),
-                "t_tenant": [tenant for tenant, _ in total],
-                "t_minute": [minute for _, minute in total],
-                "t_n": list(total.values()),
-                "tenants": list(received),
-                "received": list(received.values()),
-                "stored": [made.stored.get(tenant, 0) for tenant in received],
-            },
-        )
+        counts = {
+            "volume": [
+                {"tenant": tenant, "topic": topic, "minute": minute, "n": n}
+                for (tenant, topic, minute), n in made.volume.items()
+            ],
+            "tenants": [
+                {"name": name, "received": n, "stored": made.stored.get(name, 0)}
+                for name, n in received.items()
+            ],
+        }
+        await conn.execute(_COUNT, {"shard": self._shard, "counts": orjson.dumps(counts).decode()})
 
     async def prune(self, *, older_than: float) -> int:
         """Forget ledger keys older than ``older_than`` seconds; return how many."""

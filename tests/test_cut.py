@@ -79,7 +79,7 @@ def test_blocks_hold_only_new_events_with_their_bounds_and_counts() -> None:
         lines = [line.split("\t") for line in text.split("\n")]
         assert len(lines) == made.n[n]
         assert {line[4] for line in lines} == {"42"}
-        ats = [datetime.fromisoformat(line[1]).astimezone(UTC) for line in lines]
+        ats = [blocks.utc(datetime.fromisoformat(line[1])) for line in lines]
         assert (ats[0], ats[-1]) == (made.min_ts[n], made.max_ts[n])
         assert made.firsts[n].split("\n") == [line[0] for line, at in zip(lines, ats, strict=True)
                                               if at == ats[0]]  # fmt: skip

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import psycopg
+import pytest
 
 from consumer.store import Row, Store, copy_rows
+from pubsub.database import connect_kwargs
 from pubsub.settings import Settings
+from tests.fix_services import private_settings
 
 NOW = "2025-10-21T10:00:00+00:00"
 
@@ -88,6 +92,20 @@ async def test_a_redelivered_message_is_not_counted_twice(
     assert volume(db, topic) == 3  # the rollup counts what was inserted, once
 
 
+@pytest.fixture
+def own(amqp_url: str, database_url: str) -> Iterator[Settings]:
+    """A schema of its own: an event whose key is gone while its block stays (as below) is
+    a state no other test expects to read."""
+    with private_settings(amqp_url, database_url, prefix="expiry") as s:
+        yield s
+
+
+@pytest.fixture
+def own_db(own: Settings) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(own.database_url, autocommit=True, **connect_kwargs(own)) as conn:
+        yield conn
+
+
 async def stored_with_e2_expired(
     settings: Settings, db: psycopg.Connection[Any], topic: str
 ) -> Store:
@@ -104,24 +122,24 @@ async def stored_with_e2_expired(
 
 
 async def test_an_event_of_a_unit_stored_before_is_stored_from_a_new_unit_beside_it(
-    settings: Settings, db: psycopg.Connection[Any]
+    own: Settings, own_db: psycopg.Connection[Any]
 ) -> None:
     """A batch holds a redelivered unit and a new one with an event in common, first in the
     redelivered one; that event's key is gone since (retention dropped it). The new unit's
     copy is stored: the first copy of a unit stored before never stands in for it."""
     topic = f"late-{uuid.uuid4().hex[:6]}"
-    store = await stored_with_e2_expired(settings, db, topic)
+    store = await stored_with_e2_expired(own, own_db, topic)
     try:
-        before = counters(db)
+        before = counters(own_db)
         later = [row._replace(payload='{"copy":"later"}') for row in rows(topic, [2, 3])]
         again = await store.store([("m-" + topic, rows(topic, [1, 2])), ("n-" + topic, later)])
     finally:
         await store.close()
     assert (again.received, again.inserted, again.redelivered) == (2, 2, 1)
-    delta = tuple(a - b for a, b in zip(counters(db), before, strict=True))
+    delta = tuple(a - b for a, b in zip(counters(own_db), before, strict=True))
     assert delta == (2, 2, 0)
     # e2's first block is still there (its key went); the new one holds the later copy.
-    found = db.execute(
+    found = own_db.execute(
         "SELECT e.event_id, e.payload::text FROM events e JOIN keys k ON k.block = e.block"
         " AND k.key = event_key(e.event_id) WHERE e.topic = %s ORDER BY 1",
         (topic,),
@@ -134,25 +152,25 @@ async def test_an_event_of_a_unit_stored_before_is_stored_from_a_new_unit_beside
 
 
 async def test_a_unit_stored_before_stores_nothing_again_once_its_events_expired(
-    settings: Settings, db: psycopg.Connection[Any]
+    own: Settings, own_db: psycopg.Connection[Any]
 ) -> None:
     """A unit's ledger key outlives one of its events (retention took it): its redelivery is
     still a unit stored before, and brings nothing back."""
     topic = f"gone-{uuid.uuid4().hex[:6]}"
-    store = await stored_with_e2_expired(settings, db, topic)
+    store = await stored_with_e2_expired(own, own_db, topic)
     try:
-        before = counters(db)
+        before = counters(own_db)
         again = await store.store([("m-" + topic, rows(topic, [1, 2]))])
     finally:
         await store.close()
     assert (again.received, again.inserted, again.redelivered) == (0, 0, 1)
-    assert counters(db) == before
-    keys = db.execute(
+    assert counters(own_db) == before
+    keys = own_db.execute(
         "SELECT count(*) FROM keys WHERE topic = (SELECT id FROM topics WHERE topic = %s)",
         (topic,),
     ).fetchone()
     assert keys == (1,)  # e2's key is not back either
-    assert volume(db, topic) == 2
+    assert volume(own_db, topic) == 2
 
 
 def volume(db: psycopg.Connection[Any], topic: str) -> int:
