@@ -28,14 +28,17 @@ class Partitions:
         self._known: list[tuple[datetime, datetime]] = []
 
     def covers(self, at: datetime) -> bool:
-        return any(lo <= at < hi for lo, hi in self._known)
+        return any(lo <= at < hi for lo, hi in reversed(self._known))  # the newest first
 
     def start_of(self, at: datetime) -> datetime:
-        """The start of the known partition holding ``at`` (see :meth:`ensure`)."""
-        for lo, hi in self._known:
+        """What groups receive times by partition: the start of the known partition holding
+        ``at``, or ``at`` itself when none does (a batch of a long backlog can span more
+        partitions than are remembered): the events received at one instant lie in one
+        partition, whatever its bounds."""
+        for lo, hi in reversed(self._known):
             if lo <= at < hi:
                 return lo
-        raise LookupError(f"no known partition holds {at.isoformat()}")
+        return at
 
     def forget(self) -> None:
         """Forget every partition (one was dropped, or the schema made again)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -171,6 +172,33 @@ async def test_a_unit_stored_before_stores_nothing_again_once_its_events_expired
     ).fetchone()
     assert keys == (1,)  # e2's key is not back either
     assert volume(own_db, topic) == 2
+
+
+async def test_a_batch_spanning_more_partitions_than_a_consumer_remembers_is_stored(
+    own: Settings, own_db: psycopg.Connection[Any]
+) -> None:
+    """A backlog at a low rate: one batch of messages received over 80 minutes, with a
+    retention of an hour (partitions of a minute), more than the 64 a consumer remembers."""
+    topic = f"span-{uuid.uuid4().hex[:6]}"
+    store = Store(own.replace(retention="1h"), shard=3)
+    start = datetime.now(UTC) - timedelta(minutes=80)
+    try:
+        stored = await store.store(
+            [
+                (f"{topic}-{n}", copy_rows(orjson.loads(orjson.dumps([
+                    {"topic": topic, "event_id": f"e{n}", "timestamp": NOW, "source": "s",
+                     "payload": {}}
+                ])), (start + timedelta(minutes=n)).isoformat()))
+                for n in range(80)
+            ]
+        )  # fmt: skip
+    finally:
+        await store.close()
+    assert (stored.received, stored.inserted) == (80, 80)
+    parts = own_db.execute(
+        "SELECT count(DISTINCT tableoid) FROM blocks WHERE topic = %s", (topic,)
+    ).fetchone()
+    assert parts == (80,)  # one partition a minute, each event in its own
 
 
 def volume(db: psycopg.Connection[Any], topic: str) -> int:
